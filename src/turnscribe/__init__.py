@@ -1,0 +1,105 @@
+"""turnscribe: who spoke when, and what they said, for recordings of any length.
+
+    >>> import turnscribe
+    >>> transcript = turnscribe.transcribe("meeting.mp3", language="en")
+    >>> for seg in transcript.segments:
+    ...     print(f"[{seg.start:.1f}-{seg.end:.1f}] {seg.speaker}: {seg.text}")
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, version
+
+from .audio import AudioError, AudioInput, load_audio
+from .decoders.base import Decoder, DecoderError, WindowAudio
+from .pipeline import Pipeline, ProgressCallback, ProgressEvent
+from .prompt import LANGUAGES, LanguageError
+from .types import Repair, Segment, Transcript, TranscriptMetadata, TurnscribeError
+from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S
+
+try:
+    __version__ = version("turnscribe")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+DEFAULT_MODEL = "syvai/cohere-transcribe-diarize"
+DEFAULT_EMBEDDER = "resemblyzer"
+
+
+def build_pipeline(
+    *,
+    model: str | os.PathLike[str] = DEFAULT_MODEL,
+    decoder: Decoder | None = None,
+    embedder: str = DEFAULT_EMBEDDER,
+    embedder_options: dict[str, str] | None = None,
+    threshold: float | None = None,
+    num_speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    window_s: float = DEFAULT_WINDOW_S,
+    overlap_s: float = DEFAULT_OVERLAP_S,
+    trust_remote_code: bool = False,
+) -> Pipeline:
+    """Load the parts once; reuse the pipeline for many files."""
+    from .decoders.transformers import TransformersDecoder, pick_device
+    from .speakers import ClusteringLinker, load_embedder
+
+    device_name, _ = pick_device(device)
+    linker = ClusteringLinker(
+        load_embedder(embedder, device=device_name, **(embedder_options or {})),
+        threshold=threshold,
+        num_speakers=num_speakers,
+        min_speakers=min_speakers,
+        max_speakers=max_speakers,
+    )
+    if decoder is None:
+        decoder = TransformersDecoder(
+            model, device=device_name, batch_size=batch_size, trust_remote_code=trust_remote_code
+        )
+    return Pipeline(decoder, linker, window_s=window_s, overlap_s=overlap_s)
+
+
+def transcribe(
+    audio: AudioInput,
+    *,
+    language: str = "en",
+    sampling_rate: int | None = None,
+    progress: ProgressCallback | None = None,
+    **options: object,
+) -> Transcript:
+    """Transcribe one recording (path, bytes, numpy array or torch tensor) with speaker labels.
+
+    `options` are those of `build_pipeline` (model, decoder, embedder, threshold, num_speakers, …).
+    Arrays and tensors need `sampling_rate`.
+    """
+    from .prompt import check_language
+
+    check_language(language)  # fail before loading a 2 B-parameter model
+    pipeline = build_pipeline(**options)  # type: ignore[arg-type]
+    return pipeline.run(audio, language=language, sampling_rate=sampling_rate, progress=progress)
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LANGUAGES",
+    "AudioError",
+    "AudioInput",
+    "Decoder",
+    "DecoderError",
+    "LanguageError",
+    "Pipeline",
+    "ProgressEvent",
+    "Repair",
+    "Segment",
+    "Transcript",
+    "TranscriptMetadata",
+    "TurnscribeError",
+    "WindowAudio",
+    "__version__",
+    "build_pipeline",
+    "load_audio",
+    "transcribe",
+]

@@ -1,0 +1,272 @@
+"""Turn any audio input (file, bytes, array, tensor) into mono float32 samples at 16 kHz."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import numbers
+import os
+from typing import BinaryIO, TypeAlias
+
+import av
+import av.error
+import numpy as np
+import torch
+from scipy.signal import resample_poly
+
+from turnscribe.types import SAMPLE_RATE, TurnscribeError
+
+__all__ = ["AudioError", "AudioInput", "audio_duration", "load_audio"]
+
+logger = logging.getLogger(__name__)
+
+AudioInput: TypeAlias = str | os.PathLike | bytes | BinaryIO | np.ndarray | torch.Tensor
+
+# Preallocation slack over the container's duration estimate: estimates (mp3 bitrate guesses, codec priming)
+# can be slightly short, and growing the buffer later is the slow path.
+_ESTIMATE_MARGIN = 1.01
+_MARGIN_SAMPLES = SAMPLE_RATE
+# Starting size when the container reports no duration (pipes, some streamed formats); grows from there.
+_UNKNOWN_CAPACITY = 60 * SAMPLE_RATE
+_GROWTH = 1.5
+
+# Errors PyAV raises for unreadable input; several FFmpegError subclasses are also OSError/ValueError,
+# and metadata or I/O problems surface as the plain builtins.
+_DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
+
+
+class AudioError(TurnscribeError):
+    """The audio input could not be read; the message names the input and the reason."""
+
+
+def load_audio(source: AudioInput, sampling_rate: int | None = None) -> np.ndarray:
+    """Return mono float32 samples at 16 kHz (1-D, C-contiguous).
+
+    ``source`` is a path, the bytes of a file, a binary file object, or samples as a numpy array or torch tensor.
+    Files are decoded with FFmpeg (through PyAV), so every format it reads works, including the first audio
+    track of a video file; ``sampling_rate`` must then be None, since the file says its own rate. Arrays and
+    tensors need ``sampling_rate``; they may be shaped (n,), (channels, n) or (n, channels) (the smaller
+    dimension is taken as channels), integer samples are scaled to [-1, 1], and channels are averaged.
+    An array that already is mono float32 at 16 kHz is returned without a copy.
+
+    Memory: decoding holds about one float32 copy of the audio at its peak. The output buffer is allocated
+    once from the container's duration estimate (plus a small margin) and decoded frames are written straight
+    into it; if the estimate was short it grows in place (``realloc``, which for large buffers remaps pages
+    rather than copying), and at the end it is shrunk in place to the decoded length. The result owns its
+    memory: no list of chunks, no ``np.concatenate``, and no oversized parent buffer kept alive behind a view.
+
+    Raises AudioError with the path and a short reason for missing, empty, corrupt or audio-less files and
+    for invalid arrays (no rate, NaN/inf, unsupported shape or dtype). Undecodable packets inside an otherwise
+    readable file are skipped with a warning, as the ffmpeg command line does, so one damaged frame does not
+    lose a long recording.
+    """
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return _from_array(source, sampling_rate)
+    if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(source, "read"):
+        if sampling_rate is not None:
+            raise AudioError(
+                f"sampling_rate applies only to array and tensor input; {_label(source)} is a file and is "
+                "decoded at its own rate (pass sampling_rate=None)"
+            )
+        return _from_file(source)
+    raise AudioError(
+        f"Unsupported audio input of type {type(source).__name__}: pass a path, bytes, a binary file object, "
+        "a numpy array or a torch tensor"
+    )
+
+
+def audio_duration(source: str | os.PathLike) -> float | None:
+    """Return the container's duration estimate in seconds without decoding, or None if it does not say."""
+    path = _checked_path(source)
+    with _open(path, path) as container:
+        return _estimated_seconds(container, _first_audio_stream(container, path))
+
+
+def _label(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return str(getattr(source, "name", "<file object>"))
+
+
+def _reason(error: BaseException) -> str:
+    # FFmpeg errors carry a readable strerror; their str() repeats the path we already print.
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _checked_path(source: str | os.PathLike) -> str:
+    """Catch the common path mistakes before FFmpeg, whose messages for them are cryptic."""
+    path = os.fsdecode(source)
+    if not os.path.exists(path):
+        raise AudioError(f"No such file: {path}")
+    if os.path.isdir(path):
+        raise AudioError(f"Is a directory, not an audio file: {path}")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"Empty file (0 bytes): {path}")
+    return path
+
+
+def _open(file: str | BinaryIO, label: str) -> av.container.InputContainer:
+    try:
+        # Non-UTF-8 tags are common in the wild and must not make an otherwise good file unreadable.
+        return av.open(file, mode="r", metadata_errors="replace")
+    except _DECODE_ERRORS as e:
+        raise AudioError(f"Not a readable audio or video file: {label} ({_reason(e)})") from e
+
+
+def _first_audio_stream(container: av.container.InputContainer, label: str) -> av.audio.stream.AudioStream:
+    if not container.streams.audio:
+        kinds = ", ".join(s.type for s in container.streams) or "none"
+        raise AudioError(f"No audio stream in {label} (streams: {kinds})")
+    return container.streams.audio[0]
+
+
+def _estimated_seconds(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return seconds if seconds > 0 else None
+
+
+def _from_file(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO) -> np.ndarray:
+    label = _label(source)
+    file: str | BinaryIO
+    if isinstance(source, (str, os.PathLike)):
+        file = _checked_path(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioError("Empty audio data (0 bytes)")
+        file = io.BytesIO(source)
+    else:
+        file = source
+    with _open(file, label) as container:
+        stream = _first_audio_stream(container, label)
+        try:
+            return _decode(container, stream, label)
+        except _DECODE_ERRORS as e:
+            raise AudioError(f"Cannot decode audio in {label}: {_reason(e)}") from e
+
+
+def _decode(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, label: str) -> np.ndarray:
+    seconds = _estimated_seconds(container, stream)
+    capacity = _UNKNOWN_CAPACITY if seconds is None else math.ceil(seconds * SAMPLE_RATE * _ESTIMATE_MARGIN)
+    out = _SampleBuffer(capacity + _MARGIN_SAMPLES, label)
+    resampler: av.AudioResampler | None = None
+    setup: tuple[str, str, int] | None = None
+    skipped = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            skipped += 1
+            continue
+        for frame in frames:
+            # The resampler is fixed to its first frame's format; some streams (e.g. HE-AAC, concatenated
+            # recordings) change rate or channel layout midway, so start a fresh one when that happens.
+            frame_setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if resampler is None or frame_setup != setup:
+                if resampler is not None:
+                    out.extend(resampler.resample(None))
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+                setup = frame_setup
+            out.extend(resampler.resample(frame))
+    if resampler is not None:
+        out.extend(resampler.resample(None))
+    if skipped:
+        if out.size == 0:
+            raise AudioError(f"Cannot decode audio in {label}: no packet of its audio stream could be decoded")
+        logger.warning("%s: skipped %d undecodable audio packet(s)", label, skipped)
+    return out.finish()
+
+
+class _SampleBuffer:
+    """Growable float32 buffer that holds decoded audio in a single allocation."""
+
+    def __init__(self, capacity: int, label: str) -> None:
+        self._buf = np.empty(capacity, dtype=np.float32)
+        self._size = 0
+        self._label = label
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def extend(self, frames: list[av.AudioFrame]) -> None:
+        for frame in frames:
+            samples = frame.to_ndarray().reshape(-1)
+            # Float codecs (pcm_f32, some decoders on damaged input) can yield NaN/inf, which would poison
+            # every model downstream; checking per frame keeps the scan's memory small.
+            if not np.isfinite(samples).all():
+                raise AudioError(f"Audio in {self._label} contains NaN or infinite samples")
+            end = self._size + samples.size
+            if end > self._buf.size:
+                # In-place realloc; safe with refcheck off because no view of the buffer is ever kept.
+                self._buf.resize(max(end, int(self._buf.size * _GROWTH)), refcheck=False)
+            self._buf[self._size : end] = samples
+            self._size = end
+
+    def finish(self) -> np.ndarray:
+        # Shrinking in place releases the margin without copying, so the result owns exactly its samples.
+        self._buf.resize(self._size, refcheck=False)
+        return self._buf
+
+
+def _from_array(data: np.ndarray | torch.Tensor, sampling_rate: int | None) -> np.ndarray:
+    rate = _checked_rate(sampling_rate)
+    if isinstance(data, torch.Tensor):
+        tensor = data.detach().cpu()
+        # numpy has no bfloat16, and half precision is not worth keeping for audio.
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.float()
+        data = tensor.numpy()
+    array = np.asarray(data)
+    if array.ndim not in (1, 2):
+        raise AudioError(f"Audio array must be 1-D or 2-D (channels x samples), got shape {array.shape}")
+    if array.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    samples = _to_float32(array)
+    if samples.ndim == 2:
+        channel_axis = 0 if samples.shape[0] <= samples.shape[1] else 1
+        samples = samples.mean(axis=channel_axis, dtype=np.float32)
+    if rate != SAMPLE_RATE:
+        divisor = math.gcd(SAMPLE_RATE, rate)
+        samples = resample_poly(samples, SAMPLE_RATE // divisor, rate // divisor)
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def _checked_rate(sampling_rate: int | None) -> int:
+    if sampling_rate is None:
+        raise AudioError("sampling_rate is required for array and tensor input (the samples' rate in Hz)")
+    if (
+        isinstance(sampling_rate, bool)
+        or not isinstance(sampling_rate, numbers.Real)
+        or sampling_rate <= 0
+        or sampling_rate != int(sampling_rate)
+    ):
+        raise AudioError(f"sampling_rate must be a positive whole number of Hz, got {sampling_rate!r}")
+    return int(sampling_rate)
+
+
+def _to_float32(array: np.ndarray) -> np.ndarray:
+    kind = array.dtype.kind
+    if kind == "f":
+        # Values beyond float32's range become inf here on purpose, so the check below rejects them too.
+        with np.errstate(over="ignore"):
+            samples = array.astype(np.float32, copy=False)
+        if not np.isfinite(samples).all():
+            raise AudioError("Audio array contains NaN or infinite samples")
+        return samples
+    if kind in "iu":
+        full_scale = float(2 ** (array.dtype.itemsize * 8 - 1))
+        samples = array.astype(np.float32)
+        if kind == "u":
+            # Unsigned PCM (e.g. 8-bit wav) is centred on half scale.
+            samples -= full_scale
+        samples /= full_scale
+        return samples
+    raise AudioError(f"Unsupported audio array dtype {array.dtype}: use integer or floating-point samples")

@@ -1,0 +1,164 @@
+"""Checkpoint layouts of Cohere Transcribe models and how to load each with native transformers classes.
+
+Two layouts exist:
+
+* ``native``: what transformers' ``cohere_asr`` writes: ``encoder_config``, ``vocab_size``, …
+* ``original``: the base model's NeMo-style layout (the form the model card's ``fix_for_vllm.py``
+  edits and its remote code reads): config keys ``encoder``, ``transf_decoder``, ``head``,
+  ``preprocessor``; original weight names; the extended vocabulary recorded in ``head.num_classes``.
+  Native ``CohereAsrConfig`` ignores those keys and would build a 16384-token model: a size
+  mismatch on load. We translate the config here; transformers' conversion mapping for
+  ``cohere_asr`` renames the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .types import TurnscribeError
+
+Layout = Literal["native", "original"]
+ORIGINAL_KEYS = ("encoder", "transf_decoder", "head")
+# Names of the token-embedding tensor in each layout (with or without a wrapper's "model." prefix).
+_EMBEDDING_NAMES = (
+    "model.decoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+    "transf_decoder._embedding.token_embedding.weight",
+    "model.transf_decoder._embedding.token_embedding.weight",
+)
+
+
+class CheckpointError(TurnscribeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    layout: Layout
+    config: dict[str, Any]
+
+
+def resolve_model_dir(model: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """A local folder as is; anything else is a hub id, downloaded (or found in the cache) as a snapshot."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    text = str(model)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise CheckpointError(f"Model {text!r} is neither a folder with a checkpoint nor a hub id like 'org/name'.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, revision=revision))
+    except Exception as e:  # the hub client raises many types: offline, not found, gated, …
+        raise CheckpointError(
+            f"Could not fetch model {text!r} from the hub ({type(e).__name__}: {e}). "
+            "Check the id and your network, or download it once and pass the local folder with --model PATH."
+        ) from e
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} has no config.json: not a transformers checkpoint folder.")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{config_file} is not valid JSON: {e}") from e
+    return Checkpoint(path, detect_layout(config, path), config)
+
+
+def detect_layout(config: dict[str, Any], path: Path | str = "") -> Layout:
+    if "encoder_config" in config and config.get("model_type") == "cohere_asr":
+        return "native"
+    if all(k in config for k in ORIGINAL_KEYS) and "config_dict" in (config.get("transf_decoder") or {}):
+        return "original"
+    raise CheckpointError(
+        f"{path or 'The checkpoint'} is neither a native transformers `cohere_asr` checkpoint (config with "
+        "`encoder_config`) nor a Cohere Transcribe checkpoint in its original layout (config with `encoder`, "
+        f"`transf_decoder`, `head`). Found config keys: {', '.join(sorted(config)) or 'none'}. "
+        "For a model with its own code, pass trust_remote_code (--trust-remote-code)."
+    )
+
+
+def embedding_rows(path: Path) -> int | None:
+    """Vocabulary size as the weights have it (the only number that cannot be stale)."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in _EMBEDDING_NAMES:
+                if name in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                    return int(f.get_slice(name).get_shape()[0])
+    return None
+
+
+def _generation_ids(path: Path) -> dict[str, int]:
+    file = path / "generation_config.json"
+    if not file.is_file():
+        return {}
+    data = json.loads(file.read_text())
+    keys = ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id")
+    return {k: data[k] for k in keys if isinstance(data.get(k), int)}
+
+
+def native_config_from_original(config: dict[str, Any], path: Path) -> Any:
+    """Translate the original layout's config into a transformers ``CohereAsrConfig``."""
+    from transformers import CohereAsrConfig
+
+    try:
+        enc = config["encoder"]
+        dec = config["transf_decoder"]["config_dict"]
+        pre = config.get("preprocessor") or {}
+        vocab = (
+            embedding_rows(path)
+            or config["head"].get("num_classes")
+            or dec.get("vocab_size")
+            or config.get("vocab_size")
+        )
+        d_model = int(enc["d_model"])
+        encoder_config = {
+            "hidden_size": d_model,
+            "num_hidden_layers": int(enc["n_layers"]),
+            "num_attention_heads": int(enc["n_heads"]),
+            "intermediate_size": d_model * int(enc.get("ff_expansion_factor", 4)),
+            "conv_kernel_size": int(enc.get("conv_kernel_size", 9)),
+            "subsampling_factor": int(enc.get("subsampling_factor", 8)),
+            "subsampling_conv_channels": int(enc.get("subsampling_conv_channels", 256)),
+            "num_mel_bins": int(enc.get("feat_in") or pre.get("features", 128)),
+            "max_position_embeddings": int(enc.get("pos_emb_max_len", 5000)),
+        }
+        return CohereAsrConfig(
+            vocab_size=int(vocab),
+            hidden_size=int(dec["hidden_size"]),
+            num_hidden_layers=int(dec["num_layers"]),
+            num_attention_heads=int(dec["num_attention_heads"]),
+            intermediate_size=int(dec["inner_size"]),
+            hidden_act=str(dec.get("hidden_act", "relu")).lower(),
+            max_position_embeddings=int(dec.get("max_sequence_length", 1024)),
+            encoder_config=encoder_config,
+            **_generation_ids(path),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}/config.json is in the original layout but incomplete: {e!r}") from e
+
+
+def feature_extractor_from_original(config: dict[str, Any]) -> Any:
+    """The mel front end from the original ``preprocessor`` section (no remote code needed)."""
+    from transformers import CohereAsrFeatureExtractor
+
+    pre = config.get("preprocessor") or {}
+    rate = int(pre.get("sample_rate", 16000))
+    return CohereAsrFeatureExtractor(
+        feature_size=int(pre.get("features", 128)),
+        sampling_rate=rate,
+        hop_length=round(float(pre.get("window_stride", 0.01)) * rate),
+        win_length=round(float(pre.get("window_size", 0.025)) * rate),
+        n_fft=int(pre.get("n_fft", 512)),
+    )

@@ -1,0 +1,6 @@
+"""Decoder backends: each turns windows of audio into token streams (see base.Decoder)."""
+
+from .base import Decoder, DecoderError, WindowAudio
+from .scripted import ScriptedDecoder
+
+__all__ = ["Decoder", "DecoderError", "ScriptedDecoder", "WindowAudio"]

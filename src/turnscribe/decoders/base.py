@@ -1,0 +1,39 @@
+"""The decoder Protocol: windows of audio in, the model's raw token streams out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..types import TurnscribeError, WindowSpan
+
+
+class DecoderError(TurnscribeError):
+    pass
+
+
+@dataclass(frozen=True)
+class WindowAudio:
+    """One window to decode: where it sits in the file, and its 16 kHz mono samples (≤ 30 s)."""
+
+    span: WindowSpan
+    samples: np.ndarray
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """Anything that turns windows into token streams in the model's grammar.
+
+    `decode` returns one string per window, special tokens kept, e.g.
+    ``<|spltoken0|><|t:0.0|> Welcome back. <|t:1.5|>...``. It may raise for a whole batch; the
+    pipeline then retries the windows one by one and reports any window that still fails.
+    """
+
+    name: str
+    model_id: str
+    batch_size: int
+
+    def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]: ...

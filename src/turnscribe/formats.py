@@ -1,0 +1,225 @@
+"""Output writers: a Transcript rendered as text in the formats that speech and subtitle tools read.
+
+Each format is written through the field's own library where one exists, so the output is what that library (and the
+tools built on it) reads back, rather than a hand-written approximation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import html
+import json
+import math
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import srt
+import webvtt
+from meeteval.io import SegLST
+from praatio.data_classes.interval_tier import IntervalTier
+from praatio.textgrid import Textgrid
+from pyannote.core import Annotation
+from pyannote.core import Segment as Span
+from webvtt.models import Timestamp
+
+from turnscribe.types import Segment, Transcript
+
+
+@dataclass(frozen=True)
+class Writer:
+    """How one format is rendered, and the file-name ending its files get."""
+
+    extension: str
+    render: Callable[[Transcript, str], str]
+
+
+def format_names() -> list[str]:
+    return list(FORMATS)
+
+
+def _writer(fmt: str) -> Writer:
+    try:
+        return FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown output format {fmt!r}; valid formats: {', '.join(format_names())}") from None
+
+
+def extension(fmt: str) -> str:
+    """The file-name ending, dot included, e.g. '.rttm' or '.diarized.json'."""
+    return _writer(fmt).extension
+
+
+def render(transcript: Transcript, fmt: str, *, uri: str = "audio") -> str:
+    """The transcript as text in format `fmt`; `uri` names the recording where the format has a field for it."""
+    return _writer(fmt).render(transcript, uri)
+
+
+def write(transcript: Transcript, fmt: str, path: Path, *, uri: str) -> Path:
+    """Write atomically: readers of `path` see the old file or the complete new one, never a partial one."""
+    text = render(transcript, fmt, uri=uri)
+    path = Path(path)
+    # Same directory so os.replace is a rename within one filesystem; O_EXCL with mode 0o666 lets the umask decide
+    # permissions as for any new file (mkstemp would leave the output readable by its owner only).
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _token(name: str) -> str:
+    """Space-separated formats (RTTM) cannot hold whitespace inside a field."""
+    return "_".join(name.split())
+
+
+def _merge(segments: Iterable[Segment], joins: Callable[[Segment, Segment], bool]) -> list[Segment]:
+    """Fold each segment into the one before it while `joins(previous, current)` holds."""
+    merged: list[Segment] = []
+    for seg in segments:
+        if merged and joins(merged[-1], seg):
+            prev = merged[-1]
+            text = " ".join(t for t in (prev.text, seg.text) if t)
+            merged[-1] = dataclasses.replace(prev, end=max(prev.end, seg.end), text=text)
+        else:
+            merged.append(seg)
+    return merged
+
+
+def _clock(seconds: float) -> str:
+    """HH:MM:SS.mmm, rounded to the millisecond the way webvtt-py does it."""
+    return str(Timestamp.from_seconds(seconds))
+
+
+def _one_line(text: str) -> str:
+    # A line break inside a cue could end it early (a blank line ends an SRT/VTT block).
+    return " ".join(text.splitlines())
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
+def _diarized_json(transcript: Transcript, uri: str) -> str:
+    return _json(
+        {
+            "task": "transcribe",
+            "language": transcript.language,
+            "duration": transcript.duration,
+            "text": transcript.text,
+            "segments": [
+                {
+                    "type": "transcript.text.segment",
+                    "id": f"seg_{seg.id}",
+                    "start": seg.start,
+                    "end": seg.end,
+                    "text": seg.text,
+                    "speaker": seg.speaker,
+                }
+                for seg in transcript.segments
+            ],
+            "speakers": list(transcript.speakers),
+            "usage": {"type": "duration", "seconds": math.ceil(transcript.duration)},
+        }
+    )
+
+
+def _full_json(transcript: Transcript, uri: str) -> str:
+    return _json(transcript.to_dict())
+
+
+def _txt(transcript: Transcript, uri: str) -> str:
+    turns = _merge(transcript.segments, lambda prev, seg: prev.speaker == seg.speaker)
+    return "\n".join(f"[{_clock(t.start)} --> {_clock(t.end)}] {t.speaker}: {_one_line(t.text)}\n" for t in turns)
+
+
+def _srt(transcript: Transcript, uri: str) -> str:
+    def at(seconds: float) -> datetime.timedelta:
+        return datetime.timedelta(milliseconds=round(seconds * 1000))
+
+    # compose() numbers the cues.
+    subtitles = [
+        srt.Subtitle(None, at(seg.start), at(seg.end), f"{seg.speaker}: {_one_line(seg.text)}")
+        for seg in transcript.segments
+    ]
+    return srt.compose(subtitles)
+
+
+def _vtt(transcript: Transcript, uri: str) -> str:
+    vtt = webvtt.WebVTT()
+    for seg in transcript.segments:
+        # Cue text is markup: webvtt-py writes it verbatim, so '&', '<' and '>' must be escaped here.
+        voice, text = (html.escape(s, quote=False) for s in (seg.speaker, _one_line(seg.text)))
+        vtt.captions.append(webvtt.Caption(_clock(seg.start), _clock(seg.end), f"<v {voice}>{text}"))
+    return vtt.content
+
+
+def _rttm(transcript: Transcript, uri: str) -> str:
+    annotation = Annotation(uri=_token(uri))
+    for track, seg in enumerate(transcript.segments):
+        # One track per segment keeps overlapping turns, even of one speaker, apart; pyannote drops empty spans.
+        annotation[Span(seg.start, seg.end), track] = _token(seg.speaker)
+    return annotation.to_rttm()
+
+
+def _textgrid(transcript: Transcript, uri: str) -> str:
+    end = max([transcript.duration, *(seg.end for seg in transcript.segments)])
+    speakers = list(dict.fromkeys([*transcript.speakers, *(seg.speaker for seg in transcript.segments)]))
+    grid = Textgrid(0, end)
+    for speaker in speakers:
+        own = sorted(
+            (s for s in transcript.segments if s.speaker == speaker and s.end > s.start), key=lambda s: s.start
+        )
+        # Praat intervals within a tier may not overlap, so a speaker's overlapping segments become one interval.
+        intervals = _merge(own, lambda prev, seg: seg.start < prev.end)
+        grid.addTier(IntervalTier(speaker, [(s.start, s.end, s.text) for s in intervals], 0, end))
+    # praatio only saves to a path.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "out.TextGrid"
+        grid.save(str(path), format="long_textgrid", includeBlankSpaces=True)
+        return path.read_text(encoding="utf-8")
+
+
+def to_seglst(transcript: Transcript, uri: str = "audio") -> SegLST:
+    """The transcript as meeteval segments, e.g. for cpWER against a reference."""
+    return SegLST(
+        [
+            {
+                "session_id": _token(uri),
+                "speaker": seg.speaker,
+                "start_time": seg.start,
+                "end_time": seg.end,
+                "words": seg.text,
+            }
+            for seg in transcript.segments
+        ]
+    )
+
+
+def _seglst(transcript: Transcript, uri: str) -> str:
+    # SegLST.dumps() needs simplejson, which only meeteval's optional extras install; the JSON is the same.
+    return _json(to_seglst(transcript, uri).segments)
+
+
+FORMATS: dict[str, Writer] = {
+    "diarized_json": Writer(".diarized.json", _diarized_json),
+    "json": Writer(".json", _full_json),
+    "txt": Writer(".txt", _txt),
+    "srt": Writer(".srt", _srt),
+    "vtt": Writer(".vtt", _vtt),
+    "rttm": Writer(".rttm", _rttm),
+    "textgrid": Writer(".TextGrid", _textgrid),
+    "seglst": Writer(".seglst.json", _seglst),
+}

@@ -1,0 +1,73 @@
+"""The diarize prompt of the model card, built as token ids (never by tokenizing the marker strings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .types import TurnscribeError
+
+# The base model's 14 languages (Cohere Transcribe); the fine-tune keeps its vocabulary.
+LANGUAGES: dict[str, str] = {
+    "ar": "Arabic",
+    "de": "German",
+    "el": "Greek",
+    "en": "English",
+    "es": "Spanish",
+    "fr": "French",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "nl": "Dutch",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "vi": "Vietnamese",
+    "zh": "Chinese",
+}
+
+SPEAKER_TOKENS = [f"<|spltoken{i}|>" for i in range(8)]
+TIMESTAMP_TOKENS = [f"<|t:{i / 10:.1f}|>" for i in range(300)]
+
+
+class LanguageError(TurnscribeError, ValueError):
+    pass
+
+
+class PromptTokenError(TurnscribeError):
+    pass
+
+
+def check_language(language: str) -> str:
+    code = language.strip().lower()
+    if code not in LANGUAGES:
+        valid = ", ".join(f"{c} ({n})" for c, n in LANGUAGES.items())
+        raise LanguageError(f"Unknown language {language!r}. Valid languages: {valid}.")
+    return code
+
+
+def diarize_prompt_tokens(language: str) -> list[str]:
+    """Audio language and transcript language are the same code: 'transcribe', with speakers and timestamps on."""
+    code = check_language(language)
+    return [
+        "<|startofcontext|>",
+        "<|startoftranscript|>",
+        "<|emo:undefined|>",
+        f"<|{code}|>",
+        f"<|{code}|>",
+        "<|pnc|>",
+        "<|noitn|>",
+        "<|timestamp|>",
+        "<|diarize|>",
+    ]
+
+
+def diarize_prompt_ids(language: str, convert_tokens_to_ids: Callable[[list[str]], Sequence[int | None]], unk_id: int | None) -> list[int]:
+    """Resolve each marker as ONE special token; a tokenizer that lacks one cannot run the diarize task."""
+    tokens = diarize_prompt_tokens(language)
+    ids = list(convert_tokens_to_ids(tokens))
+    missing = [t for t, i in zip(tokens, ids) if i is None or i == unk_id]
+    if missing:
+        raise PromptTokenError(
+            f"The tokenizer has no special token for {', '.join(missing)}: this is not a diarize checkpoint "
+            "(expected syvai/cohere-transcribe-diarize or a model trained with `turnscribe train`)."
+        )
+    return [int(i) for i in ids if i is not None]

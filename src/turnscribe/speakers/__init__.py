@@ -1,0 +1,16 @@
+"""Speaker stage: embed segments and link window-local speaker slots into file-wide labels."""
+
+from turnscribe.speakers.clustering import cluster_embeddings
+from turnscribe.speakers.embedders import Embedder, EmbedderError, embedder_names, load_embedder
+from turnscribe.speakers.linking import ClusteringLinker, SpeakerLinker, relabel_by_first_appearance
+
+__all__ = [
+    "ClusteringLinker",
+    "Embedder",
+    "EmbedderError",
+    "SpeakerLinker",
+    "cluster_embeddings",
+    "embedder_names",
+    "load_embedder",
+    "relabel_by_first_appearance",
+]

@@ -1,0 +1,60 @@
+"""Global agglomerative clustering of speaker embeddings by cosine distance (the model card's recipe)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+
+def _check_counts(num_speakers: int | None, min_speakers: int | None, max_speakers: int | None) -> None:
+    for name, value in (("num_speakers", num_speakers), ("min_speakers", min_speakers), ("max_speakers", max_speakers)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
+        raise ValueError(f"min_speakers ({min_speakers}) is greater than max_speakers ({max_speakers})")
+    if num_speakers is not None and (
+        (min_speakers is not None and num_speakers < min_speakers)
+        or (max_speakers is not None and num_speakers > max_speakers)
+    ):
+        raise ValueError(
+            f"num_speakers ({num_speakers}) contradicts min_speakers ({min_speakers}) / max_speakers ({max_speakers})"
+        )
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    *,
+    threshold: float,
+    num_speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+) -> np.ndarray:
+    """Cluster (n, d) embeddings; return int labels 0..k-1.
+
+    With `num_speakers` the tree is cut into exactly that many clusters (capped at n, fewer only where embeddings
+    are identical); otherwise it is cut at the cosine distance `threshold` and the cluster count then clamped into
+    [min_speakers, max_speakers] by cutting the same tree again.
+    """
+    _check_counts(num_speakers, min_speakers, max_speakers)
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold must be a finite cosine distance >= 0, got {threshold}")
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {x.shape}")
+    n = len(x)
+    if n <= 1:
+        return np.zeros(n, dtype=np.int64)
+
+    tree = linkage(x, method="average", metric="cosine")
+    if num_speakers is not None:
+        labels = fcluster(tree, t=min(num_speakers, n), criterion="maxclust")
+    else:
+        labels = fcluster(tree, t=threshold, criterion="distance")
+        found = int(labels.max())
+        wanted = min(max(found, min_speakers or 1), max_speakers or n, n)
+        if wanted != found:
+            labels = fcluster(tree, t=wanted, criterion="maxclust")
+    # fcluster counts from 1 and may skip numbers when merge heights tie; make them 0..k-1.
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)

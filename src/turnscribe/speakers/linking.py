@@ -1,0 +1,77 @@
+"""The speaker stage: turn window-local speaker slots into file-wide speaker labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from turnscribe.speakers.clustering import cluster_embeddings
+from turnscribe.speakers.embedders import Embedder
+from turnscribe.types import SAMPLE_RATE, StitchedSegment
+
+_EMBED_CHUNK = 64  # clips per embed() call: bounds memory on long files without losing batching
+
+
+class SpeakerLinker(Protocol):
+    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
+        """One speaker label per segment, in the segments' order."""
+        ...
+
+
+def relabel_by_first_appearance(starts: Sequence[float], labels: Sequence[int]) -> list[str]:
+    """Name clusters SPEAKER_00, SPEAKER_01, ... in the order they first speak (ties: earlier index first)."""
+    if len(starts) != len(labels):
+        raise ValueError(f"{len(starts)} start times but {len(labels)} labels")
+    names: dict[int, str] = {}
+    for i in sorted(range(len(starts)), key=lambda i: (starts[i], i)):
+        names.setdefault(labels[i], f"SPEAKER_{len(names):02d}")
+    return [names[label] for label in labels]
+
+
+def _clip(audio: np.ndarray, segment: StitchedSegment) -> np.ndarray:
+    start = min(max(round(segment.start * SAMPLE_RATE), 0), len(audio))
+    end = min(max(round(segment.end * SAMPLE_RATE), start), len(audio))
+    return audio[start:end]
+
+
+@dataclass
+class ClusteringLinker:
+    """The model card's baseline: embed every segment, then cluster all embeddings of the file at once."""
+
+    embedder: Embedder
+    threshold: float | None = None  # None: the embedder's calibrated default
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+    def _slots_fit(self, count: int) -> bool:
+        return (
+            (self.num_speakers is None or count == self.num_speakers)
+            and (self.min_speakers is None or count >= self.min_speakers)
+            and (self.max_speakers is None or count <= self.max_speakers)
+        )
+
+    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
+        starts = [s.start for s in segments]
+        # One decoder pass already numbered its speakers consistently; embeddings could only add errors.
+        if len({s.window for s in segments}) <= 1 and self._slots_fit(len({s.slot for s in segments})):
+            return relabel_by_first_appearance(starts, [s.slot for s in segments])
+
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
+        clips = [_clip(audio, s) for s in segments]
+        embeddings = np.concatenate(
+            [self.embedder.embed(clips[i : i + _EMBED_CHUNK]) for i in range(0, len(clips), _EMBED_CHUNK)]
+        )
+        labels = cluster_embeddings(
+            embeddings,
+            threshold=self.embedder.default_threshold if self.threshold is None else self.threshold,
+            num_speakers=self.num_speakers,
+            min_speakers=self.min_speakers,
+            max_speakers=self.max_speakers,
+        )
+        return relabel_by_first_appearance(starts, labels.tolist())

@@ -1,0 +1,128 @@
+"""Window-local segments → one file timeline, with the overlap between neighbouring windows resolved.
+
+The rule (documented in the README):
+
+* Every segment is shifted by its window's start.
+* Where window i and window i+1 overlap, a segment of window i that reaches into the overlap and a
+  segment of window i+1 that starts inside it are the SAME speech when they overlap in time and
+  their words align (longest common run of normalised words, at least two words, or all the words
+  of a one-word segment). They merge into one segment: window i's words up to the end of the
+  aligned run, then window i+1's words after it. Words window i heard cut off at its right edge and
+  words window i+1 heard cut off at its left edge are the ones dropped; every word heard whole by
+  either window is kept exactly once.
+* Segments that find no partner are kept as they are: two people talking over each other in the
+  overlap stay two segments, and speech only one window transcribed is not lost.
+* A merge records that (window i, slot a) and (window i+1, slot b) spoke the same words: evidence the
+  speaker stage may use.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+
+from .types import ParsedWindow, Repair, StitchedSegment, WindowSpan
+
+_NORMALISE_RE = re.compile(r"[\W_]+", re.UNICODE)
+MIN_ALIGNED_WORDS = 2
+
+
+@dataclass
+class _Piece:
+    start: float
+    end: float
+    words: list[str]
+    window: int
+    slot: int
+    also_seen_as: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _units(words: list[str], char_level: bool) -> list[str]:
+    if char_level:
+        return [c for c in _NORMALISE_RE.sub("", "".join(words).lower())]
+    return [_NORMALISE_RE.sub("", w.lower()) for w in words]
+
+
+def _align(a: _Piece, b: _Piece, char_level: bool) -> tuple[int, int] | None:
+    """Where the aligned run ends in a and starts-after in b, or None if a and b are not the same speech."""
+    if min(a.end, b.end) <= max(a.start, b.start):
+        return None
+    ua, ub = _units(a.words, char_level), _units(b.words, char_level)
+    match = SequenceMatcher(None, ua, ub, autojunk=False).find_longest_match(0, len(ua), 0, len(ub))
+    needed = min(MIN_ALIGNED_WORDS if not char_level else 4, len(ua), len(ub))
+    if match.size == 0 or match.size < needed:
+        return None
+    # For scripts without spaces these are character positions in the joined text (see _merge).
+    return match.a + match.size, match.b + match.size
+
+
+def _merge(a: _Piece, b: _Piece, cut: tuple[int, int], char_level: bool) -> _Piece:
+    end_a, start_b = cut
+    if char_level:
+        text_a = _NORMALISE_RE.sub("", "".join(a.words))
+        text_b = _NORMALISE_RE.sub("", "".join(b.words))
+        words = [text_a[:end_a] + text_b[start_b:]]
+    else:
+        words = a.words[:end_a] + b.words[start_b:]
+    return _Piece(
+        start=min(a.start, b.start),
+        end=max(a.end, b.end),
+        words=words,
+        window=a.window,
+        slot=a.slot,
+        also_seen_as=[*a.also_seen_as, (b.window, b.slot), *b.also_seen_as],
+    )
+
+
+def stitch(
+    windows: Sequence[tuple[WindowSpan, ParsedWindow]], *, char_level: bool = False
+) -> tuple[list[StitchedSegment], list[Repair]]:
+    """Place every window's segments on the file timeline and resolve the overlaps (see module docstring)."""
+    ordered = sorted(windows, key=lambda item: item[0].index)
+    pieces: list[list[_Piece]] = [
+        [
+            _Piece(span.start + s.start, span.start + s.end, s.text.split(), span.index, s.slot)
+            for s in parsed.segments
+        ]
+        for span, parsed in ordered
+    ]
+    repairs: list[Repair] = []
+    for i in range(len(ordered) - 1):
+        overlap_start, overlap_end = ordered[i + 1][0].start, ordered[i][0].end
+        left = [p for p in pieces[i] if p.end > overlap_start]
+        right = [p for p in pieces[i + 1] if p.start < overlap_end]
+        candidates = []
+        for a in left:
+            for b in right:
+                cut = _align(a, b, char_level)
+                if cut is not None:
+                    overlap = min(a.end, b.end) - max(a.start, b.start)
+                    candidates.append((overlap, a, b, cut))
+        used: set[int] = set()
+        for _, a, b, cut in sorted(candidates, key=lambda c: -c[0]):
+            if id(a) in used or id(b) in used:
+                continue
+            used.update((id(a), id(b)))
+            merged = _merge(a, b, cut, char_level)
+            pieces[i].remove(a)
+            pieces[i + 1][pieces[i + 1].index(b)] = merged
+            repairs.append(
+                Repair("overlap_merged", f"{a.start:.1f}-{b.end:.1f}s decoded by windows {i} and {i + 1}", i + 1)
+            )
+    stitched = [
+        StitchedSegment(
+            start=round(p.start, 3),
+            end=round(p.end, 3),
+            text=" ".join(p.words),
+            window=p.window,
+            slot=p.slot,
+            also_seen_as=tuple(p.also_seen_as),
+        )
+        for window_pieces in pieces
+        for p in window_pieces
+        if p.words
+    ]
+    stitched.sort(key=lambda s: (s.start, s.end))
+    return stitched, repairs

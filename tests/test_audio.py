@@ -1,0 +1,332 @@
+"""load_audio: every input kind decodes to mono float32 at 16 kHz, bad input fails with AudioError."""
+
+from __future__ import annotations
+
+import logging
+import tracemalloc
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from turnscribe import audio
+from turnscribe.audio import AudioError, audio_duration, load_audio
+from turnscribe.types import SAMPLE_RATE
+
+TONE_HZ = 440.0
+TONE_S = 1.5
+# mp3/aac/opus add encoder priming and padding, so decoded lengths differ slightly from the source.
+DURATION_TOLERANCE_S = 0.06
+
+
+def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def dominant_hz(samples: np.ndarray, rate: int = SAMPLE_RATE) -> float:
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.fft.rfftfreq(samples.size, 1 / rate)[spectrum.argmax()])
+
+
+def encode(
+    path: Path,
+    codec: str,
+    channels: np.ndarray,
+    rate: int,
+    *,
+    video: bool = False,
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Write (channels, n) float samples with PyAV; the codec context converts format and frame size itself."""
+    layout = {1: "mono", 2: "stereo"}[channels.shape[0]]
+    with av.open(str(path), "w") as out:
+        if video:
+            picture = out.add_stream("mpeg4", rate=10)
+            picture.width = picture.height = 32
+            picture.pix_fmt = "yuv420p"
+        sound = out.add_stream(codec, rate=rate, options=options or {})
+        sound.layout = layout
+        for start in range(0, channels.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(channels[:, start : start + 1024]), format="fltp", layout=layout
+            )
+            frame.sample_rate = rate
+            frame.pts = start
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+        if video:
+            write_video_frames(out, picture, int(TONE_S * 10))
+    return path
+
+
+def write_video_frames(out: av.container.OutputContainer, stream: av.video.stream.VideoStream, count: int) -> None:
+    for index in range(count):
+        frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        frame.pts = index
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    """Fast 16-bit mono wav writer for the long file, where encoding through PyAV would dominate the test."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((samples * 32767).astype(np.int16).tobytes())
+    return path
+
+
+# (file name, encoder, source rate, encoder options, with a video stream)
+FORMATS = [
+    ("tone.wav", "pcm_s16le", 44100, None, False),
+    ("tone.flac", "flac", 44100, None, False),
+    ("tone.mp3", "libmp3lame", 44100, None, False),
+    ("tone.m4a", "aac", 44100, None, False),
+    # PyAV's bundled FFmpeg has no libvorbis; its native Vorbis encoder is marked experimental.
+    ("tone.ogg", "vorbis", 44100, {"strict": "experimental"}, False),
+    ("opus.ogg", "libopus", 48000, None, False),
+    ("tone.opus", "libopus", 48000, None, False),
+    ("tone.webm", "libopus", 48000, None, False),
+    ("tone.mp4", "aac", 44100, None, True),
+    ("tone.mkv", "libmp3lame", 22050, None, True),
+]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("media")
+    for name, codec, rate, options, video in FORMATS:
+        channels = np.stack([tone(TONE_HZ, TONE_S, rate)] * 2)
+        encode(folder / name, codec, channels, rate, video=video, options=options)
+    return folder
+
+
+@pytest.fixture
+def wav(media: Path) -> Path:
+    return media / "tone.wav"
+
+
+def assert_tone(samples: np.ndarray, seconds: float = TONE_S, freq: float = TONE_HZ) -> None:
+    assert samples.dtype == np.float32
+    assert samples.ndim == 1
+    assert samples.flags["C_CONTIGUOUS"]
+    assert abs(samples.size / SAMPLE_RATE - seconds) <= DURATION_TOLERANCE_S
+    assert abs(dominant_hz(samples) - freq) <= 5
+
+
+@pytest.mark.parametrize("name", [f[0] for f in FORMATS])
+def test_formats_decode_to_16k_mono(media: Path, name: str) -> None:
+    assert_tone(load_audio(media / name))
+
+
+def test_bytes_file_object_and_str_path_match_path(wav: Path) -> None:
+    expected = load_audio(wav)
+    np.testing.assert_array_equal(load_audio(wav.read_bytes()), expected)
+    with wav.open("rb") as handle:
+        np.testing.assert_array_equal(load_audio(handle), expected)
+    np.testing.assert_array_equal(load_audio(str(wav)), expected)
+
+
+def test_8k_stereo_file_mixes_both_channels(tmp_path: Path) -> None:
+    rate = 8000
+    path = encode(tmp_path / "two.wav", "pcm_s16le", np.stack([tone(300, 2, rate), tone(1000, 2, rate)]), rate)
+    samples = load_audio(path)
+    assert samples.size == 2 * SAMPLE_RATE
+    spectrum = np.abs(np.fft.rfft(samples))
+    freqs = np.fft.rfftfreq(samples.size, 1 / SAMPLE_RATE)
+    low, high = (spectrum[np.abs(freqs - f) < 5].max() for f in (300, 1000))
+    assert low > 0.5 * spectrum.max()
+    assert high > 0.5 * spectrum.max()
+
+
+def test_short_clip_and_silence(tmp_path: Path) -> None:
+    clip = encode(tmp_path / "clip.wav", "pcm_s16le", tone(TONE_HZ, 0.2, 44100)[None], 44100)
+    assert_tone(load_audio(clip), seconds=0.2)
+    silence = encode(tmp_path / "silence.flac", "flac", np.zeros((1, 16000), np.float32), 16000)
+    samples = load_audio(silence)
+    assert samples.size == SAMPLE_RATE
+    assert not samples.any()
+
+
+def test_rate_and_layout_change_midstream(tmp_path: Path) -> None:
+    # Raw mp3 frames can simply be concatenated: the decoder then switches 44.1 kHz mono -> 22.05 kHz stereo.
+    first = encode(tmp_path / "a.mp3", "libmp3lame", tone(TONE_HZ, TONE_S, 44100)[None], 44100)
+    second = encode(tmp_path / "b.mp3", "libmp3lame", np.stack([tone(TONE_HZ, TONE_S, 22050)] * 2), 22050)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    samples = load_audio(joined)
+    assert abs(samples.size / SAMPLE_RATE - 2 * TONE_S) <= 2 * DURATION_TOLERANCE_S
+    assert abs(dominant_hz(samples) - TONE_HZ) <= 5
+
+
+def test_damaged_packets_are_skipped_with_warning(
+    media: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = bytearray((media / "tone.mp3").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 400] = np.random.default_rng(0).bytes(400)
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="turnscribe.audio"):
+        samples = load_audio(damaged)
+    assert "undecodable" in caplog.text
+    assert 0 < samples.size < TONE_S * SAMPLE_RATE
+    assert abs(dominant_hz(samples) - TONE_HZ) <= 5
+
+
+def test_short_duration_estimate_grows_buffer(wav: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audio, "_estimated_seconds", lambda container, stream: 0.1)
+    monkeypatch.setattr(audio, "_MARGIN_SAMPLES", 0)
+    assert_tone(load_audio(wav))
+
+
+def test_audio_duration(media: Path) -> None:
+    assert audio_duration(media / "tone.wav") == pytest.approx(TONE_S)
+    assert audio_duration(media / "tone.mp4") == pytest.approx(TONE_S, abs=DURATION_TOLERANCE_S)
+    with pytest.raises(AudioError, match="No such file"):
+        audio_duration(media / "missing.wav")
+
+
+def test_long_file_holds_one_copy(tmp_path: Path) -> None:
+    rate = 16000
+    path = write_wav(tmp_path / "long.wav", tone(TONE_HZ, 600, rate, amplitude=0.3), rate)
+    tracemalloc.start()
+    try:
+        samples = load_audio(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert samples.size == 600 * SAMPLE_RATE
+    owner = samples
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    assert owner.nbytes <= 1.1 * samples.nbytes
+    assert peak < 1.5 * samples.nbytes
+
+
+# --- arrays and tensors
+
+
+def test_int16_interleaved_stereo_array() -> None:
+    rate = 44100
+    left = tone(TONE_HZ, TONE_S, rate)
+    pcm = (np.stack([left, left], axis=1) * 32767).astype(np.int16)
+    samples = load_audio(pcm, sampling_rate=rate)
+    assert samples.size == int(TONE_S * SAMPLE_RATE)
+    assert_tone(samples)
+    assert 0.45 < np.abs(samples).max() <= 0.51
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.uint8])
+def test_array_dtypes_scale_to_unit_range(dtype: type) -> None:
+    source = tone(TONE_HZ, TONE_S, 22050)
+    if np.dtype(dtype).kind == "i":
+        source = source * np.iinfo(dtype).max
+    elif np.dtype(dtype).kind == "u":
+        source = source * 127 + 128
+    samples = load_audio(np.stack([source, source]).astype(dtype), sampling_rate=22050)
+    assert_tone(samples)
+    assert 0.45 < np.abs(samples).max() <= 0.51
+
+
+def test_torch_tensor_input() -> None:
+    source = torch.from_numpy(tone(TONE_HZ, TONE_S, 48000))[None]
+    assert_tone(load_audio(source, sampling_rate=48000))
+    assert_tone(load_audio(source.to(torch.bfloat16), sampling_rate=48000))
+
+
+def test_16k_mono_float32_array_is_not_copied() -> None:
+    source = tone(TONE_HZ, TONE_S, SAMPLE_RATE)
+    assert load_audio(source, sampling_rate=SAMPLE_RATE) is source
+
+
+def test_degenerate_arrays() -> None:
+    empty = load_audio(np.zeros(0, np.float32), sampling_rate=44100)
+    assert empty.dtype == np.float32
+    assert empty.shape == (0,)
+    assert load_audio(np.zeros((2, 0), np.int16), sampling_rate=8000).shape == (0,)
+    single = load_audio(np.array([0.25]), sampling_rate=44100)
+    assert single.dtype == np.float32
+    assert single.shape == (1,)
+
+
+@pytest.mark.parametrize(
+    ("data", "rate", "match"),
+    [
+        (np.zeros(100, np.float32), None, "sampling_rate is required"),
+        (np.zeros(100, np.float32), 0, "positive whole number"),
+        (np.zeros(100, np.float32), 44100.5, "positive whole number"),
+        (np.array([0.0, np.nan, 0.0]), 16000, "NaN or infinite"),
+        (np.array([0.0, np.inf], np.float32), 16000, "NaN or infinite"),
+        (np.array([0.0, 1e300]), 16000, "NaN or infinite"),
+        (np.zeros((2, 2, 100), np.float32), 16000, "1-D or 2-D"),
+        (np.zeros(100, np.complex64), 16000, "Unsupported audio array dtype"),
+        (torch.tensor([0.0, float("nan")]), 16000, "NaN or infinite"),
+        ([0.0, 0.1], 16000, "Unsupported audio input"),
+    ],
+)
+def test_invalid_arrays(data: object, rate: float | None, match: str) -> None:
+    with pytest.raises(AudioError, match=match):
+        load_audio(data, sampling_rate=rate)  # type: ignore[arg-type]
+
+
+# --- bad files
+
+
+def test_sampling_rate_with_file_is_rejected(wav: Path) -> None:
+    with pytest.raises(AudioError, match="only to array"):
+        load_audio(wav, sampling_rate=16000)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="No such file.*missing.wav"):
+        load_audio(tmp_path / "missing.wav")
+
+
+def test_directory(tmp_path: Path) -> None:
+    with pytest.raises(AudioError, match="Is a directory"):
+        load_audio(tmp_path)
+
+
+def test_empty_file_and_bytes(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    with pytest.raises(AudioError, match=r"Empty file \(0 bytes\).*empty.wav"):
+        load_audio(empty)
+    with pytest.raises(AudioError, match="Empty audio data"):
+        load_audio(b"")
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    noise = np.random.default_rng(1).bytes(20_000)
+    path = tmp_path / "noise.mp3"
+    path.write_bytes(noise)
+    with pytest.raises(AudioError, match="Not a readable audio or video file.*noise.mp3"):
+        load_audio(path)
+    with pytest.raises(AudioError, match="<bytes>"):
+        load_audio(noise)
+
+
+def test_text_named_wav(tmp_path: Path) -> None:
+    path = tmp_path / "notes.wav"
+    path.write_text("these are meeting notes, not a recording\n" * 50)
+    with pytest.raises(AudioError, match="notes.wav"):
+        load_audio(path)
+
+
+def test_video_without_audio(tmp_path: Path) -> None:
+    path = tmp_path / "silent_film.mp4"
+    with av.open(str(path), "w") as out:
+        picture = out.add_stream("mpeg4", rate=10)
+        picture.width = picture.height = 32
+        picture.pix_fmt = "yuv420p"
+        write_video_frames(out, picture, 5)
+    with pytest.raises(AudioError, match=r"No audio stream in .*silent_film.mp4 \(streams: video\)"):
+        load_audio(path)
+    with pytest.raises(AudioError, match="No audio stream"):
+        audio_duration(path)

@@ -1,0 +1,225 @@
+"""A tiny, randomly initialised `cohere_asr` model with the diarize vocabulary, saved the way users get it.
+
+`build_checkpoint(path, layout)` writes either the native transformers layout or the base model's
+original NeMo-style layout (config keys encoder/transf_decoder/head/preprocessor, original weight
+names, vocabulary in head.num_classes). `ScriptedLogits` makes generate() emit a chosen token stream,
+so the real model path (features → encoder → generate → decode) is checked against a known answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    CohereAsrConfig,
+    CohereAsrFeatureExtractor,
+    CohereAsrForConditionalGeneration,
+    CohereAsrProcessor,
+    LogitsProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from turnscribe.prompt import LANGUAGES, SPEAKER_TOKENS, TIMESTAMP_TOKENS
+
+SPECIAL_TOKENS = [
+    "<unk>",
+    "<|nospeech|>",
+    "<pad>",
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|startofcontext|>",
+    "<|emo:undefined|>",
+    *[f"<|{code}|>" for code in LANGUAGES],
+    *["<|pnc|>", "<|nopnc|>", "<|itn|>", "<|noitn|>", "<|timestamp|>", "<|notimestamp|>", "<|diarize|>"],
+    "<|nodiarize|>",
+    *SPEAKER_TOKENS,
+    *TIMESTAMP_TOKENS,
+]
+# Character-level text vocabulary: any scripted sentence over these characters can be forced.
+TEXT_TOKENS = ["▁", *string.ascii_letters, *string.digits, *".,?!'-"]
+
+# native weight name → original name (the inverse of transformers' conversion mapping for cohere_asr)
+_TO_ORIGINAL = [
+    (r"^model\.encoder\.subsampling\.layers\.", "encoder.pre_encode.conv."),
+    (r"^model\.encoder\.subsampling\.linear\.", "encoder.pre_encode.out."),
+    (r"^model\.decoder\.pos_emb\.weight$", "transf_decoder._embedding.position_embedding.pos_enc"),
+    (r"^model\.decoder\.embed_tokens\.", "transf_decoder._embedding.token_embedding."),
+    (r"^model\.decoder\.embedding_layernorm\.", "transf_decoder._embedding.layer_norm."),
+    (r"^model\.decoder\.norm\.", "transf_decoder._decoder.final_layer_norm."),
+    (r"^model\.decoder\.proj\.", "encoder_decoder_proj."),
+    (r"^model\.decoder\.layers\.", "transf_decoder._decoder.layers."),
+    (r"^model\.encoder\.", "encoder."),
+    (r"^proj_out\.", "log_softmax.mlp.layer0."),
+    (r"\.self_attn\.q_proj\.", ".self_attn.linear_q."),
+    (r"\.self_attn\.k_proj\.", ".self_attn.linear_k."),
+    (r"\.self_attn\.v_proj\.", ".self_attn.linear_v."),
+    (r"\.self_attn\.o_proj\.", ".self_attn.linear_out."),
+    (r"\.self_attn\.relative_k_proj\.", ".self_attn.linear_pos."),
+    (r"\.self_attn\.bias_u$", ".self_attn.pos_bias_u"),
+    (r"\.self_attn\.bias_v$", ".self_attn.pos_bias_v"),
+    (r"\.conv\.norm\.", ".conv.batch_norm."),
+    (r"\.input_layernorm\.", ".layer_norm_1."),
+    (r"\.post_attention_layernorm\.", ".layer_norm_2."),
+    (r"\.final_layernorm\.", ".layer_norm_3."),
+    (r"\.mlp\.fc1\.", ".third_sub_layer.dense_in."),
+    (r"\.mlp\.fc2\.", ".third_sub_layer.dense_out."),
+]
+_DECODER_ATTENTION = [
+    (r"(_decoder\.layers\.\d+)\.self_attn\.linear_q\.", r"\1.first_sub_layer.query_net."),
+    (r"(_decoder\.layers\.\d+)\.self_attn\.linear_k\.", r"\1.first_sub_layer.key_net."),
+    (r"(_decoder\.layers\.\d+)\.self_attn\.linear_v\.", r"\1.first_sub_layer.value_net."),
+    (r"(_decoder\.layers\.\d+)\.self_attn\.linear_out\.", r"\1.first_sub_layer.out_projection."),
+    (r"\.encoder_attn\.q_proj\.", ".second_sub_layer.query_net."),
+    (r"\.encoder_attn\.k_proj\.", ".second_sub_layer.key_net."),
+    (r"\.encoder_attn\.v_proj\.", ".second_sub_layer.value_net."),
+    (r"\.encoder_attn\.o_proj\.", ".second_sub_layer.out_projection."),
+]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + TEXT_TOKENS)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|endoftext|>",
+        bos_token="<|startoftranscript|>",
+    )
+
+
+def tiny_config(vocab_size: int, start_id: int) -> CohereAsrConfig:
+    return CohereAsrConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        pad_token_id=2,
+        eos_token_id=3,
+        bos_token_id=4,
+        decoder_start_token_id=start_id,
+        encoder_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "subsampling_conv_channels": 8,
+            "num_mel_bins": 128,
+        },
+    )
+
+
+def build_checkpoint(path: Path, layout: str = "native", seed: int = 0) -> Path:
+    tokenizer = build_tokenizer()
+    config = tiny_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<|startofcontext|>"))
+    torch.manual_seed(seed)
+    model = CohereAsrForConditionalGeneration(config).eval()
+    processor = CohereAsrProcessor(feature_extractor=CohereAsrFeatureExtractor(), tokenizer=tokenizer)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    if layout == "original":
+        _to_original_layout(path, config)
+    return path
+
+
+def _original_name(name: str) -> str:
+    for pattern, repl in _TO_ORIGINAL + _DECODER_ATTENTION:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _to_original_layout(path: Path, config: CohereAsrConfig) -> None:
+    weights = load_file(str(path / "model.safetensors"))
+    original = {_original_name(k): v.contiguous() for k, v in weights.items()}
+    # What NeMo checkpoints also carry and a loader must tolerate.
+    for name in [k for k in original if k.endswith("batch_norm.running_var")]:
+        original[name.replace("running_var", "num_batches_tracked")] = torch.tensor(0)
+    save_file(original, str(path / "model.safetensors"), metadata={"format": "pt"})
+    enc = config.encoder_config
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["CohereAsrForConditionalGeneration"],
+                "model_type": "cohere_asr",
+                "vocab_size": 16384,  # stale on purpose: the base model's size, as the real file has it
+                "encoder": {
+                    "feat_in": enc.num_mel_bins,
+                    "n_layers": enc.num_hidden_layers,
+                    "d_model": enc.hidden_size,
+                    "n_heads": enc.num_attention_heads,
+                    "ff_expansion_factor": enc.intermediate_size // enc.hidden_size,
+                    "conv_kernel_size": enc.conv_kernel_size,
+                    "subsampling_factor": enc.subsampling_factor,
+                    "subsampling_conv_channels": enc.subsampling_conv_channels,
+                    "pos_emb_max_len": enc.max_position_embeddings,
+                },
+                "transf_decoder": {
+                    "config_dict": {
+                        "num_layers": config.num_hidden_layers,
+                        "hidden_size": config.hidden_size,
+                        "num_attention_heads": config.num_attention_heads,
+                        "inner_size": config.intermediate_size,
+                        "max_sequence_length": config.max_position_embeddings,
+                        "hidden_act": config.hidden_act,
+                        "vocab_size": 16384,
+                    }
+                },
+                "head": {"num_classes": config.vocab_size, "log_softmax": True},
+                "preprocessor": {
+                    "sample_rate": 16000,
+                    "features": 128,
+                    "n_fft": 512,
+                    "window_size": 0.025,
+                    "window_stride": 0.01,
+                    "window": "hann",
+                    "normalize": "per_feature",
+                },
+                "supported_languages": sorted(LANGUAGES),
+            },
+            indent=2,
+        )
+    )
+    (path / "processor_config.json").unlink(missing_ok=True)
+
+
+class ScriptedLogits(LogitsProcessor):
+    """Forces each batch row to emit its scripted token ids, then end-of-text."""
+
+    def __init__(self, scripts: Sequence[Sequence[int]], prompt_len: int, eos_id: int):
+        self.scripts = [list(s) + [eos_id] for s in scripts]
+        self.prompt_len = prompt_len
+        self.eos_id = eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_len
+        forced = torch.full_like(scores, float("-inf"))
+        for row, script in enumerate(self.scripts):
+            forced[row, script[step] if step < len(script) else self.eos_id] = 0.0
+        return forced
+
+
+class Script:
+    """A queue of raw outputs (strings in the model grammar) handed out window by window, in order."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, outputs: Sequence[str], prompt_len: int = 9):
+        self.tokenizer = tokenizer
+        self.outputs = deque(outputs)
+        self.prompt_len = prompt_len
+
+    def __call__(self, windows: Sequence[object]) -> list[LogitsProcessor]:
+        texts = [self.outputs.popleft() for _ in windows]
+        scripts = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+        return [ScriptedLogits(scripts, self.prompt_len, self.tokenizer.eos_token_id)]
