@@ -54,12 +54,14 @@ class TransformersDecoder:
         *,
         device: str = "auto",
         batch_size: int = 4,
+        max_new_tokens: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
         logits_processor_factory: LogitsProcessorFactory | None = None,
     ) -> None:
         self.model_id = str(model)
         self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens  # None: sized to the longest window of each batch
         self.device, self.dtype = pick_device(device)
         # Tests force scripted outputs through a logits processor; users may add their own constraints.
         self.logits_processor_factory = logits_processor_factory
@@ -99,7 +101,7 @@ class TransformersDecoder:
                 # The card's prompt starts with <|startofcontext|>; saying so stops generate() prepending
                 # the config's decoder_start_token_id in front of it.
                 decoder_start_token_id=prompt[0],
-                max_new_tokens=min(max_new_tokens_for(longest), budget),
+                max_new_tokens=min(self.max_new_tokens or max_new_tokens_for(longest), budget),
                 do_sample=False,
                 num_beams=1,
                 repetition_penalty=REPETITION_PENALTY,

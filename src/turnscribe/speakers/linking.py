@@ -55,6 +55,8 @@ class ClusteringLinker:
         )
 
     def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
+        if not segments:
+            return []
         starts = [s.start for s in segments]
         # One decoder pass already numbered its speakers consistently; embeddings could only add errors.
         if len({s.window for s in segments}) <= 1 and self._slots_fit(len({s.slot for s in segments})):

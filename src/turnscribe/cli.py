@@ -1,0 +1,157 @@
+"""`turnscribe` command line: a thin shell over turnscribe.build_pipeline / Pipeline.run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import DEFAULT_EMBEDDER, DEFAULT_MODEL, __version__, build_pipeline
+from .formats import extension, format_names, write
+from .pipeline import ProgressEvent
+from .prompt import LANGUAGES, check_language
+from .types import TurnscribeError
+from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, check_window
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Who spoke when, and what they said.")
+console = Console(stderr=True)
+DEFAULT_FORMATS = "txt,json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"turnscribe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the pipeline does.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@app.command()
+def languages() -> None:
+    """List the language codes the model transcribes."""
+    for code, name in LANGUAGES.items():
+        typer.echo(f"{code}\t{name}")
+
+
+def _parse_formats(value: str) -> list[str]:
+    names = format_names()
+    chosen = names if value.strip() == "all" else [f.strip() for f in value.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in names]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown format {', '.join(unknown) or value!r}; choose from {', '.join(names)}, all")
+    return chosen
+
+
+def _parse_options(values: list[str]) -> dict[str, str]:
+    options = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        options[key.strip()] = val.strip()
+    return options
+
+
+@app.command()
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(help="Audio or video files, any format FFmpeg reads.")],
+    model: Annotated[str, typer.Option(help="Hub id or local folder of the checkpoint.")] = DEFAULT_MODEL,
+    language: Annotated[str, typer.Option("--language", "-l", help="Spoken language (see `turnscribe languages`).")] = "en",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated output formats, or 'all'.")
+    ] = DEFAULT_FORMATS,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write the outputs.")] = Path("."),
+    num_speakers: Annotated[int | None, typer.Option(min=1, help="Exact number of speakers, if known.")] = None,
+    min_speakers: Annotated[int | None, typer.Option(min=1, help="At least this many speakers.")] = None,
+    max_speakers: Annotated[int | None, typer.Option(min=1, help="At most this many speakers.")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Clustering distance threshold (default: the embedder's calibrated one).")
+    ] = None,
+    embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = DEFAULT_EMBEDDER,
+    embedder_option: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE passed to the embedder (e.g. hub_dir=PATH); repeatable.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per generate() call.")] = 4,
+    window: Annotated[float, typer.Option(help="Window length in seconds (at most 30).")] = DEFAULT_WINDOW_S,
+    overlap: Annotated[float, typer.Option(help="Overlap between windows in seconds.")] = DEFAULT_OVERLAP_S,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Load the checkpoint with its own code instead of native transformers classes.")
+    ] = False,
+) -> None:
+    """Transcribe FILES with speaker labels and write the chosen formats to --output-dir."""
+    formats = _parse_formats(format)
+    try:
+        check_language(language)
+        check_window(window, overlap)
+    except TurnscribeError as e:
+        raise typer.BadParameter(str(e)) from e
+    missing = [f for f in files if not f.is_file()]
+    for f in missing:
+        console.print(f"[red]error[/red] {f}: {'is a directory' if f.is_dir() else 'no such file'}")
+    todo = [f for f in files if f.is_file()]
+    if not todo:
+        raise typer.Exit(1)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with console.status(f"Loading {model} …"):
+            pipeline = build_pipeline(
+                model=model,
+                embedder=embedder,
+                embedder_options=_parse_options(embedder_option or []),
+                threshold=threshold,
+                num_speakers=num_speakers,
+                min_speakers=min_speakers,
+                max_speakers=max_speakers,
+                device=device,
+                batch_size=batch_size,
+                window_s=window,
+                overlap_s=overlap,
+                trust_remote_code=trust_remote_code,
+            )
+    except (TurnscribeError, ValueError) as e:
+        console.print(f"[red]error[/red] {e}")
+        raise typer.Exit(2) from e
+
+    failed = len(missing)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        files_task = bar.add_task("files", total=len(todo))
+        for path in todo:
+            windows_task = bar.add_task(f"  {path.name}", total=None)
+
+            def on_progress(event: ProgressEvent, task: int = windows_task) -> None:
+                if event.kind == "window":
+                    bar.update(task, completed=event.done, total=event.total)
+
+            try:
+                transcript = pipeline.run(path, language=language, progress=on_progress, source=str(path))
+                written = [write(transcript, fmt, output_dir / f"{path.stem}{extension(fmt)}", uri=path.stem) for fmt in formats]
+            except TurnscribeError as e:
+                failed += 1
+                console.print(f"[red]error[/red] {path}: {e}")
+            else:
+                problems = [r for r in transcript.metadata.repairs if r.kind == "window_failed"]
+                for r in problems:
+                    console.print(f"[yellow]warning[/yellow] {path}: window {r.window} failed to decode: {r.detail}")
+                console.print(
+                    f"[green]done[/green] {path}: {transcript.duration:.1f}s, {len(transcript.speakers)} speakers, "
+                    f"{len(transcript.segments)} segments → {', '.join(str(p) for p in written)}"
+                )
+            bar.remove_task(windows_task)
+            bar.advance(files_task)
+    if failed:
+        console.print(f"[red]{failed} of {len(files)} files failed[/red]")
+        raise typer.Exit(1)

@@ -1,0 +1,24 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# No test may reach a model hub: a hub id must fail fast, not hang on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_native(tmp_path_factory) -> Path:
+    from tiny_model import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("tiny-native"), "native")
+
+
+@pytest.fixture(scope="session")
+def tiny_original(tmp_path_factory) -> Path:
+    from tiny_model import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("tiny-original"), "original")

@@ -1,0 +1,222 @@
+"""End to end: audio file → windows → tiny model generate (forced) → parse → stitch → embed → cluster → formats."""
+
+import json
+
+import av
+import numpy as np
+import pytest
+from speech import have_espeak, speak
+from tiny_model import Script, build_tokenizer
+
+from turnscribe import Pipeline, build_pipeline
+from turnscribe.decoders import ScriptedDecoder
+from turnscribe.decoders.base import DecoderError
+from turnscribe.decoders.transformers import TransformersDecoder
+from turnscribe.formats import format_names, render
+from turnscribe.parse import format_segments
+from turnscribe.speakers import ClusteringLinker, load_embedder
+from turnscribe.types import SAMPLE_RATE, LocalSegment, WindowSpan
+from turnscribe.windows import plan_windows
+
+needs_espeak = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed (.ci/run installs it)")
+
+# (start s, voice, text): two voices taking turns over 70 s, so over three 28 s windows.
+TURNS = [
+    (1.0, "A", "Good morning everyone and welcome to the weekly planning meeting"),
+    (7.0, "B", "Thanks for having me I have a few updates about the release"),
+    (14.0, "A", "Please go ahead and tell us what changed since last week"),
+    (21.0, "B", "We fixed the login problem and the build is much faster now"),
+    (27.0, "A", "That is great news for the whole team"),
+    (33.0, "B", "The next step is testing on real devices before we ship"),
+    (41.0, "A", "How long do you think the testing will take"),
+    (47.0, "B", "About two weeks if nothing unexpected comes up"),
+    (54.0, "A", "Fine let us meet again when the results are in"),
+    (61.0, "B", "Sounds good see you all next week"),
+]
+VOICES = {"A": dict(voice="en-us", pitch=25, speed=150), "B": dict(voice="en+f3", pitch=70, speed=170)}
+
+
+def write_wav(path, samples, rate=SAMPLE_RATE, channels=1):
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=rate, layout="mono" if channels == 1 else "stereo")
+        pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono" if channels == 1 else "stereo")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def meeting(tmp_path_factory):
+    """A 70 s two-voice recording and its ground truth (start, end, voice, text)."""
+    if not have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    folder = tmp_path_factory.mktemp("meeting")
+    audio = np.zeros(70 * SAMPLE_RATE, dtype=np.float32)
+    truth = []
+    for i, (start, voice, text) in enumerate(TURNS):
+        clip = speak(text, path=folder / f"{i}.wav", **VOICES[voice])[: int(5.8 * SAMPLE_RATE)]
+        s = int(start * SAMPLE_RATE)
+        audio[s : s + len(clip)] = clip
+        truth.append((start, round(start + len(clip) / SAMPLE_RATE, 1), voice, text))
+    path = folder / "meeting.wav"
+    write_wav(path, audio)
+    return path, truth
+
+
+def window_output(span: WindowSpan, truth) -> str:
+    """What a perfect model says for this window: times relative to it, slots in order of first appearance."""
+    slots: dict[str, int] = {}
+    local = []
+    for start, end, voice, text in truth:
+        s, e = max(start, span.start) - span.start, min(end, span.end) - span.start
+        if e - s < 0.3:
+            continue
+        slot = slots.setdefault(voice, len(slots))
+        local.append(LocalSegment(slot, round(s, 1), round(e, 1), text))
+    return format_segments(local)
+
+
+@needs_espeak
+def test_two_voices_end_to_end_through_the_tiny_model(meeting, tiny_native, tmp_path):
+    path, truth = meeting
+    spans = plan_windows(70 * SAMPLE_RATE)
+    outputs = [window_output(s, truth) for s in spans]
+    # In window 1 voice B speaks first, so the model's slot 0 is B there: linking must undo that.
+    assert outputs[1].startswith("<|spltoken0|>") and "spltoken1" in outputs[1]
+    decoder = TransformersDecoder(tiny_native, device="cpu", batch_size=2, logits_processor_factory=Script(build_tokenizer(), outputs))
+    pipeline = Pipeline(decoder, ClusteringLinker(load_embedder("resemblyzer")))
+    events = []
+    transcript = pipeline.run(path, language="en", progress=events.append, source=str(path))
+
+    assert [s.text for s in transcript.segments] == [t[3] for t in truth]
+    for seg, (start, end, _, _) in zip(transcript.segments, truth):
+        assert seg.start == pytest.approx(start, abs=0.051) and seg.end == pytest.approx(end, abs=0.051)
+    voice_of = {t[3]: t[2] for t in truth}
+    assert transcript.speakers == ["SPEAKER_00", "SPEAKER_01"]
+    assert {voice_of[s.text] + s.speaker for s in transcript.segments} == {"ASPEAKER_00", "BSPEAKER_01"}
+    assert transcript.duration == pytest.approx(70.0)
+    assert transcript.metadata.windows == 3 and transcript.metadata.embedder == "resemblyzer"
+    assert [e.done for e in events if e.kind == "window"] == [2, 3] and events[-1].kind == "file"
+
+    for fmt in format_names():
+        text = render(transcript, fmt, uri="meeting")
+        assert "Good morning everyone" in text or fmt == "rttm"
+    diarized = json.loads(render(transcript, "diarized_json"))
+    assert diarized["speakers"] == ["SPEAKER_00", "SPEAKER_01"] and len(diarized["segments"]) == len(truth)
+
+
+def scripted(outputs_by_window, batch_size=8):
+    return ScriptedDecoder(lambda span: outputs_by_window(span), batch_size=batch_size)
+
+
+class FakeEmbedder:
+    """Embeds a clip by its mean sign, so tests of the pipeline's control flow need no real model."""
+
+    name = "fake"
+    default_threshold = 0.5
+
+    def embed(self, clips):
+        return np.array([[1.0, 0.0] if c.mean() >= 0 else [0.0, 1.0] for c in clips], dtype=np.float32)
+
+
+def pipeline_with(decoder):
+    return Pipeline(decoder, ClusteringLinker(FakeEmbedder()))
+
+
+def tone(seconds, rate=SAMPLE_RATE):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def test_a_failing_window_is_reported_and_the_rest_survive():
+    def script(span):
+        if span.index == 1:
+            raise RuntimeError("CUDA error: device-side assert")
+        return "<|spltoken0|><|t:1.0|> window " + str(span.index) + " <|t:2.0|>"
+
+    transcript = pipeline_with(scripted(script, batch_size=3)).run(tone(80), sampling_rate=SAMPLE_RATE)
+    assert [s.text for s in transcript.segments] == ["window 0", "window 2"]
+    failed = [r for r in transcript.metadata.repairs if r.kind == "window_failed"]
+    assert [r.window for r in failed] == [1] and "device-side assert" in failed[0].detail
+
+
+def test_every_window_failing_is_an_error():
+    def script(span):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(DecoderError, match="Every window failed"):
+        pipeline_with(scripted(script)).run(tone(40), sampling_rate=SAMPLE_RATE)
+
+
+def test_a_decoder_returning_the_wrong_count_is_isolated():
+    class Short:
+        name, model_id, batch_size = "short", "x", 4
+
+        def decode(self, windows, language):
+            return ["<|spltoken0|><|t:0.0|> hi <|t:1.0|>"] if len(windows) == 1 else []
+
+    transcript = pipeline_with(Short()).run(tone(60), sampling_rate=SAMPLE_RATE)
+    assert len(transcript.segments) == 3
+
+
+def test_malformed_model_output_is_repaired_not_raised(tiny_native):
+    garbage = ["<|t:3.0|> no speaker <|t:1.0|><|spltoken5|><|en|> loop loop loop loop loop <|t:29.9|><|spltoken1|>"]
+    decoder = TransformersDecoder(tiny_native, device="cpu", logits_processor_factory=Script(build_tokenizer(), garbage))
+    transcript = pipeline_with(decoder).run(tone(12), sampling_rate=SAMPLE_RATE)
+    assert [s.text for s in transcript.segments] == ["no speaker", "loop loop"]
+    assert transcript.segments[1].end == pytest.approx(12.0)
+    kinds = {r.kind for r in transcript.metadata.repairs}
+    assert {"missing_speaker", "end_before_start", "stray_token", "repetition_loop", "time_past_window"} <= kinds
+
+
+def test_silence_gives_an_empty_transcript_without_decoding():
+    def script(span):
+        raise AssertionError("silence must not reach the model")
+
+    transcript = pipeline_with(scripted(script)).run(np.zeros(45 * SAMPLE_RATE, np.float32), sampling_rate=SAMPLE_RATE)
+    assert transcript.segments == [] and transcript.speakers == [] and transcript.duration == 45.0
+    assert all(render(transcript, fmt) is not None for fmt in format_names())
+
+
+def test_empty_audio_gives_an_empty_transcript():
+    transcript = pipeline_with(scripted(lambda s: "")).run(np.zeros(0, np.float32), sampling_rate=SAMPLE_RATE)
+    assert transcript.segments == [] and transcript.metadata.windows == 0
+
+
+def test_short_clip_through_the_real_model(tiny_native, tmp_path):
+    path = tmp_path / "short.wav"
+    write_wav(path, tone(0.2))
+    outputs = ["<|spltoken0|><|t:0.0|> Hi <|t:0.2|>"]
+    decoder = TransformersDecoder(tiny_native, device="cpu", logits_processor_factory=Script(build_tokenizer(), outputs))
+    transcript = pipeline_with(decoder).run(path)
+    assert [(s.start, s.end, s.text, s.speaker) for s in transcript.segments] == [(0.0, 0.2, "Hi", "SPEAKER_00")]
+
+
+def test_8khz_stereo_file(tmp_path):
+    path = tmp_path / "phone.wav"
+    stereo = np.stack([tone(35, 8000), tone(35, 8000)], axis=1).reshape(-1)
+    write_wav(path, stereo, rate=8000, channels=2)
+    seen = []
+    decoder = scripted(lambda span: seen.append(span.duration) or "<|spltoken0|><|t:1.0|> hello <|t:2.0|>")
+    transcript = pipeline_with(decoder).run(path)
+    assert transcript.duration == pytest.approx(35.0, abs=0.01)
+    assert seen == pytest.approx([28.0, 9.0], abs=0.01)
+    assert len(transcript.segments) == 2
+
+
+def test_length_an_exact_multiple_of_the_hop():
+    spans = plan_windows(26 * 3 * SAMPLE_RATE + 2 * SAMPLE_RATE)  # 80 s = 3 hops + overlap
+    assert [(s.start, s.end) for s in spans] == [(0, 28), (26, 54), (52, 80)]
+    transcript = pipeline_with(scripted(lambda s: "<|spltoken0|><|t:5.0|> x y <|t:6.0|>")).run(
+        tone(80), sampling_rate=SAMPLE_RATE
+    )
+    assert [s.start for s in transcript.segments] == [5.0, 31.0, 57.0]
+
+
+def test_build_pipeline_wires_options(tiny_native):
+    pipeline = build_pipeline(model=tiny_native, device="cpu", batch_size=3, num_speakers=2, window_s=20, overlap_s=1)
+    assert pipeline.decoder.batch_size == 3 and pipeline.window_s == 20
+    assert pipeline.speakers.num_speakers == 2
