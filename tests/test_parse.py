@@ -107,7 +107,9 @@ def well_formed(draw):
         segs.append(LocalSegment(draw(st.integers(0, 7)), round(start, 1), round(end, 1), text))
         t = end
     # A third identical segment in a row is, by the parser's rule, a decoding loop.
-    assume(not any(a.text == b.text == c.text and a.slot == b.slot == c.slot for a, b, c in zip(segs, segs[1:], segs[2:])))
+    assume(
+        not any(a.text == b.text == c.text and a.slot == b.slot == c.slot for a, b, c in zip(segs, segs[1:], segs[2:]))
+    )
     return segs
 
 

@@ -10,12 +10,13 @@ from tiny_model import Script, build_tokenizer
 
 from turnscribe import Pipeline, build_pipeline
 from turnscribe.decoders import ScriptedDecoder
-from turnscribe.decoders.base import DecoderError
+from turnscribe.decoders.base import DecoderError, WindowAudio
+from turnscribe.decoders.reference import ReferenceDecoder, ReferenceTurn
 from turnscribe.decoders.transformers import TransformersDecoder
 from turnscribe.formats import format_names, render
-from turnscribe.parse import format_segments
+from turnscribe.parse import parse_window
 from turnscribe.speakers import ClusteringLinker, load_embedder
-from turnscribe.types import SAMPLE_RATE, LocalSegment, WindowSpan
+from turnscribe.types import SAMPLE_RATE, LocalSegment
 from turnscribe.windows import plan_windows
 
 needs_espeak = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed (.ci/run installs it)")
@@ -66,27 +67,28 @@ def meeting(tmp_path_factory):
     return path, truth
 
 
-def window_output(span: WindowSpan, truth) -> str:
-    """What a perfect model says for this window: times relative to it, slots in order of first appearance."""
-    slots: dict[str, int] = {}
-    local = []
-    for start, end, voice, text in truth:
-        s, e = max(start, span.start) - span.start, min(end, span.end) - span.start
-        if e - s < 0.3:
-            continue
-        slot = slots.setdefault(voice, len(slots))
-        local.append(LocalSegment(slot, round(s, 1), round(e, 1), text))
-    return format_segments(local)
+def test_reference_decoder_round_trips_through_the_parser():
+    turns = [ReferenceTurn(1.0, 4.0, "A", "one two"), ReferenceTurn(27.0, 30.0, "B", "three four")]
+    spans = plan_windows(40 * SAMPLE_RATE)
+    decoder = ReferenceDecoder(turns)
+    raws = decoder.decode([WindowAudio(s, np.zeros(1, np.float32)) for s in spans], "en")
+    assert [parse_window(r, s.duration).segments for r, s in zip(raws, spans)] == [
+        [LocalSegment(0, 1.0, 4.0, "one two"), LocalSegment(1, 27.0, 28.0, "three four")],
+        [LocalSegment(0, 1.0, 4.0, "three four")],
+    ]
 
 
 @needs_espeak
 def test_two_voices_end_to_end_through_the_tiny_model(meeting, tiny_native, tmp_path):
     path, truth = meeting
     spans = plan_windows(70 * SAMPLE_RATE)
-    outputs = [window_output(s, truth) for s in spans]
+    turns = [ReferenceTurn(start, end, voice, text) for start, end, voice, text in truth]
+    outputs = ReferenceDecoder(turns).decode([WindowAudio(s, np.zeros(1, np.float32)) for s in spans], "en")
     # In window 1 voice B speaks first, so the model's slot 0 is B there: linking must undo that.
     assert outputs[1].startswith("<|spltoken0|>") and "spltoken1" in outputs[1]
-    decoder = TransformersDecoder(tiny_native, device="cpu", batch_size=2, logits_processor_factory=Script(build_tokenizer(), outputs))
+    decoder = TransformersDecoder(
+        tiny_native, device="cpu", batch_size=2, logits_processor_factory=Script(build_tokenizer(), outputs)
+    )
     pipeline = Pipeline(decoder, ClusteringLinker(load_embedder("resemblyzer")))
     events = []
     transcript = pipeline.run(path, language="en", progress=events.append, source=str(path))
@@ -164,7 +166,9 @@ def test_a_decoder_returning_the_wrong_count_is_isolated():
 
 def test_malformed_model_output_is_repaired_not_raised(tiny_native):
     garbage = ["<|t:3.0|> no speaker <|t:1.0|><|spltoken5|><|en|> loop loop loop loop loop <|t:29.9|><|spltoken1|>"]
-    decoder = TransformersDecoder(tiny_native, device="cpu", logits_processor_factory=Script(build_tokenizer(), garbage))
+    decoder = TransformersDecoder(
+        tiny_native, device="cpu", logits_processor_factory=Script(build_tokenizer(), garbage)
+    )
     transcript = pipeline_with(decoder).run(tone(12), sampling_rate=SAMPLE_RATE)
     assert [s.text for s in transcript.segments] == ["no speaker", "loop loop"]
     assert transcript.segments[1].end == pytest.approx(12.0)
@@ -190,7 +194,9 @@ def test_short_clip_through_the_real_model(tiny_native, tmp_path):
     path = tmp_path / "short.wav"
     write_wav(path, tone(0.2))
     outputs = ["<|spltoken0|><|t:0.0|> Hi <|t:0.2|>"]
-    decoder = TransformersDecoder(tiny_native, device="cpu", logits_processor_factory=Script(build_tokenizer(), outputs))
+    decoder = TransformersDecoder(
+        tiny_native, device="cpu", logits_processor_factory=Script(build_tokenizer(), outputs)
+    )
     transcript = pipeline_with(decoder).run(path)
     assert [(s.start, s.end, s.text, s.speaker) for s in transcript.segments] == [(0.0, 0.2, "Hi", "SPEAKER_00")]
 

@@ -16,7 +16,10 @@ def run(raw0: str, raw1: str):
 def test_segment_across_the_boundary_merges_without_duplicates_or_losses():
     # Truth: speaker says "so I think we should go to the park now" from 24.0 to 30.0 s.
     # Window 0 hears it up to 28 s, the last word cut ("pa"); window 1 from 26 s, the first word cut ("ould").
-    raw0 = "<|spltoken0|><|t:20.0|> Hello there. <|t:23.5|><|spltoken1|><|t:24.0|> so I think we should go to the pa <|t:28.0|>"
+    raw0 = (
+        "<|spltoken0|><|t:20.0|> Hello there. <|t:23.5|>"
+        "<|spltoken1|><|t:24.0|> so I think we should go to the pa <|t:28.0|>"
+    )
     raw1 = "<|spltoken0|><|t:0.0|> ould go to the park now <|t:4.0|><|spltoken1|><|t:5.0|> Sure. <|t:6.0|>"
     segments, repairs = run(raw0, raw1)
     assert [s.text for s in segments] == ["Hello there.", "so I think we should go to the park now", "Sure."]

@@ -1,9 +1,9 @@
 """turnscribe: who spoke when, and what they said, for recordings of any length.
 
-    >>> import turnscribe
-    >>> transcript = turnscribe.transcribe("meeting.mp3", language="en")
-    >>> for seg in transcript.segments:
-    ...     print(f"[{seg.start:.1f}-{seg.end:.1f}] {seg.speaker}: {seg.text}")
+>>> import turnscribe
+>>> transcript = turnscribe.transcribe("meeting.mp3", language="en")
+>>> for seg in transcript.segments:
+...     print(f"[{seg.start:.1f}-{seg.end:.1f}] {seg.speaker}: {seg.text}")
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def embedding_rows(path: Path) -> int | None:
     return None
 
 
-def _generation_ids(path: Path) -> dict[str, int]:
+def _generation_ids(path: Path) -> dict[str, Any]:
     file = path / "generation_config.json"
     if not file.is_file():
         return {}
@@ -116,11 +116,8 @@ def native_config_from_original(config: dict[str, Any], path: Path) -> Any:
         enc = config["encoder"]
         dec = config["transf_decoder"]["config_dict"]
         pre = config.get("preprocessor") or {}
-        vocab = (
-            embedding_rows(path)
-            or config["head"].get("num_classes")
-            or dec.get("vocab_size")
-            or config.get("vocab_size")
+        vocab: int = (
+            embedding_rows(path) or config["head"].get("num_classes") or dec.get("vocab_size") or config["vocab_size"]
         )
         d_model = int(enc["d_model"])
         encoder_config = {

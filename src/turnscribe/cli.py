@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from . import DEFAULT_EMBEDDER, DEFAULT_MODEL, __version__, build_pipeline
 from .formats import extension, format_names, write
@@ -50,7 +58,9 @@ def _parse_formats(value: str) -> list[str]:
     chosen = names if value.strip() == "all" else [f.strip() for f in value.split(",") if f.strip()]
     unknown = [f for f in chosen if f not in names]
     if unknown or not chosen:
-        raise typer.BadParameter(f"unknown format {', '.join(unknown) or value!r}; choose from {', '.join(names)}, all")
+        raise typer.BadParameter(
+            f"unknown format {', '.join(map(repr, unknown)) or repr(value)}; choose from {', '.join(names)}, all"
+        )
     return chosen
 
 
@@ -68,7 +78,9 @@ def _parse_options(values: list[str]) -> dict[str, str]:
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio or video files, any format FFmpeg reads.")],
     model: Annotated[str, typer.Option(help="Hub id or local folder of the checkpoint.")] = DEFAULT_MODEL,
-    language: Annotated[str, typer.Option("--language", "-l", help="Spoken language (see `turnscribe languages`).")] = "en",
+    language: Annotated[
+        str, typer.Option("--language", "-l", help="Spoken language (see `turnscribe languages`).")
+    ] = "en",
     format: Annotated[
         str, typer.Option("--format", "-f", help="Comma-separated output formats, or 'all'.")
     ] = DEFAULT_FORMATS,
@@ -126,19 +138,28 @@ def transcribe(
         raise typer.Exit(2) from e
 
     failed = len(missing)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         files_task = bar.add_task("files", total=len(todo))
         for path in todo:
             windows_task = bar.add_task(f"  {path.name}", total=None)
 
-            def on_progress(event: ProgressEvent, task: int = windows_task) -> None:
+            def on_progress(event: ProgressEvent, task: TaskID = windows_task) -> None:
                 if event.kind == "window":
                     bar.update(task, completed=event.done, total=event.total)
 
             try:
                 transcript = pipeline.run(path, language=language, progress=on_progress, source=str(path))
-                written = [write(transcript, fmt, output_dir / f"{path.stem}{extension(fmt)}", uri=path.stem) for fmt in formats]
+                written = [
+                    write(transcript, fmt, output_dir / f"{path.stem}{extension(fmt)}", uri=path.stem)
+                    for fmt in formats
+                ]
             except TurnscribeError as e:
                 failed += 1
                 console.print(f"[red]error[/red] {path}: {e}")

@@ -64,11 +64,12 @@ class _Parser:
         self.slot = slot
         self.slot_fresh = True
 
-    def new_segment(self, start: float | None, what: str) -> None:
+    def new_segment(self, start: float | None, what: str) -> _Open:
         if not self.slot_fresh:
             self.repair("missing_speaker", f"{what} without a speaker token: given the previous speaker or 0")
         self.slot_fresh = False
         self.open = _Open(self.slot if self.slot is not None else 0, start)
+        return self.open
 
     def time(self, t: float) -> None:
         t = self.clamp(t)
@@ -86,13 +87,14 @@ class _Parser:
         words = cleaned.split()
         if not words:
             return
-        if self.open is None:
-            self.new_segment(self.last_end, f"text {' '.join(words)[:40]!r}")
+        segment = self.open
+        if segment is None:
+            segment = self.new_segment(self.last_end, f"text {' '.join(words)[:40]!r}")
             self.repair("missing_start", "text without a start time starts at the last end")
-        elif self.open.start is None:
+        elif segment.start is None:
             self.repair("missing_start", "speaker token followed by text: start set to the last end")
-            self.open.start = self.last_end
-        self.open.words.extend(words)
+            segment.start = self.last_end
+        segment.words.extend(words)
 
     def close(self, end: float | None, reason: str = "") -> None:
         assert self.open is not None
@@ -186,6 +188,7 @@ def parse_window(raw: str, window_duration: float = 30.0, window: int | None = N
 
 def format_segments(segments: list[LocalSegment]) -> str:
     """The model's grammar for given segments: what a perfect decoder would emit (used by scripted decoders)."""
-    return "".join(
-        f"<|spltoken{s.slot}|><|t:{s.start:.1f}|> {s.text} <|t:{s.end:.1f}|>" for s in segments
-    ) + "<|endoftext|>"
+    return (
+        "".join(f"<|spltoken{s.slot}|><|t:{s.start:.1f}|> {s.text} <|t:{s.end:.1f}|>" for s in segments)
+        + "<|endoftext|>"
+    )

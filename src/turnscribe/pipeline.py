@@ -155,7 +155,9 @@ class Pipeline:
         except Exception as batch_error:  # a backend may raise anything (OOM, CUDA, HTTP): isolate it
             if len(windows) == 1:
                 log.warning("window %d failed: %s", windows[0].span.index, batch_error)
-                repairs.append(Repair("window_failed", f"{type(batch_error).__name__}: {batch_error}", windows[0].span.index))
+                repairs.append(
+                    Repair("window_failed", f"{type(batch_error).__name__}: {batch_error}", windows[0].span.index)
+                )
                 return [None]
             log.warning("batch of %d windows failed (%s); retrying one by one", len(windows), batch_error)
             return [out for w in windows for out in self._decode_batch([w], language, repairs)]

@@ -60,7 +60,9 @@ def diarize_prompt_tokens(language: str) -> list[str]:
     ]
 
 
-def diarize_prompt_ids(language: str, convert_tokens_to_ids: Callable[[list[str]], Sequence[int | None]], unk_id: int | None) -> list[int]:
+def diarize_prompt_ids(
+    language: str, convert_tokens_to_ids: Callable[[list[str]], Sequence[int | None]], unk_id: int | None
+) -> list[int]:
     """Resolve each marker as ONE special token; a tokenizer that lacks one cannot run the diarize task."""
     tokens = diarize_prompt_tokens(language)
     ids = list(convert_tokens_to_ids(tokens))

@@ -82,10 +82,7 @@ def stitch(
     """Place every window's segments on the file timeline and resolve the overlaps (see module docstring)."""
     ordered = sorted(windows, key=lambda item: item[0].index)
     pieces: list[list[_Piece]] = [
-        [
-            _Piece(span.start + s.start, span.start + s.end, s.text.split(), span.index, s.slot)
-            for s in parsed.segments
-        ]
+        [_Piece(span.start + s.start, span.start + s.end, s.text.split(), span.index, s.slot) for s in parsed.segments]
         for span, parsed in ordered
     ]
     repairs: list[Repair] = []

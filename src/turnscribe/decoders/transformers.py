@@ -83,7 +83,10 @@ class TransformersDecoder:
             return []
         prompt = self.prompt_ids(language)
         min_len = int(MIN_CLIP_S * SAMPLE_RATE)
-        clips = [w.samples if len(w.samples) >= min_len else np.pad(w.samples, (0, min_len - len(w.samples))) for w in windows]
+        clips = [
+            w.samples if len(w.samples) >= min_len else np.pad(w.samples, (0, min_len - len(w.samples)))
+            for w in windows
+        ]
         # The feature extractor pads on the right and returns the attention mask the encoder needs.
         features = self.processor.feature_extractor(
             clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest", return_attention_mask=True

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 
 
-def _check_counts(num_speakers: int | None, min_speakers: int | None, max_speakers: int | None) -> None:
+def check_counts(num_speakers: int | None, min_speakers: int | None, max_speakers: int | None) -> None:
     for name, value in (("num_speakers", num_speakers), ("min_speakers", min_speakers), ("max_speakers", max_speakers)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
@@ -37,7 +37,7 @@ def cluster_embeddings(
     are identical); otherwise it is cut at the cosine distance `threshold` and the cluster count then clamped into
     [min_speakers, max_speakers] by cutting the same tree again.
     """
-    _check_counts(num_speakers, min_speakers, max_speakers)
+    check_counts(num_speakers, min_speakers, max_speakers)
     if not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold must be a finite cosine distance >= 0, got {threshold}")
     x = np.asarray(embeddings, dtype=np.float64)

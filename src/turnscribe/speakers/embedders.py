@@ -52,9 +52,9 @@ class ResemblyzerEmbedder:
 
     name = "resemblyzer"
     # GE2E distances are compressed: its embeddings are non-negative, so cosine distance rarely passes ~0.5.
-    # Measured on espeak-ng (3-5 sentences of 2-4 s per voice): same voice 0.02-0.17 (mean ~0.1); 0.3-1.5 s
-    # excerpts of one voice mean 0.17-0.19, p95 0.24-0.31. Voices that differ audibly (gender, variant, pitch)
-    # 0.18-0.44 apart on average; espeak's default male voices across languages only 0.08-0.15, being one
+    # Measured on espeak-ng (3-5 sentences of 2-4 s per voice): same voice mean 0.08-0.12, max 0.17; 0.3-1.5 s
+    # excerpts of one voice mean 0.17-0.20, p95 0.24-0.31. Voices that differ audibly (gender, variant, pitch)
+    # 0.18-0.43 apart on average; espeak's default male voices across languages only 0.08-0.15, being one
     # synthesiser. Real people sit further apart (about 0.3-0.6) and one person's clips vary more (0.1-0.3)
     # than synthetic ones, so the cut sits at the real-speech boundary, not at espeak's narrower gap.
     default_threshold = 0.3
@@ -96,7 +96,7 @@ class ReDimNet2Embedder:
 
     name = "redimnet2"
     default_threshold = 0.45  # the model card's τ
-    # ReDimNet pools over time; below half a second there is too little voice for a stable embedding.
+    # Tiny clips are tiled up to this: ReDimNet's time-strided stages and statistics pooling need some frames.
     min_samples = SAMPLE_RATE // 2
 
     def __init__(

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from turnscribe.speakers.clustering import cluster_embeddings
+from turnscribe.speakers.clustering import check_counts, cluster_embeddings
 from turnscribe.speakers.embedders import Embedder
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
 
@@ -47,6 +47,13 @@ class ClusteringLinker:
     min_speakers: int | None = None
     max_speakers: int | None = None
 
+    def __post_init__(self) -> None:
+        check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
+
+    @property
+    def effective_threshold(self) -> float:
+        return self.embedder.default_threshold if self.threshold is None else self.threshold
+
     def _slots_fit(self, count: int) -> bool:
         return (
             (self.num_speakers is None or count == self.num_speakers)
@@ -59,7 +66,7 @@ class ClusteringLinker:
             return []
         starts = [s.start for s in segments]
         # One decoder pass already numbered its speakers consistently; embeddings could only add errors.
-        if len({s.window for s in segments}) <= 1 and self._slots_fit(len({s.slot for s in segments})):
+        if len({s.window for s in segments}) == 1 and self._slots_fit(len({s.slot for s in segments})):
             return relabel_by_first_appearance(starts, [s.slot for s in segments])
 
         audio = np.asarray(audio, dtype=np.float32)
@@ -71,7 +78,7 @@ class ClusteringLinker:
         )
         labels = cluster_embeddings(
             embeddings,
-            threshold=self.embedder.default_threshold if self.threshold is None else self.threshold,
+            threshold=self.effective_threshold,
             num_speakers=self.num_speakers,
             min_speakers=self.min_speakers,
             max_speakers=self.max_speakers,

@@ -1,0 +1,136 @@
+"""The command line: outputs, progress, per-file failures, clear errors without tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_pipeline import tone, write_wav
+from typer.testing import CliRunner
+
+from turnscribe import __version__
+from turnscribe.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def clip(tmp_path):
+    path = tmp_path / "clip.wav"
+    write_wav(path, tone(3.0))
+    return path
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def flat(result) -> str:
+    """Rich wraps long lines at the terminal width; compare text with whitespace collapsed."""
+    return " ".join(result.output.translate(str.maketrans("", "", "│╭╮╰╯─")).split())
+
+
+def test_version_and_languages():
+    assert run("--version").output.strip() == f"turnscribe {__version__}"
+    listing = run("languages").output
+    assert "en\tEnglish" in listing and "ja\tJapanese" in listing and len(listing.splitlines()) == 14
+
+
+def test_transcribe_writes_every_requested_format(tiny_native, clip, tmp_path):
+    out = tmp_path / "out"
+    result = run("transcribe", clip, "--model", tiny_native, "--device", "cpu", "--format", "all", "-o", out)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [
+            "clip.json",
+            "clip.diarized.json",
+            "clip.txt",
+            "clip.srt",
+            "clip.vtt",
+            "clip.rttm",
+            "clip.TextGrid",
+            "clip.seglst.json",
+        ]
+    )
+    data = json.loads((out / "clip.json").read_text())
+    assert data["duration"] == pytest.approx(3.0) and data["metadata"]["windows"] == 1
+    assert "done" in result.output
+
+
+def test_one_bad_file_does_not_stop_the_others(tiny_native, clip, tmp_path):
+    corrupt = tmp_path / "corrupt.mp3"
+    corrupt.write_bytes(os.urandom(4096))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    result = run(
+        "transcribe",
+        corrupt,
+        clip,
+        empty,
+        tmp_path / "missing.wav",
+        tmp_path,
+        "--model",
+        tiny_native,
+        "--device",
+        "cpu",
+        "-f",
+        "txt",
+        "-o",
+        out,
+    )
+    assert result.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["clip.txt"]
+    text = flat(result)
+    assert "4 of 5 files failed" in text
+    assert "missing.wav: no such file" in text and "is a directory" in text and "Empty file" in text
+    assert "corrupt.mp3" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--language", "xx"], "Unknown language 'xx'"),
+        (["--format", "docx"], "unknown format 'docx'"),
+        (["--window", "40"], "window must be in"),
+        (["--overlap", "20"], "overlap must be in"),
+    ],
+)
+def test_bad_options_are_usage_errors(clip, tmp_path, args, message):
+    result = run("transcribe", clip, "--model", tmp_path, *args)
+    assert result.exit_code == 2
+    assert message in flat(result)
+
+
+def test_unloadable_model_is_a_clear_error_and_writes_nothing(clip, tmp_path):
+    out = tmp_path / "out"
+    result = run("transcribe", clip, "--model", tmp_path / "no-such-model", "-o", out)
+    assert result.exit_code == 2 and "neither a folder" in flat(result)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_console_script_has_no_traceback_on_bad_input(tmp_path):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("this is not audio")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "turnscribe", "transcribe", str(bad), "--model", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "error" in proc.stderr
+
+
+def test_numpy_signal_is_not_mistaken_for_speech_in_silence(tiny_native, tmp_path):
+    path = tmp_path / "silence.wav"
+    write_wav(path, np.zeros(16000 * 2, dtype=np.float32))
+    out = tmp_path / "out"
+    result = run("transcribe", path, "--model", tiny_native, "--device", "cpu", "-f", "txt,rttm", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "silence.rttm").read_text() == ""
