@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,9 +62,12 @@ class ResemblyzerEmbedder:
 
     def __init__(self, device: str = "cpu") -> None:
         try:
-            from resemblyzer import VoiceEncoder
-            from resemblyzer.audio import normalize_volume
-            from resemblyzer.hparams import audio_norm_target_dBFS
+            with warnings.catch_warnings():
+                # webrtcvad's pkg_resources deprecation notice is noise for our users, not theirs to fix.
+                warnings.simplefilter("ignore", UserWarning)
+                from resemblyzer import VoiceEncoder
+                from resemblyzer.audio import normalize_volume
+                from resemblyzer.hparams import audio_norm_target_dBFS
         except ImportError as exc:
             raise EmbedderError(
                 f"the resemblyzer embedder needs resemblyzer ({exc}); install it with "
