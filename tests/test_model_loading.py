@@ -113,3 +113,9 @@ def test_batched_generate_equals_one_window_at_a_time(tiny_native):
 def test_generation_budget_scales_with_the_window():
     assert max_new_tokens_for(30.0) >= 400  # the card's budget for a 30 s clip
     assert max_new_tokens_for(5.0) < max_new_tokens_for(28.0)
+
+
+def test_trust_remote_code_takes_the_checkpoints_own_auto_classes(tiny_native):
+    # A checkpoint without remote code still loads: transformers falls back to its native classes.
+    decoder = TransformersDecoder(tiny_native, device="cpu", trust_remote_code=True)
+    assert type(decoder.model).__name__ == "CohereAsrForConditionalGeneration"

@@ -1,0 +1,324 @@
+"""Pipeline overhead: every turnscribe stage except the model's forward pass, on hours of generated meeting audio.
+
+The ReferenceDecoder stands in for the model (it emits what a perfect model would say for each window), so what is
+timed is audio decoding (PyAV, from a FLAC file), windowing, parsing, stitching, speaker embedding (resemblyzer) and
+clustering, and writing every output format. Each size runs in a fresh subprocess, so its peak RSS is its own.
+
+    python benchmarks/pipeline_overhead.py [--hours 1 4] [--update-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from turnscribe import Pipeline, Transcript
+from turnscribe.decoders.reference import ReferenceDecoder, ReferenceTurn
+from turnscribe.formats import extension, format_names, write
+from turnscribe.speakers import ClusteringLinker, load_embedder
+from turnscribe.types import SAMPLE_RATE
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+START_MARKER, END_MARKER = "<!-- pipeline_overhead:start -->", "<!-- pipeline_overhead:end -->"
+
+# (voice, pitch): espeak-ng voices that GE2E puts far apart (see tests/test_speakers.py).
+VOICES = {
+    "f4-low": ("en-us+f4", 20),
+    "klatt3": ("en-us+klatt3", None),
+    "annie-high": ("en-us+Annie", 80),
+    "storm": ("en-us+Storm", None),
+}
+SENTENCES = [
+    "Good morning everyone, let us start with the budget for next quarter.",
+    "I sent the updated numbers to the whole team yesterday evening.",
+    "Could you please explain why the testing took two extra weeks?",
+    "We found a problem with the database migration on Tuesday.",
+    "The customer wants a demo of the new dashboard before Friday.",
+    "I think we should hire one more engineer for the mobile app.",
+    "Let me check the calendar and get back to you this afternoon.",
+    "That sounds reasonable, but the deadline is still very tight.",
+]
+TURN_S = (1.0, 8.0)
+PAUSE_S = (0.2, 1.5)
+# Turn boundaries on the model's 0.1 s time grid: the reference decoder then emits them exactly, so DER measures
+# speaker linking alone, not rounding.
+GRID_S = 0.1
+STAGES = ["audio", "decode", "stitch", "speakers", "formats"]
+STAGE_TITLES = {
+    "audio": "audio decode",
+    "decode": "decode + parse",
+    "stitch": "stitch",
+    "speakers": "speakers (embed + cluster)",
+    "formats": "formats (all)",
+}
+
+
+def synthesise_voices(folder: Path) -> dict[str, list[tuple[np.ndarray, str]]]:
+    """Each voice's sentences as (samples, text): synthesised once, then tiled and cut into turns."""
+    # The tests' espeak-ng helper; tests/ is not a package, so put it on the path.
+    sys.path.insert(0, str(ROOT / "tests"))
+    from speech import speak
+
+    return {
+        name: [(speak(text, voice, folder / f"{name}-{i}.wav", pitch=pitch), text) for i, text in enumerate(SENTENCES)]
+        for name, (voice, pitch) in VOICES.items()
+    }
+
+
+def _grid_samples(rng: np.random.Generator, bounds: tuple[float, float]) -> int:
+    return round(round(rng.uniform(*bounds) / GRID_S) * GRID_S * SAMPLE_RATE)
+
+
+def _turn(clips: list[tuple[np.ndarray, str]], length: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """`length` samples of one voice: from a random point of a random sentence on through the next ones, with the
+    words that fall in the part used (in proportion to time)."""
+    index = int(rng.integers(len(clips)))
+    offset = int(rng.integers(len(clips[index][0])))
+    pieces: list[np.ndarray] = []
+    words: list[str] = []
+    need = length
+    while need > 0:
+        clip, text = clips[index]
+        piece = clip[offset : offset + need]
+        sentence = text.split()
+        words += sentence[len(sentence) * offset // len(clip) : math.ceil(len(sentence) * (offset + len(piece)) / len(clip))]
+        pieces.append(piece)
+        need -= len(piece)
+        index, offset = (index + 1) % len(clips), 0
+    return np.concatenate(pieces), " ".join(words)
+
+
+def meeting_blocks(
+    voices: dict[str, list[tuple[np.ndarray, str]]], seconds: float, seed: int, turns: list[ReferenceTurn]
+) -> Iterator[np.ndarray]:
+    """The meeting's audio as consecutive blocks (pauses and turns), appending each turn's ground truth to `turns`.
+
+    Blocks, not one array, so that hours of audio are never held at once.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(voices)
+    total = round(seconds * SAMPLE_RATE)
+    cursor = 0
+    speaker = names[int(rng.integers(len(names)))]
+    while True:
+        pause, length = _grid_samples(rng, PAUSE_S), _grid_samples(rng, TURN_S)
+        if cursor + pause + length > total:
+            break
+        samples, text = _turn(voices[speaker], length, rng)
+        yield np.zeros(pause, np.float32)
+        start = cursor + pause
+        turns.append(ReferenceTurn(start / SAMPLE_RATE, (start + length) / SAMPLE_RATE, speaker, text))
+        yield samples
+        cursor = start + length
+        # Meetings alternate: the next turn goes to someone else.
+        speaker = names[int(rng.choice([i for i, n in enumerate(names) if n != speaker]))]
+    yield np.zeros(total - cursor, np.float32)
+
+
+def write_flac(path: Path, blocks: Iterator[np.ndarray]) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        for block in blocks:
+            if not len(block):
+                continue
+            pcm = (np.clip(block, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def diarization_error(turns: Sequence[ReferenceTurn], transcript: Transcript) -> float:
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    reference, hypothesis = Annotation(), Annotation()
+    for i, turn in enumerate(turns):
+        reference[Segment(turn.start, turn.end), i] = turn.speaker
+    for seg in transcript.segments:
+        hypothesis[Segment(seg.start, seg.end), seg.id] = seg.speaker
+    metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+    return float(metric(reference, hypothesis, uem=Timeline([Segment(0, transcript.duration)])))
+
+
+def measure(audio: Path, turns_file: Path) -> dict[str, Any]:
+    """Run in the child process: the pipeline and the writers on one file, then the DER of the result."""
+    import torch
+
+    turns = [ReferenceTurn(*row) for row in json.loads(turns_file.read_text())]
+    pipeline = Pipeline(ReferenceDecoder(turns), ClusteringLinker(load_embedder("resemblyzer")))
+    baseline_rss = peak_rss_mb()
+    t0 = time.perf_counter()
+    transcript = pipeline.run(audio, language="en", source=str(audio))
+    formats: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as out:
+        for fmt in format_names():
+            t1 = time.perf_counter()
+            write(transcript, fmt, Path(out) / f"meeting{extension(fmt)}", uri="meeting")
+            formats[fmt] = time.perf_counter() - t1
+    wall = time.perf_counter() - t0
+    # Read before scoring, so that pyannote.metrics' own memory is not counted.
+    peak_rss = peak_rss_mb()
+    return {
+        "duration": transcript.duration,
+        "timings": {**transcript.metadata.timings, "formats": sum(formats.values())},
+        "formats": formats,
+        "wall": wall,
+        "baseline_rss_mb": baseline_rss,
+        "peak_rss_mb": peak_rss,
+        "der": diarization_error(turns, transcript),
+        "turns": len(turns),
+        "windows": transcript.metadata.windows,
+        "segments": len(transcript.segments),
+        "speakers": len(transcript.speakers),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_size(hours: float, voices: dict[str, list[tuple[np.ndarray, str]]], folder: Path, seed: int) -> dict[str, Any]:
+    audio, turns_file = folder / f"meeting-{hours:g}h.flac", folder / f"meeting-{hours:g}h.json"
+    turns: list[ReferenceTurn] = []
+    t0 = time.perf_counter()
+    write_flac(audio, meeting_blocks(voices, hours * 3600, seed, turns))
+    turns_file.write_text(json.dumps([[t.start, t.end, t.speaker, t.text] for t in turns]))
+    print(
+        f"{hours:g} h: generated {len(turns)} turns, {audio.stat().st_size / 2**20:.0f} MiB FLAC "
+        f"in {time.perf_counter() - t0:.1f} s; running the pipeline in a fresh process ...",
+        flush=True,
+    )
+    child = subprocess.run(
+        [sys.executable, __file__, "--measure", str(audio), str(turns_file)], check=True, stdout=subprocess.PIPE
+    )
+    result: dict[str, Any] = json.loads(child.stdout.decode().strip().splitlines()[-1])
+    audio.unlink()
+    return {"hours": hours, **result}
+
+
+def per_hour(result: dict[str, Any], stage: str) -> float:
+    return float(result["timings"][stage]) / (result["duration"] / 3600)
+
+
+def total(result: dict[str, Any]) -> float:
+    return sum(float(result["timings"][s]) for s in STAGES)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = ["audio", *(f"{STAGE_TITLES[s]} s/h" for s in STAGES), "total s/h", "× real time", "peak RSS MB", "DER"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for r in results:
+        cells = [
+            f"{r['hours']:g} h",
+            *(f"{per_hour(r, s):.2f}" for s in STAGES),
+            f"{total(r) / (r['duration'] / 3600):.1f}",
+            f"{r['duration'] / total(r):.0f}×",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['der']:.2%}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(results: list[dict[str, Any]]) -> list[str]:
+    """Each size against the smallest: s/h ratios of 1.00 mean the stage scales linearly."""
+    base = results[0]
+    lines = []
+    for r in results[1:]:
+        stages = ", ".join(f"{s} {per_hour(r, s) / per_hour(base, s):.2f}" for s in STAGES)
+        lines.append(
+            f"{r['hours']:g} h vs {base['hours']:g} h: s/h ratio total {total(r) / r['duration'] * base['duration'] / total(base):.2f} "
+            f"({stages}); peak RSS ×{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} "
+            f"(+{r['peak_rss_mb'] - base['peak_rss_mb']:.0f} MB)"
+        )
+    return lines
+
+
+def machine(results: list[dict[str, Any]]) -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    ram = f"{int(mem.group(1)) / 2**20:.0f} GiB RAM" if mem else "RAM unknown"
+    return (
+        f"{cpu.group(1).strip() if cpu else platform.processor() or 'unknown CPU'}, "
+        f"{len(os.sched_getaffinity(0))} cores ({results[0]['threads']} torch threads), {ram}, "
+        f"Python {platform.python_version()}, torch {results[0]['torch']}, {datetime.date.today().isoformat()}"
+    )
+
+
+def update_readme(block: str) -> None:
+    text = README.read_text(encoding="utf-8") if README.exists() else ""
+    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    if start < 0 or end < start:
+        print(f"{README} has no {START_MARKER} ... {END_MARKER} block: not updated")
+        return
+    README.write_text(text[: start + len(START_MARKER)] + "\n" + block + "\n" + text[end:], encoding="utf-8")
+    print(f"updated {README}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hours", type=float, nargs="+", default=[1.0, 4.0], help="audio lengths to run (hours)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the turn layout")
+    parser.add_argument("--update-readme", action="store_true", help="rewrite the README's pipeline_overhead block")
+    parser.add_argument("--measure", nargs=2, type=Path, help=argparse.SUPPRESS)  # the child process's entry point
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(*args.measure)))
+        return
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pipeline_overhead-") as tmp:
+        voices = synthesise_voices(Path(tmp))
+        results = [run_size(h, voices, Path(tmp), args.seed) for h in sorted(args.hours)]
+    for r in results:
+        formats = ", ".join(f"{k} {v / (r['duration'] / 3600):.2f}" for k, v in r["formats"].items())
+        print(
+            f"{r['hours']:g} h: {r['turns']} turns, {r['windows']} windows, {r['segments']} segments, "
+            f"{r['speakers']} speakers found; pipeline + formats wall {r['wall']:.1f} s; "
+            f"RSS after loading {r['baseline_rss_mb']:.0f} MB; formats s/h: {formats}"
+        )
+    block = "\n".join(
+        [
+            table(results),
+            "",
+            *[f"{line}  " for line in ratios(results)],
+            f"Seconds per hour of audio for each stage except the model's forward pass (ReferenceDecoder as the "
+            f"model, resemblyzer embedder), DER at collar 0. {machine(results)}; "
+            f"`python benchmarks/pipeline_overhead.py --hours {' '.join(f'{h:g}' for h in sorted(args.hours))}`.",
+        ]
+    )
+    print()
+    print(block)
+    print(f"\nbenchmark wall time {time.perf_counter() - t0:.0f} s (load average {os.getloadavg()[0]:.2f})")
+    if args.update_readme:
+        update_readme(block)
+
+
+if __name__ == "__main__":
+    # webrtcvad (imported by resemblyzer) warns about pkg_resources on every start.
+    warnings.filterwarnings("ignore", category=UserWarning, module="webrtcvad")
+    main()
