@@ -134,3 +134,11 @@ def test_numpy_signal_is_not_mistaken_for_speech_in_silence(tiny_native, tmp_pat
     result = run("transcribe", path, "--model", tiny_native, "--device", "cpu", "-f", "txt,rttm", "-o", out)
     assert result.exit_code == 0, result.output
     assert (out / "silence.rttm").read_text() == ""
+
+
+def test_inputs_with_the_same_name_are_refused_before_any_work(clip, tmp_path):
+    other = tmp_path / "sub"
+    other.mkdir()
+    (other / "clip.wav").write_bytes(clip.read_bytes())
+    result = run("transcribe", clip, other / "clip.wav", "--model", tmp_path / "none")
+    assert result.exit_code == 2 and "several inputs are named clip" in flat(result)

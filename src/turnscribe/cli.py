@@ -116,6 +116,10 @@ def transcribe(
     todo = [f for f in files if f.is_file()]
     if not todo:
         raise typer.Exit(1)
+    stems = [f.stem for f in todo]
+    if clashes := sorted({s for s in stems if stems.count(s) > 1}):
+        # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's.
+        raise typer.BadParameter(f"several inputs are named {', '.join(clashes)}; give each its own --output-dir run")
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         with console.status(f"Loading {model} …"):
