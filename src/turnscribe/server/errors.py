@@ -1,0 +1,114 @@
+"""Every failure leaves the server as OpenAI's error object, never as a stack trace; and API-key checks."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class APIError(Exception):
+    """An error meant for the client: status, OpenAI's error fields, and optional extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(message=message, type=type, param=param, code=code)
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.body.model_dump()}, status_code=self.status, headers=self.headers)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries, so that the schema documents (and schemathesis checks) the error shape."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code)).response()
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    # loc is ("body" | "query" | "path", name, ...): the field name is what a client can act on.
+    loc = [str(part) for part in first.get("loc", ())[1:]]
+    param = loc[0] if loc else None
+    message = f"{first.get('msg', 'invalid request')}" + (f": {param}" if param else "")
+    return APIError(400, message, param=param, code="invalid_value").response()
+
+
+def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return exc.response()
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return APIError(500, "Internal server error; see the server log.", type="server_error").response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class KeyChecker:
+    """`Authorization: Bearer <key>` against the configured keys; with none configured every request passes."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._keys = [k.encode() for k in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def __call__(self, request: Request) -> None:
+        if not self._keys:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        # Compare against every key, without stopping at a match, so timing says nothing about which key or prefix.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, key)
+        if scheme.lower() != "bearer" or not matched:
+            raise APIError(
+                401,
+                "Incorrect or missing API key: send it as 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
