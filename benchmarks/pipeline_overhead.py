@@ -99,7 +99,9 @@ def _turn(clips: list[tuple[np.ndarray, str]], length: int, rng: np.random.Gener
         clip, text = clips[index]
         piece = clip[offset : offset + need]
         sentence = text.split()
-        words += sentence[len(sentence) * offset // len(clip) : math.ceil(len(sentence) * (offset + len(piece)) / len(clip))]
+        words += sentence[
+            len(sentence) * offset // len(clip) : math.ceil(len(sentence) * (offset + len(piece)) / len(clip))
+        ]
         pieces.append(piece)
         need -= len(piece)
         index, offset = (index + 1) % len(clips), 0
@@ -153,6 +155,8 @@ def peak_rss_mb() -> float:
 
 
 def diarization_error(turns: Sequence[ReferenceTurn], transcript: Transcript) -> float:
+    # Imported only after the measurement: pyannote.metrics loads pandas and scikit-learn, which are no part of
+    # the pipeline's memory.
     from pyannote.core import Annotation, Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
@@ -165,14 +169,16 @@ def diarization_error(turns: Sequence[ReferenceTurn], transcript: Transcript) ->
     return float(metric(reference, hypothesis, uem=Timeline([Segment(0, transcript.duration)])))
 
 
-def measure(audio: Path, turns_file: Path) -> dict[str, Any]:
+def measure(audio: Path, turns_file: Path, threads: int | None) -> dict[str, Any]:
     """Run in the child process: the pipeline and the writers on one file, then the DER of the result."""
     import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     turns = [ReferenceTurn(*row) for row in json.loads(turns_file.read_text())]
     pipeline = Pipeline(ReferenceDecoder(turns), ClusteringLinker(load_embedder("resemblyzer")))
     baseline_rss = peak_rss_mb()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     transcript = pipeline.run(audio, language="en", source=str(audio))
     formats: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as out:
@@ -180,14 +186,15 @@ def measure(audio: Path, turns_file: Path) -> dict[str, Any]:
             t1 = time.perf_counter()
             write(transcript, fmt, Path(out) / f"meeting{extension(fmt)}", uri="meeting")
             formats[fmt] = time.perf_counter() - t1
-    wall = time.perf_counter() - t0
-    # Read before scoring, so that pyannote.metrics' own memory is not counted.
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    # Read before scoring, so that the scoring's own memory is not counted.
     peak_rss = peak_rss_mb()
     return {
         "duration": transcript.duration,
         "timings": {**transcript.metadata.timings, "formats": sum(formats.values())},
         "formats": formats,
         "wall": wall,
+        "cpu": cpu,
         "baseline_rss_mb": baseline_rss,
         "peak_rss_mb": peak_rss,
         "der": diarization_error(turns, transcript),
@@ -200,7 +207,9 @@ def measure(audio: Path, turns_file: Path) -> dict[str, Any]:
     }
 
 
-def run_size(hours: float, voices: dict[str, list[tuple[np.ndarray, str]]], folder: Path, seed: int) -> dict[str, Any]:
+def run_size(
+    hours: float, voices: dict[str, list[tuple[np.ndarray, str]]], folder: Path, seed: int, threads: int | None
+) -> dict[str, Any]:
     audio, turns_file = folder / f"meeting-{hours:g}h.flac", folder / f"meeting-{hours:g}h.json"
     turns: list[ReferenceTurn] = []
     t0 = time.perf_counter()
@@ -211,9 +220,10 @@ def run_size(hours: float, voices: dict[str, list[tuple[np.ndarray, str]]], fold
         f"in {time.perf_counter() - t0:.1f} s; running the pipeline in a fresh process ...",
         flush=True,
     )
-    child = subprocess.run(
-        [sys.executable, __file__, "--measure", str(audio), str(turns_file)], check=True, stdout=subprocess.PIPE
-    )
+    command = [sys.executable, __file__, "--measure", str(audio), str(turns_file)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    child = subprocess.run(command, check=True, stdout=subprocess.PIPE)
     result: dict[str, Any] = json.loads(child.stdout.decode().strip().splitlines()[-1])
     audio.unlink()
     return {"hours": hours, **result}
@@ -223,20 +233,36 @@ def per_hour(result: dict[str, Any], stage: str) -> float:
     return float(result["timings"][stage]) / (result["duration"] / 3600)
 
 
-def total(result: dict[str, Any]) -> float:
-    return sum(float(result["timings"][s]) for s in STAGES)
+def total_per_hour(result: dict[str, Any]) -> float:
+    return sum(per_hour(result, s) for s in STAGES)
+
+
+def cpu_per_hour(result: dict[str, Any]) -> float:
+    """CPU seconds of the pipeline process: unlike wall time, not inflated by other processes on the machine."""
+    return float(result["cpu"]) / (result["duration"] / 3600)
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = ["audio", *(f"{STAGE_TITLES[s]} s/h" for s in STAGES), "total s/h", "× real time", "peak RSS MB", "DER"]
+    head = [
+        "audio",
+        *(f"{STAGE_TITLES[s]} s/h" for s in STAGES),
+        "total s/h",
+        "CPU s/h",
+        "× real time",
+        "peak RSS MB",
+        "speakers",
+        "DER",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for r in results:
         cells = [
             f"{r['hours']:g} h",
             *(f"{per_hour(r, s):.2f}" for s in STAGES),
-            f"{total(r) / (r['duration'] / 3600):.1f}",
-            f"{r['duration'] / total(r):.0f}×",
+            f"{total_per_hour(r):.1f}",
+            f"{cpu_per_hour(r):.1f}",
+            f"{3600 / total_per_hour(r):.0f}×",
             f"{r['peak_rss_mb']:.0f}",
+            f"{r['speakers']} of {len(VOICES)}",
             f"{r['der']:.2%}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -250,7 +276,8 @@ def ratios(results: list[dict[str, Any]]) -> list[str]:
     for r in results[1:]:
         stages = ", ".join(f"{s} {per_hour(r, s) / per_hour(base, s):.2f}" for s in STAGES)
         lines.append(
-            f"{r['hours']:g} h vs {base['hours']:g} h: s/h ratio total {total(r) / r['duration'] * base['duration'] / total(base):.2f} "
+            f"{r['hours']:g} h vs {base['hours']:g} h: s/h ratio total {total_per_hour(r) / total_per_hour(base):.2f}, "
+            f"CPU {cpu_per_hour(r) / cpu_per_hour(base):.2f} "
             f"({stages}); peak RSS ×{r['peak_rss_mb'] / base['peak_rss_mb']:.2f} "
             f"(+{r['peak_rss_mb'] - base['peak_rss_mb']:.0f} MB)"
         )
@@ -264,7 +291,7 @@ def machine(results: list[dict[str, Any]]) -> str:
     ram = f"{int(mem.group(1)) / 2**20:.0f} GiB RAM" if mem else "RAM unknown"
     return (
         f"{cpu.group(1).strip() if cpu else platform.processor() or 'unknown CPU'}, "
-        f"{len(os.sched_getaffinity(0))} cores ({results[0]['threads']} torch threads), {ram}, "
+        f"{len(os.sched_getaffinity(0))} cores, torch threads: {results[0]['threads']}, {ram}, "
         f"Python {platform.python_version()}, torch {results[0]['torch']}, {datetime.date.today().isoformat()}"
     )
 
@@ -283,32 +310,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hours", type=float, nargs="+", default=[1.0, 4.0], help="audio lengths to run (hours)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the turn layout")
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: torch's own choice, one per core)"
+    )
     parser.add_argument("--update-readme", action="store_true", help="rewrite the README's pipeline_overhead block")
     parser.add_argument("--measure", nargs=2, type=Path, help=argparse.SUPPRESS)  # the child process's entry point
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(*args.measure)))
+        print(json.dumps(measure(*args.measure, args.threads)))
         return
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pipeline_overhead-") as tmp:
         voices = synthesise_voices(Path(tmp))
-        results = [run_size(h, voices, Path(tmp), args.seed) for h in sorted(args.hours)]
+        results = [run_size(h, voices, Path(tmp), args.seed, args.threads) for h in sorted(args.hours)]
     for r in results:
         formats = ", ".join(f"{k} {v / (r['duration'] / 3600):.2f}" for k, v in r["formats"].items())
         print(
             f"{r['hours']:g} h: {r['turns']} turns, {r['windows']} windows, {r['segments']} segments, "
-            f"{r['speakers']} speakers found; pipeline + formats wall {r['wall']:.1f} s; "
+            f"pipeline + formats wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s; "
             f"RSS after loading {r['baseline_rss_mb']:.0f} MB; formats s/h: {formats}"
         )
+    command = "--hours " + " ".join(f"{h:g}" for h in sorted(args.hours))
+    if args.threads is not None:
+        command += f" --threads {args.threads}"
     block = "\n".join(
         [
             table(results),
             "",
             *[f"{line}  " for line in ratios(results)],
             f"Seconds per hour of audio for each stage except the model's forward pass (ReferenceDecoder as the "
-            f"model, resemblyzer embedder), DER at collar 0. {machine(results)}; "
-            f"`python benchmarks/pipeline_overhead.py --hours {' '.join(f'{h:g}' for h in sorted(args.hours))}`.",
+            f"model, resemblyzer embedder); CPU s/h: the pipeline process's CPU time for all of them; DER at "
+            f"collar 0. {machine(results)}; "
+            f"`python benchmarks/pipeline_overhead.py {command}`.",
         ]
     )
     print()

@@ -19,9 +19,11 @@ from rich.progress import (
 )
 
 from . import DEFAULT_EMBEDDER, DEFAULT_MODEL, __version__, build_pipeline
+from .evaluation.cli import eval_command
 from .formats import extension, format_names, write
 from .pipeline import ProgressEvent
 from .prompt import LANGUAGES, check_language
+from .server.cli import serve
 from .types import TurnscribeError
 from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, check_window
 
@@ -180,3 +182,7 @@ def transcribe(
     if failed:
         console.print(f"[red]{failed} of {len(files)} files failed[/red]")
         raise typer.Exit(1)
+
+
+app.command("eval")(eval_command)
+app.command()(serve)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ..audio import AudioError, audio_duration, load_audio
 from ..parse import parse_window
@@ -163,7 +163,7 @@ class Engine:
         future.add_done_callback(self._release_if_cancelled)
         return future
 
-    def _release_if_cancelled(self, future: Future[object]) -> None:
+    def _release_if_cancelled(self, future: Future[Any]) -> None:
         if future.cancelled():  # never started: it was still counted as waiting
             with self._lock:
                 self._waiting -= 1
@@ -240,10 +240,13 @@ def as_api_error(error: BaseException) -> APIError:
         return APIError(400, str(error), param="file", code="invalid_audio")
     if isinstance(error, RunStopped):
         if error.reason == "timeout":
-            return APIError(504, "The transcription took longer than the server's request timeout.",
-                            type="server_error", code="timeout")
-        return APIError(503, f"The transcription was stopped ({error.reason}).", type="server_error",
-                        code=error.reason)
+            return APIError(
+                504,
+                "The transcription took longer than the server's request timeout.",
+                type="server_error",
+                code="timeout",
+            )
+        return APIError(503, f"The transcription was stopped ({error.reason}).", type="server_error", code=error.reason)
     if isinstance(error, TurnscribeError):
         return APIError(500, str(error), type="server_error", code="transcription_failed")
     log.error("transcription failed", exc_info=error)

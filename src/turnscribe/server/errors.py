@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,8 +27,12 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class APIError(Exception):
-    """An error meant for the client: status, OpenAI's error fields, and optional extra headers."""
+class APIError(HTTPException):
+    """An error meant for the client: status, OpenAI's error fields, and optional extra headers.
+
+    An HTTPException, so that FastAPI lets it through unchanged where it turns other errors into a generic 400
+    (e.g. raised while the request body is read, by the upload size limit).
+    """
 
     def __init__(
         self,
@@ -39,13 +44,11 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(status, message, headers)
         self.body = ErrorBody(message=message, type=type, param=param, code=code)
-        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.body.model_dump()}, status_code=self.status, headers=self.headers)
+        return JSONResponse({"error": self.body.model_dump()}, status_code=self.status_code, headers=self.headers)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -86,26 +89,24 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+bearer = HTTPBearer(auto_error=False, description="One of the server's API keys (--api-key).")
+
+
 class KeyChecker:
     """`Authorization: Bearer <key>` against the configured keys; with none configured every request passes."""
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         self._keys = [k.encode() for k in keys]
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
-    def __call__(self, request: Request) -> None:
+    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if not self._keys:
             return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = token.strip().encode()
-        # Compare against every key, without stopping at a match, so timing says nothing about which key or prefix.
+        given = credentials.credentials.encode() if credentials else b""
+        # Compare against every key, without stopping at a match, so timing says nothing about which key matched.
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(given, key)
-        if scheme.lower() != "bearer" or not matched:
+        if not matched:
             raise APIError(
                 401,
                 "Incorrect or missing API key: send it as 'Authorization: Bearer <key>'.",

@@ -12,15 +12,15 @@ class Metrics:
             "turnscribe_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
         )
         self.request_seconds = Histogram(
-            "turnscribe_http_request_duration_seconds", "Time to answer (streams: to the first byte)", ["route"],
+            "turnscribe_http_request_duration_seconds",
+            "Time to answer (streams: to the first byte)",
+            ["route"],
             registry=self.registry,
         )
         self.queue_depth = Gauge(
             "turnscribe_queue_depth", "Transcriptions waiting to start", ["kind"], registry=self.registry
         )
-        self.audio_seconds = Counter(
-            "turnscribe_audio_seconds", "Seconds of audio transcribed", registry=self.registry
-        )
+        self.audio_seconds = Counter("turnscribe_audio_seconds", "Seconds of audio transcribed", registry=self.registry)
         self.real_time_factor = Histogram(
             "turnscribe_real_time_factor",
             "Processing time divided by audio duration, per transcription",

@@ -1,0 +1,298 @@
+"""Scoring a speaker-attributed transcript against a reference.
+
+DER and JER come from pyannote.metrics, cpWER and tcpWER from meeteval; this module only reads the files,
+lines the two sides up and collects the numbers into typed records.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from meeteval.io import RTTM, STM, SegLST
+from meeteval.wer import combine_error_rates
+from meeteval.wer.api import cpwer, tcpwer
+from pyannote.core import Annotation, Segment, Timeline
+from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
+
+from ..decoders.reference import ReferenceTurn
+from ..formats import to_seglst
+from ..types import Transcript, TurnscribeError
+
+COLLARS = (0.0, 0.25)
+"""Seconds on either side of each reference boundary left unscored (NIST md-eval / dscore convention)."""
+TCP_COLLAR = 5.0
+"""tcpWER's collar: how far (s) a hypothesis word may sit from its reference word's time; meeteval's suggested 5 s."""
+DEFAULT_NORMALIZER = "lower,rm(.?!,)"
+"""meeteval text normalizer: the model writes case and punctuation, references often do not."""
+FORMATS = ("rttm", "stm", "seglst")
+
+Source: TypeAlias = "str | os.PathLike[str] | Transcript | SegLST | Sequence[ReferenceTurn]"
+_SEGLST_KEYS = ("session_id", "speaker", "start_time", "end_time")
+
+
+class EvaluationError(TurnscribeError):
+    """An input cannot be scored (missing, unreadable, unknown format, no speech); the message says which."""
+
+
+@dataclass(frozen=True)
+class DiarizationScores:
+    """Who spoke when, scored with overlapping speech included (pyannote.metrics, skip_overlap=False)."""
+
+    collar: float  # seconds either side of each reference boundary, not scored
+    der: float  # (missed + false_alarm + confusion) / total
+    jer: float
+    missed: float  # seconds
+    false_alarm: float
+    confusion: float
+    total: float  # seconds of reference speech (overlap counted once per speaker)
+
+
+@dataclass(frozen=True)
+class WordErrorScores:
+    """Words per speaker: the best mapping of hypothesis to reference speakers, then WER (meeteval)."""
+
+    metric: str  # "cpWER" or "tcpWER"
+    collar: float | None  # tcpWER only: seconds
+    error_rate: float
+    errors: int
+    length: int  # reference words
+    insertions: int
+    deletions: int
+    substitutions: int
+    missed_speakers: int
+    false_alarm_speakers: int
+    scored_speakers: int
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    sessions: list[str]
+    ref_speakers: int  # summed over sessions
+    hyp_speakers: int
+    diarization: list[DiarizationScores]
+    word_errors: list[WordErrorScores]  # empty when either side has no words
+    normalizer: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def der(self, collar: float = 0.25) -> float:
+        return next(d.der for d in self.diarization if d.collar == collar)
+
+    def wer(self, metric: str = "cpWER") -> float | None:
+        return next((w.error_rate for w in self.word_errors if w.metric == metric), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def detect_format(path: Path, text: str) -> str:
+    """RTTM, STM or SegLST, from the file name ending or else from the content."""
+    suffix = path.suffix.lower()
+    if suffix in (".rttm", ".stm"):
+        return suffix[1:]
+    if suffix == ".json":
+        return "seglst"
+    lines = [line.split() for line in text.splitlines() if line.strip() and not line.startswith(";;")]
+    if text.lstrip().startswith("["):
+        return "seglst"
+    if lines and all(fields[0] in ("SPEAKER", "SPKR-INFO") and len(fields) in (9, 10) for fields in lines):
+        return "rttm"
+    if lines and all(len(fields) >= 5 and _numbers(fields[3:5]) for fields in lines):
+        return "stm"
+    raise EvaluationError(f"{path}: unknown format; expected RTTM (.rttm), STM (.stm) or SegLST (.json)")
+
+
+def _numbers(fields: Sequence[str]) -> bool:
+    try:
+        [float(f) for f in fields]
+    except ValueError:
+        return False
+    return True
+
+
+def load_segments(path: str | os.PathLike[str], fmt: str | None = None) -> SegLST:
+    """Read an RTTM, STM or SegLST file as meeteval segments (float times; `words` only where the format has them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"{path}: cannot be read as text ({exc})") from exc
+    fmt = fmt or detect_format(path, text)
+    if fmt not in FORMATS:
+        raise EvaluationError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    try:
+        if fmt == "rttm":
+            # Only SPEAKER lines are turns; SPKR-INFO and the like describe them.
+            turns = "\n".join(line for line in text.splitlines() if line.split()[:1] == ["SPEAKER"])
+            return RTTM.parse(turns, parse_float=float).to_seglst()
+        if fmt == "stm":
+            return STM.parse(text, parse_float=float).to_seglst()
+        # meeteval's SegLST.load needs simplejson (an optional extra of meeteval); the format is plain JSON.
+        return _seglst_from_json(json.loads(text))
+    except EvaluationError as exc:
+        raise EvaluationError(f"{path}: {exc}") from None
+    except (ValueError, AssertionError, TypeError, KeyError, IndexError) as exc:
+        # meeteval's line parsers assert on field counts and raise ValueError on bad numbers.
+        raise EvaluationError(f"{path}: not a valid {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
+
+
+def _seglst_from_json(data: Any) -> SegLST:
+    if not isinstance(data, list) or not all(isinstance(s, dict) for s in data):
+        raise EvaluationError("SegLST must be a JSON list of segment objects")
+    for i, seg in enumerate(data):
+        missing = [k for k in _SEGLST_KEYS if k not in seg]
+        if missing:
+            raise EvaluationError(f"segment {i} lacks {', '.join(missing)}")
+        seg["start_time"], seg["end_time"] = float(seg["start_time"]), float(seg["end_time"])
+    return SegLST(data)
+
+
+def as_segments(source: Source, *, uri: str = "audio") -> SegLST:
+    """Any accepted input as meeteval segments; a Transcript or ReferenceTurns become session `uri`."""
+    if isinstance(source, SegLST):
+        return source
+    if isinstance(source, Transcript):
+        return to_seglst(source, uri)
+    if isinstance(source, (str, os.PathLike)):
+        return load_segments(source)
+    return SegLST(
+        [
+            {"session_id": uri, "speaker": t.speaker, "start_time": t.start, "end_time": t.end, "words": t.text}
+            for t in source
+        ]
+    )
+
+
+def _has_words(segments: SegLST) -> bool:
+    return all("words" in s for s in segments)
+
+
+def _annotation(segments: SegLST, session: str) -> Annotation:
+    annotation = Annotation(uri=session)
+    for track, seg in enumerate(s for s in segments if s["session_id"] == session):
+        # One track per segment: a speaker's own overlapping segments must not overwrite each other.
+        annotation[Segment(float(seg["start_time"]), float(seg["end_time"])), track] = str(seg["speaker"])
+    return annotation
+
+
+def _line_up(ref: SegLST, hyp: SegLST, notes: list[str]) -> tuple[list[str], SegLST]:
+    """Sessions to score, and the hypothesis renamed or padded so that it has exactly those sessions."""
+    ref_sessions = sorted(ref.unique("session_id"))
+    hyp_sessions = sorted(hyp.unique("session_id"))
+    if len(ref_sessions) == 1 and len(hyp_sessions) == 1 and ref_sessions != hyp_sessions:
+        # One recording each: file ids often differ (a file stem vs a corpus id) and still mean the same thing.
+        notes.append(f"hypothesis session {hyp_sessions[0]!r} scored as reference session {ref_sessions[0]!r}")
+        hyp = hyp.map(lambda s: {**s, "session_id": ref_sessions[0]})
+    extra = sorted(set(hyp.unique("session_id")) - set(ref_sessions))
+    if extra:
+        raise EvaluationError(f"hypothesis has sessions the reference lacks: {', '.join(map(str, extra))}")
+    missing = sorted(set(ref_sessions) - set(hyp.unique("session_id")))
+    if missing:
+        notes.append(f"no hypothesis for session(s) {', '.join(map(str, missing))}: scored as silence")
+    return ref_sessions, hyp
+
+
+def _diarization(ref: SegLST, hyp: SegLST, sessions: list[str], collar: float) -> DiarizationScores:
+    # pyannote's collar is the whole width, centred on the boundary: twice the NIST "either side" value.
+    der = DiarizationErrorRate(collar=2 * collar, skip_overlap=False)
+    jer = JaccardErrorRate(collar=2 * collar, skip_overlap=False)
+    for session in sessions:
+        reference, hypothesis = _annotation(ref, session), _annotation(hyp, session)
+        end = max(s.end for s in (*reference.itersegments(), *hypothesis.itersegments()))
+        # Everything is scored: an explicit UEM over the whole span instead of pyannote's guessed one.
+        uem = Timeline([Segment(0.0, end)])
+        der(reference, hypothesis, uem=uem)
+        jer(reference, hypothesis, uem=uem)
+    parts = der.accumulated_
+    return DiarizationScores(
+        collar=collar,
+        der=abs(der),
+        jer=abs(jer),
+        missed=parts["missed detection"],
+        false_alarm=parts["false alarm"],
+        confusion=parts["confusion"],
+        total=parts["total"],
+    )
+
+
+def _word_errors(
+    ref: SegLST, hyp: SegLST, sessions: list[str], tcp_collar: float, normalizer: str | None
+) -> list[WordErrorScores]:
+    # A session the hypothesis left out holds one empty segment, so meeteval scores it as all deletions.
+    present = set(hyp.unique("session_id"))
+    pad = [{"session_id": s, "speaker": "", "start_time": 0.0, "end_time": 0.0, "words": ""} for s in sessions]
+    hyp = hyp + SegLST([p for p in pad if p["session_id"] not in present])
+    scores = []
+    for name, collar in (("cpWER", None), ("tcpWER", tcp_collar)):
+        # meeteval's normalizer edits segments in place: give it copies.
+        r, h = SegLST(copy.deepcopy(ref.segments)), SegLST(copy.deepcopy(hyp.segments))
+        if collar is None:
+            per_session = cpwer(r, h, normalizer=normalizer)
+        else:
+            per_session = tcpwer(r, h, collar=collar, normalizer=normalizer)
+        total = combine_error_rates(per_session)
+        scores.append(
+            WordErrorScores(
+                metric=name,
+                collar=collar,
+                error_rate=float(total.error_rate) if total.error_rate is not None else 0.0,
+                errors=total.errors,
+                length=total.length,
+                insertions=total.insertions,
+                deletions=total.deletions,
+                substitutions=total.substitutions,
+                missed_speakers=total.missed_speaker,
+                false_alarm_speakers=total.falarm_speaker,
+                scored_speakers=total.scored_speaker,
+            )
+        )
+    return scores
+
+
+def evaluate(
+    ref: Source,
+    hyp: Source,
+    *,
+    collars: Sequence[float] = COLLARS,
+    tcp_collar: float = TCP_COLLAR,
+    normalizer: str | None = DEFAULT_NORMALIZER,
+    uri: str = "audio",
+) -> EvaluationResult:
+    """Score `hyp` against `ref`: DER and JER at each collar; cpWER and tcpWER when both sides have words.
+
+    Each side is a path (RTTM, STM or SegLST), a Transcript, meeteval segments, or ReferenceTurns; the last
+    two kinds of in-memory input are session `uri`. A lone session on each side is scored as one recording
+    whatever its name.
+    """
+    ref_segments, hyp_segments = as_segments(ref, uri=uri), as_segments(hyp, uri=uri)
+    if not any(s["end_time"] > s["start_time"] for s in ref_segments):
+        raise EvaluationError("the reference has no speech: there is nothing to score against")
+    notes: list[str] = []
+    sessions, hyp_segments = _line_up(ref_segments, hyp_segments, notes)
+    diarization = [_diarization(ref_segments, hyp_segments, sessions, c) for c in collars]
+    word_errors: list[WordErrorScores] = []
+    if _has_words(ref_segments) and _has_words(hyp_segments):
+        word_errors = _word_errors(ref_segments, hyp_segments, sessions, tcp_collar, normalizer)
+    else:
+        side = "reference" if not _has_words(ref_segments) else "hypothesis"
+        notes.append(f"cpWER and tcpWER skipped: the {side} has no words (RTTM carries none)")
+
+    def speakers(segments: SegLST) -> int:
+        return sum(len({s["speaker"] for s in segments if s["session_id"] == session}) for session in sessions)
+
+    return EvaluationResult(
+        sessions=sessions,
+        ref_speakers=speakers(ref_segments),
+        hyp_speakers=speakers(hyp_segments),
+        diarization=diarization,
+        word_errors=word_errors,
+        normalizer=normalizer,
+        notes=notes,
+    )

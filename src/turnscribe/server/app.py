@@ -1,0 +1,598 @@
+"""The HTTP API: OpenAI's `POST /v1/audio/transcriptions`, durable jobs, models, health and metrics.
+
+`create_app(settings, pipeline_factory)` builds it; the pipeline is made in the background at startup (so /health
+answers while a model loads) and every route that needs it answers 503 until /ready does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..audio import AudioError, load_audio
+from ..formats import render
+from ..pipeline import Pipeline
+from ..prompt import LANGUAGES, check_language
+from ..types import SAMPLE_RATE, Transcript
+from .engine import Engine, RunControl, RunStopped, StreamSegment, as_api_error
+from .errors import APIError, KeyChecker, error_responses, install_error_handlers
+from .jobs import Job, JobRunner, JobStatus, JobStore, remove_file
+from .metrics import Metrics
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json", "rttm", "seglst"]
+STREAMABLE = ("json", "text", "diarized_json")
+MAX_KNOWN_SPEAKERS = 4
+KNOWN_SPEAKER_SECONDS = (2.0, 10.0)  # OpenAI's bounds for a reference clip
+_FORM_SLACK = 1 << 20  # bytes of multipart framing and text fields allowed on top of the file itself
+
+
+@dataclass(frozen=True)
+class TranscriptionForm:
+    file: UploadFile
+    model: str
+    language: str
+    response_format: ResponseFormat
+
+    @property
+    def source(self) -> str:
+        return Path(self.file.filename or "audio").name or "audio"
+
+
+def _check_chunking(value: str | None, vad_type: str | None) -> None:
+    """'auto', a server_vad object as JSON, or its fields as `chunking_strategy[...]` (how the OpenAI SDK sends it)."""
+    if value is None or value == "auto":
+        return
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not (isinstance(parsed, dict) and parsed.get("type") == "server_vad") and vad_type is None:
+        raise APIError(
+            400, "chunking_strategy must be 'auto' or an object with type 'server_vad'", param="chunking_strategy"
+        )
+
+
+def _decode_data_url(url: str, index: int) -> bytes:
+    header, comma, payload = url.partition(",")
+    if not (comma and header.startswith("data:") and header.endswith(";base64")):
+        raise APIError(
+            400,
+            f"known_speaker_references[{index}] must be a base64 data URL (data:audio/wav;base64,...)",
+            param="known_speaker_references",
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except binascii.Error:
+        raise APIError(
+            400, f"known_speaker_references[{index}] is not valid base64", param="known_speaker_references"
+        ) from None
+
+
+def _check_known_speakers(names: list[str], references: list[str]) -> None:
+    """Validated like OpenAI does, though not used yet: the speaker stage has no enrollment (see docs/server.md)."""
+    if len(names) != len(references):
+        raise APIError(
+            400,
+            f"{len(names)} known_speaker_names but {len(references)} known_speaker_references; give one of each",
+            param="known_speaker_names",
+        )
+    if len(names) > MAX_KNOWN_SPEAKERS:
+        raise APIError(400, f"at most {MAX_KNOWN_SPEAKERS} known speakers", param="known_speaker_names")
+    if len(set(names)) != len(names) or any(not n.strip() for n in names):
+        raise APIError(400, "known_speaker_names must be distinct and non-empty", param="known_speaker_names")
+    low, high = KNOWN_SPEAKER_SECONDS
+    for i, url in enumerate(references):
+        try:
+            seconds = len(load_audio(_decode_data_url(url, i))) / SAMPLE_RATE
+        except AudioError as e:
+            raise APIError(400, f"known_speaker_references[{i}]: {e}", param="known_speaker_references") from None
+        if not low <= seconds <= high:
+            raise APIError(
+                400,
+                f"known_speaker_references[{i}] is {seconds:.1f} s long; it must be {low:g} to {high:g} s",
+                param="known_speaker_references",
+            )
+
+
+async def transcription_form(
+    file: Annotated[UploadFile, File(description="The audio or video file, any format FFmpeg reads.")],
+    model: Annotated[str, Form(min_length=1, description="The served model id (GET /v1/models) or an alias.")],
+    language: Annotated[
+        str | None,
+        Form(description="ISO-639-1 code; default: the server's --language.", json_schema_extra={"enum": [*LANGUAGES]}),
+    ] = None,
+    prompt: Annotated[str | None, Form(description="Accepted and ignored: the diarize prompt is fixed.")] = None,
+    response_format: Annotated[ResponseFormat, Form()] = "json",
+    temperature: Annotated[float, Form(ge=0, le=1, description="Accepted and ignored: decoding is greedy.")] = 0,
+    timestamp_granularities: Annotated[
+        list[Literal["segment", "word"]] | None,
+        Form(alias="timestamp_granularities[]", description="'segment' only: the model gives no word times."),
+    ] = None,
+    chunking_strategy: Annotated[
+        str | None, Form(description="Accepted and ignored: 'auto' or a server_vad object; windows are fixed.")
+    ] = None,
+    chunking_strategy_type: Annotated[Literal["server_vad"] | None, Form(alias="chunking_strategy[type]")] = None,
+    chunking_prefix_padding_ms: Annotated[int | None, Form(alias="chunking_strategy[prefix_padding_ms]", ge=0)] = None,
+    chunking_silence_duration_ms: Annotated[
+        int | None, Form(alias="chunking_strategy[silence_duration_ms]", ge=0)
+    ] = None,
+    chunking_threshold: Annotated[float | None, Form(alias="chunking_strategy[threshold]", ge=0, le=1)] = None,
+    known_speaker_names: Annotated[
+        list[str] | None, Form(alias="known_speaker_names[]", description="Validated, not yet used.")
+    ] = None,
+    known_speaker_references: Annotated[
+        list[str] | None, Form(alias="known_speaker_references[]", description="Data URLs; validated, not yet used.")
+    ] = None,
+) -> TranscriptionForm:
+    _check_chunking(chunking_strategy, chunking_strategy_type)
+    if timestamp_granularities and "word" in timestamp_granularities:
+        raise APIError(
+            400,
+            "word timestamps are not available: the model gives segment times only",
+            param="timestamp_granularities[]",
+        )
+    if known_speaker_names or known_speaker_references:
+        await run_in_threadpool(_check_known_speakers, known_speaker_names or [], known_speaker_references or [])
+    return TranscriptionForm(file, model, language or "", response_format)
+
+
+def _usage(transcript: Transcript) -> dict[str, Any]:
+    return {"type": "duration", "seconds": math.ceil(transcript.duration)}
+
+
+def _verbose_json(transcript: Transcript) -> dict[str, Any]:
+    # OpenAI's verbose segment fields that this model has no value for carry neutral placeholders.
+    return {
+        "task": "transcribe",
+        "language": LANGUAGES[transcript.language].lower(),
+        "duration": transcript.duration,
+        "text": transcript.text,
+        "segments": [
+            {
+                "id": seg.id,
+                "seek": 0,
+                "start": seg.start,
+                "end": seg.end,
+                "text": seg.text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 0.0,
+                "no_speech_prob": 0.0,
+                "speaker": seg.speaker,
+            }
+            for seg in transcript.segments
+        ],
+        "usage": _usage(transcript),
+    }
+
+
+def render_response(transcript: Transcript, fmt: str, source: str) -> Response:
+    if fmt == "json":
+        return JSONResponse({"text": transcript.text, "usage": _usage(transcript)})
+    if fmt == "verbose_json":
+        return JSONResponse(_verbose_json(transcript))
+    if fmt == "text":
+        return PlainTextResponse(transcript.text + "\n")
+    if fmt in ("diarized_json", "seglst"):
+        return Response(render(transcript, fmt, uri=Path(source).stem), media_type="application/json")
+    return PlainTextResponse(render(transcript, fmt, uri=Path(source).stem))
+
+
+def _segment_event(seg: StreamSegment, fmt: str) -> dict[str, Any]:
+    if fmt == "diarized_json":
+        return {"type": "transcript.text.segment", **seg.__dict__}
+    return {"type": "transcript.text.delta", "delta": (" " if seg.id != "seg_0" else "") + seg.text}
+
+
+def _done_event(transcript: Transcript) -> dict[str, Any]:
+    # OpenAI's done event carries the text; the final segments (file-wide speaker labels) are turnscribe's addition.
+    return {
+        "type": "transcript.text.done",
+        "text": transcript.text,
+        "usage": _usage(transcript),
+        "duration": transcript.duration,
+        "speakers": list(transcript.speakers),
+        "segments": [
+            {"type": "transcript.text.segment", **s.to_dict(), "id": f"seg_{s.id}"} for s in transcript.segments
+        ],
+    }
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return format_sse_event(data_str=json.dumps(data, ensure_ascii=False))
+
+
+class BodyLimit:
+    """413 for bodies over the limit: at once from Content-Length, or as soon as a chunked body passes it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = APIError(
+            413,
+            f"The upload is larger than this server's limit of {self.max_bytes} bytes.",
+            param="file",
+            code="file_too_large",
+        )
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await too_large.response()(scope, receive, send)
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise too_large
+            return message
+
+        await self.app(scope, counting, send)
+
+
+class _Services:
+    """What the lifespan starts; routes wait for `ready`."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.store: JobStore | None = None
+        self.runner: JobRunner | None = None
+        self.load_error: str | None = None
+        self.started_at = int(time.time())
+
+    def ready(self) -> tuple[Engine, JobStore, JobRunner]:
+        if self.engine is None or self.store is None or self.runner is None:
+            detail = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
+            raise APIError(
+                503, f"Not ready: {detail}.", type="server_error", code="not_ready", headers={"Retry-After": "5"}
+            )
+        return self.engine, self.store, self.runner
+
+
+def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline]) -> FastAPI:
+    metrics = Metrics()
+    services = _Services()
+
+    def load(store: JobStore) -> None:
+        try:
+            pipeline = pipeline_factory()
+        except Exception as e:  # shown by /ready; the server stays up to say so
+            log.exception("loading the pipeline failed")
+            services.load_error = str(e) or type(e).__name__
+            return
+        engine = Engine(pipeline, settings, metrics)
+        engine.start()
+        runner = JobRunner(store, engine, settings)
+        runner.start()
+        services.engine, services.runner = engine, runner
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        shutil.rmtree(settings.uploads / "requests", ignore_errors=True)  # left by a crash mid-request
+        (settings.uploads / "requests").mkdir(parents=True, exist_ok=True)
+        store = JobStore(settings.database)
+        services.store = store
+        metrics.queue_depth.labels("jobs").set_function(lambda: store.count("queued"))
+        loader = threading.Thread(target=load, args=(store,), name="turnscribe-load", daemon=True)
+        loader.start()
+        yield
+        loader.join()
+        if services.runner:
+            services.runner.stop()
+        if services.engine:
+            services.engine.stop()
+        store.close()
+
+    app = FastAPI(
+        title="turnscribe",
+        version=__version__,
+        summary="Speaker-attributed transcription with an OpenAI-compatible API",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + _FORM_SLACK)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/health", summary="The process is up")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="The model is loaded and requests are served", responses=error_responses(503))
+    def ready() -> dict[str, str]:
+        engine, _, _ = services.ready()
+        return {"status": "ready", "model": engine.model_id}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(KeyChecker(settings.api_keys))])
+    common = error_responses(400, 401, 503)
+
+    def model_ids(engine: Engine) -> list[str]:
+        return list(dict.fromkeys([engine.model_id, *settings.model_aliases]))
+
+    def model_object(model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": services.started_at, "owned_by": "turnscribe"}
+
+    def check_model(engine: Engine, model: str) -> None:
+        if model not in model_ids(engine):
+            raise APIError(
+                404,
+                f"The model '{model}' does not exist; this server serves {', '.join(model_ids(engine))}.",
+                param="model",
+                code="model_not_found",
+            )
+
+    def check_request(engine: Engine, form: TranscriptionForm) -> str:
+        check_model(engine, form.model)
+        try:
+            return check_language(form.language or settings.default_language)
+        except ValueError as e:
+            raise as_api_error(e) from None
+
+    async def save_upload(form: TranscriptionForm, path: Path, engine: Engine) -> float | None:
+        """Write the upload to `path` and probe it; on any failure nothing is left behind."""
+        if form.file.size is not None and form.file.size > settings.max_upload_bytes:
+            raise APIError(
+                413,
+                f"The upload is larger than this server's limit of {settings.max_upload_bytes} bytes.",
+                param="file",
+                code="file_too_large",
+            )
+
+        def write_and_probe() -> float | None:
+            with path.open("wb") as out:
+                shutil.copyfileobj(form.file.file, out, 1 << 20)
+            return engine.probe(path, form.source)
+
+        try:
+            return await run_in_threadpool(write_and_probe)
+        except Exception as e:
+            remove_file(path)
+            raise as_api_error(e) from None
+
+    def upload_path(folder: Path, stem: str, form: TranscriptionForm) -> Path:
+        # The extension is a hint for FFmpeg's probing; anything odd in it is dropped.
+        suffix = Path(form.source).suffix
+        return folder / (stem + (suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""))
+
+    @v1.get("/models", summary="List the served model and its aliases", responses=common)
+    def list_models() -> dict[str, Any]:
+        engine, _, _ = services.ready()
+        return {"object": "list", "data": [model_object(m) for m in model_ids(engine)]}
+
+    @v1.get("/models/{model:path}", summary="Describe one model", responses=error_responses(400, 401, 404, 503))
+    def get_model(model: str) -> dict[str, Any]:
+        engine, _, _ = services.ready()
+        check_model(engine, model)
+        return model_object(model)
+
+    @v1.post(
+        "/audio/transcriptions",
+        summary="Transcribe with speaker labels (OpenAI's create transcription)",
+        response_model=None,
+        responses={
+            200: {
+                "description": "The transcript in `response_format`, or server-sent events with `stream=true`",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            },
+            **error_responses(400, 401, 404, 413, 429, 500, 503, 504),
+        },
+    )
+    async def create_transcription(
+        form: Annotated[TranscriptionForm, Depends(transcription_form)],
+        stream: Annotated[bool, Form(description="Server-sent events as windows finish.")] = False,
+    ) -> Response:
+        engine, _, _ = services.ready()
+        language = check_request(engine, form)
+        if stream and form.response_format not in STREAMABLE:
+            raise APIError(400, f"stream=true needs response_format {', '.join(STREAMABLE)}", param="stream")
+        path = upload_path(settings.uploads / "requests", uuid.uuid4().hex, form)
+        await save_upload(form, path, engine)
+        control = RunControl(deadline=time.monotonic() + settings.request_timeout_s)
+        if stream:
+            return _stream(engine, path, language, form, control)  # the stream removes the upload when it ends
+        try:
+            future = engine.submit(
+                lambda: engine.transcribe(path, language=language, source=form.source, control=control)
+            )
+            try:
+                transcript = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
+            except TimeoutError:
+                control.stop("timeout")
+                raise as_api_error(RunStopped("timeout")) from None
+            except asyncio.CancelledError:  # the client went away
+                control.stop("cancelled")
+                raise
+            except Exception as e:
+                raise as_api_error(e) from None
+            return render_response(transcript, form.response_format, form.source)
+        finally:
+            remove_file(path)
+
+    def _stream(engine: Engine, path: Path, language: str, form: TranscriptionForm, control: RunControl) -> Response:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamSegment | BaseException | Transcript] = asyncio.Queue()
+
+        def put(item: StreamSegment | BaseException | Transcript) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                put(engine.transcribe(path, language=language, source=form.source, control=control, on_segment=put))
+            except BaseException as e:
+                put(e)
+
+        try:
+            engine.submit(work)  # a full queue answers 429 before the stream starts
+        except BaseException:
+            remove_file(path)
+            raise
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    remaining = (control.deadline or 0) - time.monotonic()
+                    try:
+                        item = await asyncio.wait_for(queue.get(), max(remaining, 0.0) + 1.0)
+                    except TimeoutError:
+                        item = RunStopped("timeout")
+                    if isinstance(item, StreamSegment):
+                        yield _sse(_segment_event(item, form.response_format))
+                        continue
+                    if isinstance(item, Transcript):
+                        yield _sse(_done_event(item))
+                    else:  # mid-stream the status is sent: the error goes in an event, as OpenAI's streams do
+                        yield _sse({"type": "error", "error": as_api_error(item).body.model_dump()})
+                    return
+            finally:
+                control.stop("cancelled")  # a client that went away stops the work; harmless after the end
+                remove_file(path)
+
+        return EventSourceResponse(events())
+
+    def job_or_404(store: JobStore, job_id: str) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise APIError(404, f"No job with id '{job_id}'.", param="job_id", code="job_not_found")
+        return job
+
+    @v1.post(
+        "/audio/jobs",
+        summary="Create a durable transcription job (same fields as /v1/audio/transcriptions, no stream)",
+        status_code=202,
+        responses=error_responses(400, 401, 404, 413, 429, 503),
+    )
+    async def create_job(form: Annotated[TranscriptionForm, Depends(transcription_form)]) -> dict[str, Any]:
+        engine, store, runner = services.ready()
+        language = check_request(engine, form)
+        if store.count("queued") >= settings.max_queued_jobs:
+            raise APIError(
+                429,
+                "Too many queued jobs. Retry later.",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(settings.retry_after_s)},
+            )
+        job_id = f"job_{uuid.uuid4().hex}"
+        path = upload_path(settings.uploads, job_id, form)
+        duration = await save_upload(form, path, engine)
+        job = store.create(
+            job_id=job_id,
+            model=form.model,
+            language=language,
+            response_format=form.response_format,
+            filename=form.source,
+            audio_path=path,
+            duration=duration,
+        )
+        runner.notify()
+        return job.to_api()
+
+    @v1.get("/audio/jobs", summary="List jobs, newest first", responses=common)
+    def list_jobs(
+        status: Annotated[JobStatus | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        _, store, _ = services.ready()
+        return {"object": "list", "data": [j.to_api() for j in store.recent(status=status, limit=limit)]}
+
+    @v1.get("/audio/jobs/{job_id}", summary="Job status and progress", responses=error_responses(400, 401, 404, 503))
+    def get_job(job_id: str) -> dict[str, Any]:
+        _, store, _ = services.ready()
+        return job_or_404(store, job_id).to_api()
+
+    @v1.get(
+        "/audio/jobs/{job_id}/result",
+        summary="The finished job's transcript, in the job's response_format or the one asked for",
+        response_model=None,
+        responses={
+            200: {
+                "description": "The transcript",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                },
+            },
+            **error_responses(400, 401, 404, 409, 503),
+        },
+    )
+    def get_job_result(job_id: str, response_format: Annotated[ResponseFormat | None, Query()] = None) -> Response:
+        _, store, _ = services.ready()
+        job = job_or_404(store, job_id)
+        if job.status != "succeeded":
+            raise APIError(
+                409,
+                f"Job {job_id} is {job.status}; a result exists only once it has succeeded.",
+                param="job_id",
+                code="job_not_succeeded",
+            )
+        return render_response(job.transcript(), response_format or job.response_format, job.filename)
+
+    @v1.post(
+        "/audio/jobs/{job_id}/cancel",
+        summary="Cancel a queued or running job",
+        responses=error_responses(400, 401, 404, 503),
+    )
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        _, store, runner = services.ready()
+        job_or_404(store, job_id)
+        runner.cancel(job_id)
+        return job_or_404(store, job_id).to_api()
+
+    @v1.delete(
+        "/audio/jobs/{job_id}",
+        summary="Delete a job, its result and its audio (cancels it if unfinished)",
+        responses=error_responses(400, 401, 404, 503),
+    )
+    def delete_job(job_id: str) -> dict[str, Any]:
+        _, store, runner = services.ready()
+        job_or_404(store, job_id)
+        runner.delete(job_id)
+        return {"id": job_id, "object": "transcription.job.deleted", "deleted": True}
+
+    app.include_router(v1)
+    return app

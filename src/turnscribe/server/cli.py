@@ -1,0 +1,110 @@
+"""`turnscribe serve`: registered in turnscribe.cli as a command; imports the server only when run."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import DEFAULT_EMBEDDER, DEFAULT_MODEL, Pipeline, build_pipeline
+from ..prompt import check_language
+from ..types import TurnscribeError
+from .settings import LOOPBACK_HOSTS, ServerSettings
+
+log = logging.getLogger(__name__)
+BACKENDS = ("transformers",)
+
+
+def _import_factory(spec: str) -> Callable[[], Pipeline]:
+    module, sep, name = spec.partition(":")
+    if not (sep and module and name):
+        raise typer.BadParameter(f"expected module:function, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise typer.BadParameter(f"cannot import {spec}: {e}") from e
+    return factory  # type: ignore[no-any-return]
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback only with --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    model: Annotated[str, typer.Option(help="Hub id or local folder of the checkpoint.")] = DEFAULT_MODEL,
+    backend: Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKENDS)}.")] = "transformers",
+    language: Annotated[str, typer.Option(help="Language of requests that name none.")] = "en",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per generate() call, across requests.")] = 8,
+    embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = DEFAULT_EMBEDDER,
+    trust_remote_code: Annotated[bool, typer.Option(help="Load the checkpoint with its own code.")] = False,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(envvar="TURNSCRIBE_API_KEYS", help="Accepted Bearer key; repeatable (env: space-separated)."),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Uploads and the job database.")] = Path("turnscribe-data"),
+    db: Annotated[Path | None, typer.Option(help="Job database (default: DATA_DIR/jobs.sqlite3).")] = None,
+    max_upload_mb: Annotated[int, typer.Option(min=1, help="Largest accepted upload.")] = 1024,
+    max_audio_seconds: Annotated[float, typer.Option(min=1, help="Longest accepted recording.")] = 4 * 3600,
+    workers: Annotated[int, typer.Option(min=1, help="Requests transcribed at once.")] = 4,
+    max_queue: Annotated[int, typer.Option(min=0, help="Requests waiting for a worker before 429.")] = 32,
+    job_workers: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+    max_queued_jobs: Annotated[int, typer.Option(min=1, help="Queued jobs before 429.")] = 1000,
+    request_timeout: Annotated[float, typer.Option(min=1, help="Seconds before a request answers 504.")] = 600,
+    retention: Annotated[float, typer.Option(min=0, help="Seconds a finished job's audio is kept.")] = 24 * 3600,
+    pipeline_factory: Annotated[
+        str | None,
+        typer.Option(help="module:function returning a turnscribe Pipeline, instead of --model (tests, own backends)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve OpenAI's /v1/audio/transcriptions (and durable jobs) over HTTP."""
+    import uvicorn
+
+    from .app import create_app
+
+    keys = tuple(k for k in (api_key or []) if k)
+    if not keys and host not in LOOPBACK_HOSTS:
+        raise typer.BadParameter(
+            "no API key configured: set --api-key (or TURNSCRIBE_API_KEYS) to bind beyond loopback", param_hint="--host"
+        )
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    try:
+        check_language(language)
+    except TurnscribeError as e:
+        raise typer.BadParameter(str(e), param_hint="--language") from e
+    if not keys:
+        typer.secho(
+            f"warning: no API key configured; serving without authentication on {host} only", err=True, fg="yellow"
+        )
+    factory = (
+        _import_factory(pipeline_factory)
+        if pipeline_factory
+        else functools.partial(
+            build_pipeline,
+            model=model,
+            device=device,
+            batch_size=batch_size,
+            embedder=embedder,
+            trust_remote_code=trust_remote_code,
+        )
+    )
+    settings = ServerSettings(
+        data_dir=data_dir,
+        db_path=db,
+        api_keys=keys,
+        default_language=language,
+        max_upload_bytes=max_upload_mb << 20,
+        max_audio_seconds=max_audio_seconds,
+        workers=workers,
+        max_queue=max_queue,
+        job_workers=job_workers,
+        max_queued_jobs=max_queued_jobs,
+        request_timeout_s=request_timeout,
+        retention_s=retention,
+    )
+    uvicorn.run(create_app(settings, factory), host=host, port=port, log_level=log_level)

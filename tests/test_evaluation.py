@@ -1,0 +1,234 @@
+"""`turnscribe eval` and `evaluate`: known DER / JER / cpWER / tcpWER on hand-made RTTM, STM and SegLST files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from turnscribe.decoders.reference import ReferenceTurn
+from turnscribe.evaluation import EvaluationError, evaluate, load_segments
+from turnscribe.evaluation.cli import eval_command
+from turnscribe.types import Segment, Transcript
+
+# Two speakers, 4 s and 3 s of speech, a 1 s pause between them.
+REF_RTTM = """SPEAKER meet 1 0.00 4.00 <NA> <NA> A <NA> <NA>
+SPEAKER meet 1 5.00 3.00 <NA> <NA> B <NA> <NA>
+"""
+REF_STM = """;; a comment line
+meet 1 A 0.0 4.0 hello there my friend
+meet 1 B 5.0 8.0 good to see you
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def rttm(*turns: tuple[float, float, str], uri: str = "meet") -> str:
+    return "".join(f"SPEAKER {uri} 1 {s:.2f} {e - s:.2f} <NA> <NA> {spk} <NA> <NA>\n" for s, e, spk in turns)
+
+
+def seglst(*segments: tuple[float, float, str, str], uri: str = "meet") -> str:
+    rows = [
+        {"session_id": uri, "speaker": spk, "start_time": s, "end_time": e, "words": w} for s, e, spk, w in segments
+    ]
+    return json.dumps(rows)
+
+
+def test_identical_hypothesis_scores_zero(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.rttm", REF_RTTM)
+    result = evaluate(ref, write(tmp_path, "hyp.rttm", rttm((0, 4, "x"), (5, 8, "y"))))
+    assert [(d.collar, d.der, d.jer) for d in result.diarization] == [(0.0, 0.0, 0.0), (0.25, 0.0, 0.0)]
+    assert result.ref_speakers == result.hyp_speakers == 2
+    # RTTM has no words: the WER metrics are skipped, with a note saying why.
+    assert result.word_errors == []
+    assert any("no words" in note for note in result.notes)
+
+
+def test_merged_speakers_give_the_computed_der_and_jer(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.rttm", REF_RTTM)
+    result = evaluate(ref, write(tmp_path, "hyp.rttm", rttm((0, 4, "x"), (5, 8, "x"))))
+    plain, collared = result.diarization
+    # x maps to A; B's 3 s of the 7 s are confusion.
+    assert plain.der == pytest.approx(3 / 7) and plain.confusion == pytest.approx(3.0)
+    assert plain.missed == plain.false_alarm == 0.0 and plain.total == pytest.approx(7.0)
+    # JER averages over reference speakers: A is 3/7 off (x also covers B's 3 s), B has no partner (1.0).
+    assert plain.jer == pytest.approx((3 / 7 + 1) / 2)
+    # 0.25 s either side of each of the 4 reference boundaries is not scored: 2 s less speech, 0.5 s less confusion.
+    assert collared.total == pytest.approx(6.0) and collared.der == pytest.approx(2.5 / 6.0)
+
+
+def test_overlapping_speech_is_scored(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.rttm", rttm((0, 4, "A"), (2, 6, "B")))
+    result = evaluate(ref, write(tmp_path, "hyp.rttm", rttm((0, 4, "x"))))
+    # B's 4 s are missed, 2 s of them under A: with overlap skipped it would be 2 / 6.
+    assert result.der(0.0) == pytest.approx(4 / 8)
+    assert result.diarization[0].missed == pytest.approx(4.0)
+
+
+def test_cpwer_ignores_speaker_names_and_punctuation_by_default(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    hyp = write(tmp_path, "hyp.json", seglst((0, 4, "1", "Hello there, my friend."), (5, 8, "2", "good to see you")))
+    result = evaluate(ref, hyp)
+    assert result.wer("cpWER") == 0.0 and result.wer("tcpWER") == 0.0
+    assert result.der(0.0) == 0.0
+    # Without normalisation "Hello", "there," and "friend." are three substitutions of 8 words.
+    raw = evaluate(ref, hyp, normalizer=None)
+    cp = next(w for w in raw.word_errors if w.metric == "cpWER")
+    assert (cp.errors, cp.substitutions, cp.length) == (3, 3, 8)
+
+
+def test_cpwer_of_one_speaker_for_two(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    hyp = write(tmp_path, "hyp.json", seglst((0, 4, "1", "hello there my friend"), (5, 8, "1", "good to see you")))
+    cp = next(w for w in evaluate(ref, hyp).word_errors if w.metric == "cpWER")
+    # "1" is A: B's words are inserted there and deleted from B.
+    assert (cp.insertions, cp.deletions, cp.error_rate) == (4, 4, 1.0)
+    assert (cp.missed_speakers, cp.scored_speakers) == (1, 2)
+
+
+def test_tcpwer_counts_words_said_at_the_wrong_time(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    late = write(tmp_path, "hyp.json", seglst((0, 4, "1", "hello there my friend"), (25, 28, "2", "good to see you")))
+    result = evaluate(ref, late)
+    assert result.wer("cpWER") == 0.0
+    # 20 s late is far outside the 5 s collar: 4 deletions + 4 insertions.
+    assert result.wer("tcpWER") == pytest.approx(1.0)
+    assert next(w.collar for w in result.word_errors if w.metric == "tcpWER") == 5.0
+    assert evaluate(ref, late, tcp_collar=30.0).wer("tcpWER") == 0.0
+
+
+def test_formats_are_detected_from_content(tmp_path: Path) -> None:
+    as_rttm = load_segments(write(tmp_path, "ref.txt", REF_RTTM))
+    as_stm = load_segments(write(tmp_path, "ref.lst", REF_STM))
+    as_seglst = load_segments(write(tmp_path, "ref.out", seglst((0, 4, "A", "hi"))))
+    assert [s["speaker"] for s in as_rttm] == ["A", "B"] and "words" not in as_rttm[0]
+    assert [s["words"] for s in as_stm] == ["hello there my friend", "good to see you"]
+    assert as_seglst[0]["end_time"] == 4.0
+
+
+def test_in_memory_inputs_and_session_names(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    transcript = Transcript(
+        [Segment(0, 0.0, 4.0, "hello there my friend", "SPEAKER_00"), Segment(1, 5.0, 8.0, "good to see you", "S1")],
+        ["SPEAKER_00", "S1"],
+        "en",
+        8.0,
+    )
+    result = evaluate(ref, transcript)
+    assert result.der(0.0) == 0.0 and result.wer() == 0.0
+    # The transcript's session ("audio") is not the reference's ("meet"): one each, so they are lined up.
+    assert result.sessions == ["meet"] and any("'audio'" in note for note in result.notes)
+    turns = [ReferenceTurn(0.0, 4.0, "A", "hello there my friend"), ReferenceTurn(5.0, 8.0, "B", "good to see you")]
+    assert evaluate(turns, transcript).wer() == 0.0
+
+
+def test_a_session_missing_from_the_hypothesis_is_scored_as_silence(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM + "other 1 C 0.0 2.0 one two\n")
+    result = evaluate(ref, write(tmp_path, "hyp.stm", REF_STM))
+    assert result.sessions == ["meet", "other"]
+    assert result.der(0.0) == pytest.approx(2 / 9)
+    cp = next(w for w in result.word_errors if w.metric == "cpWER")
+    assert (cp.deletions, cp.length) == (2, 10)
+    with pytest.raises(EvaluationError, match="sessions the reference lacks"):
+        evaluate(write(tmp_path, "one.stm", REF_STM), ref)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("ref.xyz", "what is this\n", "unknown format"),
+        ("ref.rttm", "SPEAKER meet 1 zero 4 <NA> <NA> A <NA> <NA>\n", "not a valid RTTM"),
+        ("ref.json", '{"not": "a list"}', "JSON list"),
+        ("ref.json", '[{"speaker": "A"}]', "lacks session_id"),
+        ("ref.rttm", "", "no speech"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(tmp_path: Path, name: str, text: str, message: str) -> None:
+    hyp = write(tmp_path, "hyp.rttm", REF_RTTM)
+    with pytest.raises(EvaluationError, match=message):
+        evaluate(write(tmp_path, name, text), hyp)
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:  # a group, so that `eval` is a subcommand as in turnscribe's own app
+        pass
+
+    app.command("eval")(eval_command)
+    return app
+
+
+def test_eval_prints_a_table(tmp_path: Path, cli: typer.Typer) -> None:
+    ref, hyp = write(tmp_path, "ref.stm", REF_STM), write(tmp_path, "hyp.stm", REF_STM)
+    result = CliRunner().invoke(cli, ["eval", "--ref", str(ref), "--hyp", str(hyp)])
+    assert result.exit_code == 0, result.output
+    for metric in ("DER", "JER", "cpWER", "tcpWER"):
+        assert metric in result.output
+    assert "0.00%" in result.output
+
+
+def test_eval_json_output_shape(tmp_path: Path, cli: typer.Typer) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    hyp = write(tmp_path, "hyp.json", seglst((0, 4, "1", "hello there my friend"), (5, 8, "1", "good to see you")))
+    out = tmp_path / "scores.json"
+    result = CliRunner().invoke(
+        cli, ["eval", "--ref", str(ref), "--hyp", str(hyp), "--format", "json", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert json.loads(result.stdout) == data
+    assert set(data) == {
+        "sessions",
+        "ref_speakers",
+        "hyp_speakers",
+        "diarization",
+        "word_errors",
+        "normalizer",
+        "notes",
+    }
+    assert [d["collar"] for d in data["diarization"]] == [0.0, 0.25]
+    assert set(data["diarization"][0]) == {"collar", "der", "jer", "missed", "false_alarm", "confusion", "total"}
+    assert [(w["metric"], w["collar"]) for w in data["word_errors"]] == [("cpWER", None), ("tcpWER", 5.0)]
+    assert data["word_errors"][0]["error_rate"] == 1.0
+    assert data["diarization"][0]["der"] == pytest.approx(3 / 7)
+
+
+def test_eval_rttm_notes_the_skipped_wer(tmp_path: Path, cli: typer.Typer) -> None:
+    ref, hyp = write(tmp_path, "ref.rttm", REF_RTTM), write(tmp_path, "hyp.stm", REF_STM)
+    result = CliRunner().invoke(cli, ["eval", "--ref", str(ref), "--hyp", str(hyp)])
+    assert result.exit_code == 0 and "skipped" in result.output and "cpWER" in result.output
+
+
+@pytest.mark.parametrize(
+    ("ref_name", "ref_text", "extra", "message"),
+    [
+        ("missing.rttm", None, [], "no such file"),
+        ("ref.abc", "nothing to see\n", [], "unknown format"),
+        ("ref.rttm", REF_RTTM, ["--format", "xml"], "table, json"),
+        ("ref.stm", REF_STM, ["--normalizer", "shout"], "shout"),
+    ],
+)
+def test_eval_bad_input_exits_2_without_a_traceback(
+    tmp_path: Path, cli: typer.Typer, ref_name: str, ref_text: str | None, extra: list[str], message: str
+) -> None:
+    ref = tmp_path / ref_name
+    if ref_text is not None:
+        ref.write_text(ref_text)
+    hyp = write(tmp_path, "hyp.stm", REF_STM)
+    result = CliRunner().invoke(cli, ["eval", "--ref", str(ref), "--hyp", str(hyp), *extra])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
