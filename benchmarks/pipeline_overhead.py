@@ -4,7 +4,10 @@ The ReferenceDecoder stands in for the model (it emits what a perfect model woul
 timed is audio decoding (PyAV, from a FLAC file), windowing, parsing, stitching, speaker embedding (resemblyzer) and
 clustering, and writing every output format. Each size runs in a fresh subprocess, so its peak RSS is its own.
 
-    python benchmarks/pipeline_overhead.py [--hours 1 4] [--update-readme]
+    python benchmarks/pipeline_overhead.py [--hours 1 4] [--threads N] [--update-readme]
+
+On a machine shared with other processes pass --threads 1: resemblyzer's LSTM runs thousands of tiny parallel
+steps per clip, and each one stalls while a torch thread waits for a core, which made it up to 4x slower here.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import numpy as np
 
 from turnscribe import Pipeline, Transcript
 from turnscribe.decoders.reference import ReferenceDecoder, ReferenceTurn
+from turnscribe.evaluation.synthetic import VOICES as SYNTHETIC_VOICES
+from turnscribe.evaluation.synthetic import synthesise
 from turnscribe.formats import extension, format_names, write
 from turnscribe.speakers import ClusteringLinker, load_embedder
 from turnscribe.types import SAMPLE_RATE
@@ -39,13 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START_MARKER, END_MARKER = "<!-- pipeline_overhead:start -->", "<!-- pipeline_overhead:end -->"
 
-# (voice, pitch): espeak-ng voices that GE2E puts far apart (see tests/test_speakers.py).
-VOICES = {
-    "f4-low": ("en-us+f4", 20),
-    "klatt3": ("en-us+klatt3", None),
-    "annie-high": ("en-us+Annie", 80),
-    "storm": ("en-us+Storm", None),
-}
+# The synthetic meetings' first four voices: far apart under GE2E (see turnscribe.evaluation.synthetic).
+VOICES = SYNTHETIC_VOICES[:4]
 SENTENCES = [
     "Good morning everyone, let us start with the budget for next quarter.",
     "I sent the updated numbers to the whole team yesterday evening.",
@@ -71,16 +71,9 @@ STAGE_TITLES = {
 }
 
 
-def synthesise_voices(folder: Path) -> dict[str, list[tuple[np.ndarray, str]]]:
+def synthesise_voices() -> dict[str, list[tuple[np.ndarray, str]]]:
     """Each voice's sentences as (samples, text): synthesised once, then tiled and cut into turns."""
-    # The tests' espeak-ng helper; tests/ is not a package, so put it on the path.
-    sys.path.insert(0, str(ROOT / "tests"))
-    from speech import speak
-
-    return {
-        name: [(speak(text, voice, folder / f"{name}-{i}.wav", pitch=pitch), text) for i, text in enumerate(SENTENCES)]
-        for name, (voice, pitch) in VOICES.items()
-    }
+    return {f"{voice.name}-{voice.pitch}": [(synthesise(text, voice), text) for text in SENTENCES] for voice in VOICES}
 
 
 def _grid_samples(rng: np.random.Generator, bounds: tuple[float, float]) -> int:
@@ -317,12 +310,13 @@ def main() -> None:
     parser.add_argument("--measure", nargs=2, type=Path, help=argparse.SUPPRESS)  # the child process's entry point
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(*args.measure, args.threads)))
+        audio, turns_file = args.measure
+        print(json.dumps(measure(audio, turns_file, args.threads)))
         return
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pipeline_overhead-") as tmp:
-        voices = synthesise_voices(Path(tmp))
+        voices = synthesise_voices()
         results = [run_size(h, voices, Path(tmp), args.seed, args.threads) for h in sorted(args.hours)]
     for r in results:
         formats = ", ".join(f"{k} {v / (r['duration'] / 3600):.2f}" for k, v in r["formats"].items())

@@ -5,7 +5,6 @@ import json
 import av
 import numpy as np
 import pytest
-from speech import have_espeak, speak
 from tiny_model import Script, build_tokenizer
 
 from turnscribe import Pipeline, build_pipeline
@@ -13,6 +12,7 @@ from turnscribe.decoders import ScriptedDecoder
 from turnscribe.decoders.base import DecoderError, WindowAudio
 from turnscribe.decoders.reference import ReferenceDecoder, ReferenceTurn
 from turnscribe.decoders.transformers import TransformersDecoder
+from turnscribe.evaluation.synthetic import Voice, have_espeak, synthesise
 from turnscribe.formats import format_names, render
 from turnscribe.parse import parse_window
 from turnscribe.speakers import ClusteringLinker, load_embedder
@@ -34,7 +34,7 @@ TURNS = [
     (54.0, "A", "Fine let us meet again when the results are in"),
     (61.0, "B", "Sounds good see you all next week"),
 ]
-VOICES = {"A": dict(voice="en-us", pitch=25, speed=150), "B": dict(voice="en+f3", pitch=70, speed=170)}
+VOICES = {"A": Voice("en-us", pitch=25, speed=150), "B": Voice("en+f3", pitch=70, speed=170)}
 
 
 def write_wav(path, samples, rate=SAMPLE_RATE, channels=1):
@@ -57,8 +57,8 @@ def meeting(tmp_path_factory):
     folder = tmp_path_factory.mktemp("meeting")
     audio = np.zeros(70 * SAMPLE_RATE, dtype=np.float32)
     truth = []
-    for i, (start, voice, text) in enumerate(TURNS):
-        clip = speak(text, path=folder / f"{i}.wav", **VOICES[voice])[: int(5.8 * SAMPLE_RATE)]
+    for start, voice, text in TURNS:
+        clip = synthesise(text, VOICES[voice])[: int(5.8 * SAMPLE_RATE)]
         s = int(start * SAMPLE_RATE)
         audio[s : s + len(clip)] = clip
         truth.append((start, round(start + len(clip) / SAMPLE_RATE, 1), voice, text))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from speech import have_espeak, speak
 
+from turnscribe.evaluation.synthetic import VOICES as SYNTHETIC_VOICES
+from turnscribe.evaluation.synthetic import have_espeak, synthesise
 from turnscribe.speakers import (
     ClusteringLinker,
     EmbedderError,
@@ -192,14 +193,8 @@ def test_unknown_embedder_and_option() -> None:
 
 # --- resemblyzer on espeak-ng voices ----------------------------------------------------------------------------
 
-# Picked for being far apart under GE2E (>= 0.38 mean cosine distance between any two): espeak voices sit
-# much closer together than people do, and e.g. its default voices of different languages are one synthesiser.
-VOICES = {
-    "f4-low": ("en-us+f4", 20),
-    "klatt3": ("en-us+klatt3", None),
-    "annie-high": ("en-us+Annie", 80),
-    "storm": ("en-us+Storm", None),
-}
+# The synthetic meetings' first four voices: far apart under GE2E (see turnscribe.evaluation.synthetic).
+VOICES = dict(zip(["f4-low", "klatt3", "annie-high", "storm"], SYNTHETIC_VOICES[:4]))
 SENTENCES = [
     "The meeting starts at nine tomorrow morning in the small room.",
     "Could you please send me the report before Friday afternoon?",
@@ -210,12 +205,8 @@ needs_espeak = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not on
 
 
 @pytest.fixture(scope="module")
-def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[np.ndarray]]:
-    folder = tmp_path_factory.mktemp("espeak")
-    return {
-        name: [speak(text, voice, folder / f"{name}-{i}.wav", pitch=pitch) for i, text in enumerate(SENTENCES)]
-        for name, (voice, pitch) in VOICES.items()
-    }
+def voices() -> dict[str, list[np.ndarray]]:
+    return {name: [synthesise(text, voice) for text in SENTENCES] for name, voice in VOICES.items()}
 
 
 @pytest.fixture(scope="module")
