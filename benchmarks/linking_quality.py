@@ -31,6 +31,7 @@ from turnscribe.evaluation import evaluate
 from turnscribe.evaluation.oracle import OracleEmbedder, tag_speakers
 from turnscribe.evaluation.synthetic import MeetingConfig, generate_meeting
 from turnscribe.speakers import ClusteringLinker, Embedder, SpeakerLinker, load_embedder
+from turnscribe.speakers.slots import SlotLinker
 from turnscribe.types import SAMPLE_RATE
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -39,6 +40,7 @@ START_MARKER, END_MARKER = "<!-- linking_quality:start -->", "<!-- linking_quali
 # A linker is built from an embedder; add new ones here to compare them with the card's baseline.
 LINKERS: dict[str, Callable[[Embedder], SpeakerLinker]] = {
     "baseline": ClusteringLinker,
+    "slots": SlotLinker,
 }
 
 DECODER_NOISE = {

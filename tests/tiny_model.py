@@ -138,7 +138,9 @@ def build_checkpoint(path: Path, layout: str = "native", seed: int = 0) -> Path:
 def _original_name(name: str) -> str:
     for pattern, repl in _TO_ORIGINAL + _DECODER_ATTENTION:
         name = re.sub(pattern, repl, name)
-    return name
+    # transformers >= 5 already saves cohere_asr weights under their original names, but below its wrapper's
+    # "model." prefix; the base model's own files have no prefix.
+    return name.removeprefix("model.")
 
 
 def _to_original_layout(path: Path, config: CohereAsrConfig) -> None:

@@ -159,3 +159,133 @@ def feature_extractor_from_original(config: dict[str, Any]) -> Any:
         win_length=round(float(pre.get("window_size", 0.025)) * rate),
         n_fft=int(pre.get("n_fft", 512)),
     )
+
+
+# --- fix-checkpoint: the model card's three edits that make an original-layout checkpoint servable by vLLM ---
+
+_WEIGHT_PREFIX = "model."
+
+
+@dataclass(frozen=True)
+class CheckpointFix:
+    file: str
+    change: str
+
+
+def plan_vllm_fixes(path: Path) -> list[CheckpointFix]:
+    """What `fix_for_vllm` would change; empty when the checkpoint is already fixed (the edits are idempotent)."""
+    from safetensors import safe_open
+
+    fixes: list[CheckpointFix] = []
+    tokenizer_config = _read_json(path / "tokenizer_config.json")
+    if isinstance(tokenizer_config.get("extra_special_tokens"), list):
+        fixes.append(CheckpointFix("tokenizer_config.json", "drop the legacy extra_special_tokens list"))
+    checkpoint = read_checkpoint(path)
+    if checkpoint.layout != "original":
+        raise CheckpointError(f"{path} is in the native layout already; fix-checkpoint edits original-layout ones")
+    vocab = embedding_rows(path)
+    if vocab is None:
+        raise CheckpointError(f"{path} has no token-embedding tensor in its *.safetensors files")
+    for key, current in _vocab_fields(checkpoint.config):
+        if current != vocab:
+            fixes.append(CheckpointFix("config.json", f"set {key} from {current} to {vocab}"))
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            names = list(f.keys())
+        prefixed = sum(n.startswith(_WEIGHT_PREFIX) for n in names)
+        counters = sum(n.endswith("num_batches_tracked") for n in names)
+        if prefixed:
+            fixes.append(CheckpointFix(file.name, f"strip the '{_WEIGHT_PREFIX}' prefix from {prefixed} tensor names"))
+        if counters:
+            fixes.append(CheckpointFix(file.name, f"drop {counters} BatchNorm num_batches_tracked tensors"))
+    return fixes
+
+
+def fix_for_vllm(path: Path, *, dry_run: bool = False) -> list[CheckpointFix]:
+    """Apply the card's `fix_for_vllm.py` edits in place: each file is written to a temporary file, checked
+    against the original, then swapped in, so an interrupted run leaves every file whole."""
+    fixes = plan_vllm_fixes(path)
+    if dry_run or not fixes:
+        return fixes
+    files = {fix.file for fix in fixes}
+    if "tokenizer_config.json" in files:
+        data = _read_json(path / "tokenizer_config.json")
+        del data["extra_special_tokens"]
+        _replace_json(path / "tokenizer_config.json", data)
+    if "config.json" in files:
+        config = read_checkpoint(path).config
+        vocab = embedding_rows(path)
+        config["head"]["num_classes"] = vocab
+        config["transf_decoder"]["config_dict"]["vocab_size"] = vocab
+        _replace_json(path / "config.json", config)
+    for name in sorted(files - {"tokenizer_config.json", "config.json"}):
+        _rewrite_weights(path / name)
+    _update_weight_index(path)
+    if remaining := plan_vllm_fixes(path):
+        raise CheckpointError(f"fix-checkpoint did not converge; still to do: {remaining}")
+    return fixes
+
+
+def _vocab_fields(config: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [
+        ("head.num_classes", (config.get("head") or {}).get("num_classes")),
+        ("transf_decoder.config_dict.vocab_size", config["transf_decoder"]["config_dict"].get("vocab_size")),
+    ]
+
+
+def _fixed_name(name: str) -> str:
+    return name.removeprefix(_WEIGHT_PREFIX)
+
+
+def _rewrite_weights(file: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(file), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {_fixed_name(n): f.get_tensor(n) for n in f.keys() if not n.endswith("num_batches_tracked")}  # noqa: SIM118
+    if len(tensors) != len({_fixed_name(n) for n in tensors}):
+        raise CheckpointError(f"{file.name}: stripping '{_WEIGHT_PREFIX}' would make two tensors share a name")
+    tmp = file.with_name(f".{file.name}.tmp")
+    save_file(tensors, str(tmp), metadata={**metadata, "format": "pt"})
+    with safe_open(str(tmp), framework="pt") as written:
+        same = set(written.keys()) == set(tensors) and all(  # noqa: SIM118
+            written.get_tensor(n).equal(t) for n, t in tensors.items()
+        )
+    if not same:
+        tmp.unlink()
+        raise CheckpointError(f"{file.name}: the rewritten weights did not read back identical; nothing changed")
+    os.replace(tmp, file)
+
+
+def _update_weight_index(path: Path) -> None:
+    """Sharded checkpoints name every tensor in model.safetensors.index.json: rename there too."""
+    index_file = path / "model.safetensors.index.json"
+    if not index_file.is_file():
+        return
+    index = _read_json(index_file)
+    weight_map = index.get("weight_map", {})
+    index["weight_map"] = {
+        _fixed_name(n): shard for n, shard in weight_map.items() if not n.endswith("num_batches_tracked")
+    }
+    if index["weight_map"] != weight_map:
+        _replace_json(index_file, index)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+    return data if isinstance(data, dict) else {}
+
+
+def _replace_json(file: Path, data: dict[str, Any]) -> None:
+    tmp = file.with_name(f".{file.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    if json.loads(tmp.read_text()) != data:
+        tmp.unlink()
+        raise CheckpointError(f"{file.name}: the rewritten file did not read back identical; nothing changed")
+    os.replace(tmp, file)

@@ -48,6 +48,25 @@ def main(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
 
+@app.command("fix-checkpoint")
+def fix_checkpoint(
+    directory: Annotated[Path, typer.Argument(help="A downloaded checkpoint in the original layout.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would change.")] = False,
+) -> None:
+    """Apply the model card's edits that let vLLM serve an original-layout checkpoint (idempotent)."""
+    from .checkpoint import CheckpointError, fix_for_vllm
+
+    try:
+        fixes = fix_for_vllm(directory, dry_run=dry_run)
+    except CheckpointError as e:
+        console.print(f"[red]error[/red] {e}")
+        raise typer.Exit(2) from e
+    for fix in fixes:
+        typer.echo(f"{'would ' if dry_run else ''}{fix.file}: {fix.change}")
+    if not fixes:
+        typer.echo(f"{directory}: nothing to change")
+
+
 @app.command()
 def languages() -> None:
     """List the language codes the model transcribes."""

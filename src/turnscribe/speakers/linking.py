@@ -31,6 +31,11 @@ def relabel_by_first_appearance(starts: Sequence[float], labels: Sequence[int]) 
     return [names[label] for label in labels]
 
 
+def embed_in_chunks(embedder: Embedder, clips: Sequence[np.ndarray]) -> np.ndarray:
+    """Embed clips _EMBED_CHUNK at a time: batched, but bounded in memory on long files."""
+    return np.concatenate([embedder.embed(clips[i : i + _EMBED_CHUNK]) for i in range(0, len(clips), _EMBED_CHUNK)])
+
+
 def _clip(audio: np.ndarray, segment: StitchedSegment) -> np.ndarray:
     start = min(max(round(segment.start * SAMPLE_RATE), 0), len(audio))
     end = min(max(round(segment.end * SAMPLE_RATE), start), len(audio))
@@ -73,9 +78,7 @@ class ClusteringLinker:
         if audio.ndim != 1:
             raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
         clips = [_clip(audio, s) for s in segments]
-        embeddings = np.concatenate(
-            [self.embedder.embed(clips[i : i + _EMBED_CHUNK]) for i in range(0, len(clips), _EMBED_CHUNK)]
-        )
+        embeddings = embed_in_chunks(self.embedder, clips)
         labels = cluster_embeddings(
             embeddings,
             threshold=self.effective_threshold,

@@ -143,45 +143,60 @@ def _agglomerate(
     is still above `num` / `high` are window conflicts ignored.
     """
     n = len(sums)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
     means = sums / weights[:, None]
     dist = 1.0 - means @ means.T
     conflict = (windows @ windows.T).toarray() > 0
     np.fill_diagonal(conflict, True)
-    alive = np.ones(n, dtype=bool)
-    owner = np.arange(n)
+    dist[conflict] = np.inf  # conflicts only grow under merging, so inf stays correct in the update below
+    free = 1.0 - means @ means.T  # the same without conflicts, for a count hint that must override them
+    np.fill_diagonal(free, np.inf)
     weights = weights.astype(np.float64).copy()
-    count = n
+    owner = np.arange(n)
     stop_at = num if num is not None else low
-    ceiling = num if num is not None else high
-    while count > stop_at:
-        live = alive[:, None] & alive[None, :]
-        allowed = np.where(live & ~conflict, dist, np.inf)
-        i, j = np.unravel_index(np.argmin(allowed), allowed.shape)
-        over = ceiling is not None and count > ceiling
-        if not np.isfinite(allowed[i, j]) or (allowed[i, j] > threshold and num is None):
-            if not over:
-                break
+    for count in range(n, stop_at, -1):
+        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        hinted = num is not None or (high is not None and count > high)
+        if not (dist[i, j] <= threshold or hinted):
+            break
+        if not np.isfinite(dist[i, j]):
             # A count hint wins over the model's slots: merge the closest pair even across a window.
-            forced = np.where(live & ~np.eye(n, dtype=bool), dist, np.inf)
-            i, j = np.unravel_index(np.argmin(forced), forced.shape)
+            i, j = np.unravel_index(np.argmin(free), free.shape)
         # Lance-Williams update for weighted average linkage: exact for means of unit vectors.
-        merged = (weights[i] * dist[i] + weights[j] * dist[j]) / (weights[i] + weights[j])
-        dist[i], dist[:, i] = merged, merged
-        conflict[i] |= conflict[j]
-        conflict[:, i] = conflict[i]
+        wi, wj = weights[i] / (weights[i] + weights[j]), weights[j] / (weights[i] + weights[j])
+        for matrix in (dist, free):
+            row = wi * matrix[i] + wj * matrix[j]
+            matrix[i], matrix[:, i] = row, row
+            matrix[j], matrix[:, j] = np.inf, np.inf
+            matrix[i, i] = np.inf
         weights[i] += weights[j]
-        alive[j] = False
         owner[owner == j] = i
-        count -= 1
     return np.unique(owner, return_inverse=True)[1].astype(np.int64)
 
 
-def _incidence(groups: Sequence[Sequence[int]], slot_window: np.ndarray, n_windows: int) -> sparse.csr_matrix:
-    rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
-    cols = slot_window[np.concatenate([np.asarray(g, dtype=np.int64) for g in groups])] if groups else []
-    return sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(groups), n_windows))
+def _cluster(
+    sums: np.ndarray,
+    weights: np.ndarray,
+    windows: sparse.csr_matrix,
+    threshold: float,
+    *,
+    num: int | None,
+    low: int,
+    high: int | None,
+) -> np.ndarray:
+    """`_agglomerate` in bounded memory: blocks of consecutive groups first, then their clusters together."""
+    n = len(sums)
+    if n > BLOCK:
+        labels = np.empty(n, dtype=np.int64)
+        found = 0
+        for start in range(0, n, BLOCK):
+            part = slice(start, start + BLOCK)
+            labels[part] = found + _agglomerate(sums[part], weights[part], windows[part], threshold)
+            found = int(labels[part].max()) + 1
+        if found < n:  # otherwise blocking cannot shrink the problem: one pass over everything below
+            members = sparse.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(found, n))
+            top = _cluster(members @ sums, members @ weights, members @ windows, threshold, num=num, low=low, high=high)
+            return top[labels]
+    return _agglomerate(sums, weights, windows, threshold, num=num, low=low, high=high)
 
 
 def link_slots(
@@ -197,52 +212,166 @@ def link_slots(
     min_speakers: int | None = None,
     max_speakers: int | None = None,
 ) -> Linking:
-    """Cluster slots (`embeddings`: (slots, d) unit rows, `speech_s`: seconds pooled per slot) into speakers."""
+    """Cluster slots into speakers (module docstring).
+
+    `embeddings`: (slots, d) unit rows (zero rows for slots with no audio); `speech_s`: seconds pooled per slot.
+    """
     n = len(graph.slots)
     slot_window = np.array([w for w, _ in graph.slots], dtype=np.int64)
     strong = speech_s >= min_speech_s
     if not strong.any():  # nothing long enough to trust more than the rest: use what there is
-        strong = speech_s > 0
-    disjoint = DisjointSet(range(n))
-    windows_of: dict[int, set[int]] = {i: {int(slot_window[i])} for i in range(n)}
+        strong = np.ones(n, dtype=bool)
 
-    def join(a: int, b: int) -> None:
+    disjoint = DisjointSet(range(n))
+    windows_of = {i: {int(slot_window[i])} for i in range(n)}
+
+    def join(a: int, b: int, *, same_window: bool) -> None:
         ra, rb = disjoint[a], disjoint[b]
-        if ra != rb and not windows_of[ra] & windows_of[rb]:
-            disjoint.merge(ra, rb)
-            windows_of[disjoint[ra]] = windows_of.pop(ra) | windows_of.pop(rb) if ra != disjoint[ra] or True else set()
+        if ra == rb or (not same_window and windows_of[ra] & windows_of[rb]):
+            return
+        joined = windows_of.pop(ra) | windows_of.pop(rb)
+        disjoint.merge(ra, rb)
+        windows_of[disjoint[ra]] = joined
 
     for a, b in graph.must_link:
-        join(a, b)
+        join(a, b, same_window=False)
 
-    # Per-recording calibration from the pairs whose answer the model and the stitcher already gave.
-    def pair_distances(pairs: np.ndarray) -> np.ndarray:
-        if len(pairs) == 0:
-            return np.zeros(0)
-        keep = strong[pairs[:, 0]] & strong[pairs[:, 1]]
-        a, b = pairs[keep, 0], pairs[keep, 1]
-        return 1.0 - np.einsum("ij,ij->i", embeddings[a], embeddings[b])
+    def distances(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pairs = pairs[strong[pairs[:, 0]] & strong[pairs[:, 1]]]
+        return pairs, 1.0 - np.einsum("ij,ij->i", embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
 
-    same_pairs = np.array(graph.must_link, dtype=np.int64).reshape(-1, 2)
     by_window: dict[int, list[int]] = {}
-    for i, w in enumerate(slot_window):
-        by_window.setdefault(int(w), []).append(i)
-    different_pairs = np.array(
-        [(a, b) for members in by_window.values() for k, a in enumerate(members) for b in members[k + 1 :]],
-        dtype=np.int64,
-    ).reshape(-1, 2)
-    different = pair_distances(different_pairs)
-    if threshold is None:
-        threshold = calibrate_threshold(pair_distances(same_pairs), different, fallback_threshold)
-    # The model split one person into two slots: only overwhelming evidence undoes a cannot-link.
-    kept = different_pairs[strong[different_pairs[:, 0]] & strong[different_pairs[:, 1]]]
-    for (a, b), d in zip(kept, different, strict=True):
-        if d < waiver * threshold:
-            windows_of[disjoint[a]].discard(int(slot_window[b]))  # the shared window is no conflict for them
-            disjoint.merge(a, b)
-            root, other = disjoint[a], (disjoint[b] if disjoint[a] != disjoint[b] else None)
-            del other
-            windows_of.setdefault(root, set())
-    return _finish(
-        graph, embeddings, speech_s, strong, disjoint, slot_window, threshold, num_speakers, min_speakers, max_speakers
+    for i, w in enumerate(slot_window.tolist()):
+        by_window.setdefault(w, []).append(i)
+    different_pairs, different = distances(
+        np.array(
+            [(a, b) for slots in by_window.values() for k, a in enumerate(slots) for b in slots[k + 1 :]],
+            dtype=np.int64,
+        ).reshape(-1, 2)
     )
+    if threshold is None:
+        _, same = distances(np.array(graph.must_link, dtype=np.int64).reshape(-1, 2))
+        threshold = calibrate_threshold(same, different, fallback_threshold)
+    # The model split one person into two slots of a window: only overwhelming evidence undoes a cannot-link.
+    for (a, b), d in zip(different_pairs.tolist(), different.tolist(), strict=True):
+        if d < waiver * threshold:
+            join(a, b, same_window=True)
+
+    roots = np.array([disjoint[i] for i in range(n)])
+    _, first, group = np.unique(roots, return_index=True, return_inverse=True)
+    group = np.argsort(np.argsort(first))[group]  # groups in order of first appearance: blocks are stretches of time
+    n_groups = int(group.max()) + 1
+    # Speech-weighted sums of unit embeddings: the group means that weighted average linkage compares.
+    weight = np.where(strong, np.maximum(speech_s, 1e-3), 0.0)
+    pooled = sparse.csr_matrix((weight, (group, np.arange(n))), shape=(n_groups, n))
+    incidence = sparse.csr_matrix((np.ones(n), (group, slot_window)), shape=(n_groups, int(slot_window.max()) + 1))
+    sums, weights = pooled @ embeddings, np.asarray(pooled.sum(axis=1)).ravel()
+    decided = np.flatnonzero(weights > 0)
+    labels = np.full(n_groups, -1, dtype=np.int64)
+    labels[decided] = _cluster(
+        sums[decided],
+        weights[decided],
+        incidence[decided],
+        threshold,
+        num=num_speakers,
+        low=min_speakers or 1,
+        high=max_speakers,
+    )
+    members = sparse.csr_matrix((np.ones(len(decided)), (labels[decided], decided)), shape=(labels.max() + 1, n_groups))
+    centroids = members @ sums
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    # Weak groups join the nearest speaker who is not already talking in one of their windows.
+    weak = np.flatnonzero(labels < 0)
+    if len(weak):
+        weak_means = sparse.csr_matrix((np.maximum(speech_s, 1e-3), (group, np.arange(n))), shape=(n_groups, n))
+        scores = (weak_means[weak] @ embeddings) @ centroids.T
+        clash = (incidence[weak] @ (members @ incidence).T).toarray() > 0
+        clash &= ~clash.all(axis=1, keepdims=True)  # in conflict with everyone: then simply the nearest
+        labels[weak] = np.where(clash, -np.inf, scores).argmax(axis=1)
+    return Linking(labels[group], centroids, threshold)
+
+
+@dataclass
+class SlotLinker:
+    """Links the model's window-local slots into file-wide speakers (module docstring); names known speakers."""
+
+    embedder: Embedder
+    threshold: float | None = None  # None: calibrated per recording; a value: the card's fixed-τ recipe
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    # Name → reference clip (mono float32, SAMPLE_RATE): speakers matching one are labelled with its name.
+    known_speakers: Mapping[str, np.ndarray] = field(default_factory=dict)
+    min_speech_s: float = 1.0  # a slot with less speech than this is too short to decide anything by itself
+    waiver: float = 0.25  # two slots of one window closer than waiver × threshold are one person after all
+    _references: np.ndarray = field(init=False, repr=False)
+    _last_threshold: float | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
+        clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in self.known_speakers.values()]
+        self._references = embed_in_chunks(self.embedder, clips) if clips else np.zeros((0, 0), np.float32)
+
+    @property
+    def effective_threshold(self) -> float | None:
+        """The given threshold, or the one calibrated on the last recording linked (None before any)."""
+        return self.threshold if self.threshold is not None else self._last_threshold
+
+    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
+        if not segments:
+            return []
+        graph = slot_graph(segments)
+        one_pass = len({w for w, _ in graph.slots}) == 1
+        if one_pass and not self.known_speakers and self._count_fits(len(graph.slots)):
+            # One decoder pass already numbered its speakers consistently; embeddings could only add errors.
+            return self._names(segments, graph.segment_slot, [])
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
+        pooled = pool_slot_audio(segments, graph, audio, self.min_speech_s)
+        speech_s = np.array([len(p) / SAMPLE_RATE for p in pooled])
+        heard = np.flatnonzero(speech_s > 0)  # slots only named by a neighbour's also_seen_as have no audio here
+        vectors = embed_in_chunks(self.embedder, [pooled[i] for i in heard])
+        embeddings = np.zeros((len(pooled), vectors.shape[1]), dtype=np.float64)
+        embeddings[heard] = vectors
+        linking = link_slots(
+            graph,
+            embeddings,
+            speech_s,
+            threshold=self.threshold,
+            fallback_threshold=self.embedder.default_threshold,
+            min_speech_s=self.min_speech_s,
+            waiver=self.waiver,
+            num_speakers=self.num_speakers,
+            min_speakers=self.min_speakers,
+            max_speakers=self.max_speakers,
+        )
+        self._last_threshold = linking.threshold
+        return self._names(segments, linking.labels[graph.segment_slot], self._match_known(linking))
+
+    def _count_fits(self, count: int) -> bool:
+        return (
+            (self.num_speakers is None or count == self.num_speakers)
+            and (self.min_speakers is None or count >= self.min_speakers)
+            and (self.max_speakers is None or count <= self.max_speakers)
+        )
+
+    def _match_known(self, linking: Linking) -> list[tuple[int, str]]:
+        """(speaker, name) pairs: one name per speaker at most, each within the threshold (Hungarian)."""
+        if not len(self._references) or not len(linking.centroids):
+            return []
+        cost = 1.0 - linking.centroids @ self._references.T.astype(np.float64)
+        rows, cols = linear_sum_assignment(cost)
+        names = list(self.known_speakers)
+        return [(int(r), names[c]) for r, c in zip(rows, cols, strict=True) if cost[r, c] < linking.threshold]
+
+    @staticmethod
+    def _names(segments: Sequence[StitchedSegment], labels: np.ndarray, known: list[tuple[int, str]]) -> list[str]:
+        """Known names where matched; the others SPEAKER_00, SPEAKER_01, … in the order they first speak."""
+        names = dict(known)
+        anonymous = 0
+        for i in sorted(range(len(segments)), key=lambda i: (segments[i].start, i)):
+            if int(labels[i]) not in names:
+                names[int(labels[i])] = f"SPEAKER_{anonymous:02d}"
+                anonymous += 1
+        return [names[int(label)] for label in labels]
