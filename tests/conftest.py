@@ -7,6 +7,9 @@ import pytest
 # No test may reach a model hub: a hub id must fail fast, not hang on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The test models are tiny: one torch thread is as fast, and far faster when another process holds a core
+# (resemblyzer's LSTM stalls at every step waiting for its second thread). Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 

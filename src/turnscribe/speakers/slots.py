@@ -42,6 +42,9 @@ from turnscribe.speakers.linking import embed_in_chunks
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
 
 MIN_CALIBRATION_PAIRS = 3
+# Must-linked slots are neighbours in time, closer than one person's slots an hour apart: so the cut sits where
+# known-different pairs begin (this quantile of them), not halfway between the two sets.
+DIFFERENT_QUANTILE = 0.1
 BLOCK = 300  # slot groups clustered together at most; bounds the distance matrix to BLOCK² entries
 _FRAME = SAMPLE_RATE // 100  # overlap bookkeeping in 10 ms frames: 3.6 M counters for 10 hours
 
@@ -111,19 +114,20 @@ def pool_slot_audio(
 
 
 def calibrate_threshold(same: np.ndarray, different: np.ndarray, fallback: float) -> float:
-    """The distance that best separates known-same from known-different pairs (module docstring)."""
-    if min(len(same), len(different)) < MIN_CALIBRATION_PAIRS or np.median(same) >= np.median(different):
+    """Where "different" starts in this recording: see the module docstring."""
+    if len(different) < MIN_CALIBRATION_PAIRS:
+        return fallback
+    start_of_different = float(np.quantile(different, DIFFERENT_QUANTILE))
+    if len(same) < MIN_CALIBRATION_PAIRS:
+        return start_of_different
+    if np.median(same) >= np.median(different):  # the embeddings cannot tell these people apart at all
         return fallback
     candidates = np.unique(np.concatenate([same, different]))
     # Errors when cutting just above each candidate: same pairs above it, different pairs at or below it.
     frr = 1 - np.searchsorted(np.sort(same), candidates, side="right") / len(same)
     far = np.searchsorted(np.sort(different), candidates, side="right") / len(different)
-    errors = frr + far
-    best = np.flatnonzero(errors == errors.min())
-    # Between the last candidate of the best run and the next distance: the middle of the empty gap there.
-    low = candidates[best[0]]
-    high = candidates[best[-1] + 1] if best[-1] + 1 < len(candidates) else candidates[best[-1]]
-    return float((low + high) / 2)
+    best = candidates[np.argmin(frr + far)]
+    return max(start_of_different, float(best))
 
 
 def _agglomerate(
@@ -233,9 +237,6 @@ def link_slots(
         disjoint.merge(ra, rb)
         windows_of[disjoint[ra]] = joined
 
-    for a, b in graph.must_link:
-        join(a, b, same_window=False)
-
     def distances(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pairs = pairs[strong[pairs[:, 0]] & strong[pairs[:, 1]]]
         return pairs, 1.0 - np.einsum("ij,ij->i", embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
@@ -249,9 +250,14 @@ def link_slots(
             dtype=np.int64,
         ).reshape(-1, 2)
     )
+    same_pairs, same = distances(np.array(graph.must_link, dtype=np.int64).reshape(-1, 2))
     if threshold is None:
-        _, same = distances(np.array(graph.must_link, dtype=np.int64).reshape(-1, 2))
         threshold = calibrate_threshold(same, different, fallback_threshold)
+    # A speaker error inside one window makes the stitcher link two people: voices that clearly differ veto it.
+    vetoed = {(a, b) for (a, b), d in zip(same_pairs.tolist(), same.tolist(), strict=True) if d > threshold}
+    for a, b in graph.must_link:
+        if (a, b) not in vetoed:
+            join(a, b, same_window=False)
     # The model split one person into two slots of a window: only overwhelming evidence undoes a cannot-link.
     for (a, b), d in zip(different_pairs.tolist(), different.tolist(), strict=True):
         if d < waiver * threshold:
