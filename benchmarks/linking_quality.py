@@ -17,24 +17,20 @@ import argparse
 import datetime
 import itertools
 import logging
-import os
-import platform
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+
+from readme_block import machine, publish
 
 from turnscribe import Pipeline
 from turnscribe.decoders.reference import Imperfections, ReferenceDecoder
 from turnscribe.evaluation import evaluate
 from turnscribe.evaluation.oracle import OracleEmbedder, tag_speakers
 from turnscribe.evaluation.synthetic import MeetingConfig, generate_meeting
-from turnscribe.speakers import ClusteringLinker, Embedder, SpeakerLinker, load_embedder
-from turnscribe.speakers.slots import SlotLinker
+from turnscribe.speakers import ClusteringLinker, Embedder, SlotLinker, SpeakerLinker, load_embedder
 from turnscribe.types import SAMPLE_RATE
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 START_MARKER, END_MARKER = "<!-- linking_quality:start -->", "<!-- linking_quality:end -->"
 
 # A linker is built from an embedder; add new ones here to compare them with the card's baseline.
@@ -163,23 +159,14 @@ def main() -> None:
         print(table(rows[-1:], labels).splitlines()[-1], flush=True)
     wall = time.perf_counter() - t0
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
     text = (
         f"{table(rows, labels)}\n\n"
         f"DER in % at collar 0.25 s with overlap scored; cpWER in %; found: speakers in the output. "
         f"{args.minutes:g}-minute meetings, seed(s) {', '.join(map(str, args.seeds))}; "
-        f"'floor' = the same linker with the oracle embedder. {wall:.0f} s on {machine}, "
+        f"'floor' = the same linker with the oracle embedder. {wall:.0f} s on {machine()}, "
         f"{datetime.date.today().isoformat()}. `python benchmarks/linking_quality.py`"
     )
-    print()
-    print(text)
-    if args.update_readme:
-        readme = README.read_text(encoding="utf-8")
-        if START_MARKER in readme and END_MARKER in readme:
-            pattern = re.compile(re.escape(START_MARKER) + ".*?" + re.escape(END_MARKER), re.DOTALL)
-            README.write_text(pattern.sub(lambda _: f"{START_MARKER}\n{text}\n{END_MARKER}", readme), encoding="utf-8")
-        else:
-            print(f"README.md has no {START_MARKER} / {END_MARKER} markers; nothing written")
+    publish(text, update_readme=args.update_readme, start_marker=START_MARKER, end_marker=END_MARKER)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from turnscribe.speakers.clustering import cluster_embeddings
 from turnscribe.speakers.embedders import Embedder, EmbedderError, embedder_names, load_embedder
 from turnscribe.speakers.linking import ClusteringLinker, SpeakerLinker, relabel_by_first_appearance
+from turnscribe.speakers.slots import SlotLinker
 
 __all__ = [
     "ClusteringLinker",
     "Embedder",
     "EmbedderError",
+    "SlotLinker",
     "SpeakerLinker",
     "cluster_embeddings",
     "embedder_names",

@@ -36,7 +36,7 @@ def embed_in_chunks(embedder: Embedder, clips: Sequence[np.ndarray]) -> np.ndarr
     return np.concatenate([embedder.embed(clips[i : i + _EMBED_CHUNK]) for i in range(0, len(clips), _EMBED_CHUNK)])
 
 
-def _clip(audio: np.ndarray, segment: StitchedSegment) -> np.ndarray:
+def segment_clip(audio: np.ndarray, segment: StitchedSegment) -> np.ndarray:
     start = min(max(round(segment.start * SAMPLE_RATE), 0), len(audio))
     end = min(max(round(segment.end * SAMPLE_RATE), start), len(audio))
     return audio[start:end]
@@ -77,7 +77,7 @@ class ClusteringLinker:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
-        clips = [_clip(audio, s) for s in segments]
+        clips = [segment_clip(audio, s) for s in segments]
         embeddings = embed_in_chunks(self.embedder, clips)
         labels = cluster_embeddings(
             embeddings,

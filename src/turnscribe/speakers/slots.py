@@ -3,27 +3,34 @@
 Inside one window the model has already told its speakers apart, so the unit of linking is a slot
 (window, slot), with one embedding pooled over all of its speech:
 
-1. Slots that stitch.py saw decode the same speech in two neighbouring windows (`also_seen_as`) are one
-   person: they are joined first (must-link), unless that would put two slots of one window together.
-2. Each slot's speech, less the stretches where someone else talks at the same time, is concatenated and
-   embedded once. Slots with less than `min_speech_s` of speech are "weak": they take part in no decision
-   and are attached, at the end, to the nearest speaker they do not conflict with.
+1. Each segment's speech, less the stretches where someone else talks at the same time, is embedded alone when
+   it lasts `min_segment_s`; a slot's vector is the speech-weighted mean of those (`embed_slots`). Slots with
+   less than `min_speech_s` of speech are "weak": they take part in no decision and are attached, at the end,
+   to the nearest speaker not already talking in their window.
+2. Slots that stitch.py saw decode the same speech in two neighbouring windows (`also_seen_as`) are one
+   person (must-link), unless that would put two slots of one window together or their voices are farther
+   apart than the threshold (a speaker error inside one window makes the stitcher link two people).
 3. Two slots of one window are different people (cannot-link), unless their embeddings are overwhelmingly
-   close (under `waiver` × the threshold): then the model split one person and they are joined.
+   close (under `waiver` × the threshold, also between groups of slots): then the model split one person, or
+   put one person's words into another's slot, and they may be merged.
 4. Average-linkage agglomerative clustering over slot groups by cosine distance, never merging two groups
-   that speak in the same window, cut at the threshold, or at `num_speakers` / clamped into
+   that speak in the same window, merging while closer than the threshold, or to `num_speakers` / clamped into
    `min_speakers`..`max_speakers` (a count hint beats the cannot-links if nothing else can reach it).
+5. Segments embedded alone that sit clearly nearer another speaker than their slot's move there
+   (`recheck_segments`): the model sometimes gives a segment the wrong slot of its window.
 
-Automatic threshold (when none is given): each recording calibrates its own. Pairs of slots of one window
-are known to be different people, must-linked slots known to be the same person; the cut is the distance
-that separates those two sets best (least FRR + FAR, the middle of the best range). This adapts to the
-embedder, the voices and the noise of this recording instead of trusting one τ for all of them. With fewer
-than `MIN_CALIBRATION_PAIRS` of either kind, or when the two sets do not separate at all, the embedder's
-calibrated default is used.
+Automatic threshold (when none is given), calibrated on each recording: pairs of slots of one window are
+known to be different people, and where their distances begin (the first quartile) is where "different"
+begins for this embedder, these voices and this noise. Must-linked slots, known to be the same person, only
+keep the cut from falling below the point that best separates the two sets (they are neighbours in time, so
+closer than one person's slots far apart: halfway between the sets would cut too low). With fewer than
+`MIN_CALIBRATION_PAIRS` different pairs, or when the sets do not separate at all, the embedder's calibrated
+default is used. The cannot-links are what make a generous cut safe: two people who ever share a window are
+never merged.
 
 Average linkage is computed from per-group weighted sums of unit embeddings (the mean cosine similarity of
 two groups is the dot product of their means), so no matrix over all segments or slots is ever built: long
-recordings are clustered in blocks of consecutive slots, and the blocks' clusters are clustered again.
+recordings are clustered in blocks of consecutive slot groups, and the blocks' clusters are clustered again.
 """
 
 from __future__ import annotations
@@ -38,13 +45,11 @@ from scipy.optimize import linear_sum_assignment
 
 from turnscribe.speakers.clustering import check_counts
 from turnscribe.speakers.embedders import Embedder
-from turnscribe.speakers.linking import embed_in_chunks
+from turnscribe.speakers.linking import embed_in_chunks, segment_clip
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
 
 MIN_CALIBRATION_PAIRS = 3
-# Must-linked slots are neighbours in time, closer than one person's slots an hour apart: so the cut sits where
-# known-different pairs begin (this quantile of them), not halfway between the two sets.
-DIFFERENT_QUANTILE = 0.1
+DIFFERENT_QUANTILE = 0.25  # where known-different pairs begin (module docstring)
 BLOCK = 300  # slot groups clustered together at most; bounds the distance matrix to BLOCK² entries
 _FRAME = SAMPLE_RATE // 100  # overlap bookkeeping in 10 ms frames: 3.6 M counters for 10 hours
 
@@ -76,7 +81,7 @@ def slot_graph(segments: Sequence[StitchedSegment]) -> SlotGraph:
     return SlotGraph(list(index), segment_slot, must_link)
 
 
-def _clean_spans(segments: Sequence[StitchedSegment], n_samples: int) -> list[list[tuple[int, int]]]:
+def clean_spans(segments: Sequence[StitchedSegment], n_samples: int) -> list[list[tuple[int, int]]]:
     """Per segment, its sample ranges where nobody else talks (a mixture embeds as neither speaker)."""
     frames = n_samples // _FRAME + 1
     active = np.zeros(frames + 1, dtype=np.int32)
@@ -84,7 +89,7 @@ def _clean_spans(segments: Sequence[StitchedSegment], n_samples: int) -> list[li
     for a, b in bounds:
         active[a] += 1
         active[b] -= 1
-    alone = np.cumsum(active)[:frames] <= 1
+    alone = np.cumsum(active, dtype=np.int32)[:frames] <= 1
     spans = []
     for a, b in bounds:
         # Runs of frames inside [a, b) where this segment is the only one: edges of the boolean mask.
@@ -95,22 +100,50 @@ def _clean_spans(segments: Sequence[StitchedSegment], n_samples: int) -> list[li
     return spans
 
 
-def pool_slot_audio(
-    segments: Sequence[StitchedSegment], graph: SlotGraph, audio: np.ndarray, min_speech_s: float
-) -> list[np.ndarray]:
-    """Each slot's speech concatenated; only the stretches without overlap when they add up to min_speech_s."""
-    clean = _clean_spans(segments, len(audio))
-    whole: list[list[tuple[int, int]]] = [[] for _ in graph.slots]
-    alone: list[list[tuple[int, int]]] = [[] for _ in graph.slots]
-    for segment, slot, spans in zip(segments, graph.segment_slot, clean, strict=True):
-        start = min(max(round(segment.start * SAMPLE_RATE), 0), len(audio))
-        whole[slot].append((start, min(max(round(segment.end * SAMPLE_RATE), start), len(audio))))
-        alone[slot].extend(spans)
-    pooled = []
-    for w, a in zip(whole, alone, strict=True):
-        spans = a if sum(e - s for s, e in a) >= min_speech_s * SAMPLE_RATE else w
-        pooled.append(np.concatenate([audio[s:e] for s, e in spans]) if spans else np.zeros(0, np.float32))
-    return pooled
+@dataclass(frozen=True)
+class SlotSpeech:
+    """What was embedded: segments with enough speech of their own, and slots pooled from the rest."""
+
+    segment_vectors: np.ndarray  # (segments, d): zero rows for segments too short or overlapped to embed alone
+    segment_s: np.ndarray  # (segments,) seconds embedded per segment (0 where not embedded alone)
+    slot_vectors: np.ndarray  # (slots, d) unit rows (zero for slots with no audio here)
+    slot_s: np.ndarray  # (slots,) seconds behind each slot's vector
+
+
+def embed_slots(
+    segments: Sequence[StitchedSegment], graph: SlotGraph, audio: np.ndarray, embedder: Embedder, min_segment_s: float
+) -> SlotSpeech:
+    """Embed each segment's speech without overlap, alone when it lasts min_segment_s; pool slots from them.
+
+    A slot's vector is the speech-weighted mean of its segments' vectors; a slot with no segment long enough
+    is embedded once from all of its speech together (overlap included: there is nothing better).
+    """
+    # Views where a segment is one piece: a copy of every segment's audio would double a long file in memory.
+    clean = [
+        audio[s[0][0] : s[0][1]] if len(s) == 1 else np.concatenate([audio[a:b] for a, b in s] or [audio[:0]])
+        for s in clean_spans(segments, len(audio))
+    ]
+    alone = [i for i, c in enumerate(clean) if len(c) >= min_segment_s * SAMPLE_RATE]
+    covered = set(graph.segment_slot[alone].tolist())
+    whole: dict[int, list[np.ndarray]] = {}
+    for segment, slot in zip(segments, graph.segment_slot.tolist(), strict=True):
+        if slot not in covered:
+            whole.setdefault(slot, []).append(segment_clip(audio, segment))
+    rest = [(slot, np.concatenate(parts)) for slot, parts in whole.items() if sum(map(len, parts))]
+    clips = [clean[i] for i in alone] + [clip for _, clip in rest]
+    vectors = embed_in_chunks(embedder, clips).astype(np.float64) if clips else np.zeros((0, 1))
+    seconds = np.array([len(c) / SAMPLE_RATE for c in clips])
+
+    segment_vectors = np.zeros((len(segments), vectors.shape[1]))
+    segment_s = np.zeros(len(segments))
+    segment_vectors[alone], segment_s[alone] = vectors[: len(alone)], seconds[: len(alone)]
+    # Rows: slots; columns: embedded clips, weighted by their seconds.
+    owner = np.concatenate([graph.segment_slot[alone], np.array([slot for slot, _ in rest], dtype=np.int64)])
+    weights = sparse.csr_matrix((seconds, (owner, np.arange(len(clips)))), shape=(len(graph.slots), len(clips)))
+    slot_sum = weights @ vectors
+    norms = np.linalg.norm(slot_sum, axis=1, keepdims=True)
+    slot_vectors = np.divide(slot_sum, norms, out=np.zeros_like(slot_sum), where=norms > 0)
+    return SlotSpeech(segment_vectors, segment_s, slot_vectors, np.asarray(weights.sum(axis=1)).ravel())
 
 
 def calibrate_threshold(same: np.ndarray, different: np.ndarray, fallback: float) -> float:
@@ -135,6 +168,7 @@ def _agglomerate(
     weights: np.ndarray,
     windows: sparse.csr_matrix,
     threshold: float,
+    overwhelming: float,
     *,
     num: int | None = None,
     low: int = 1,
@@ -142,36 +176,34 @@ def _agglomerate(
 ) -> np.ndarray:
     """Constrained weighted average linkage; returns a cluster index per input group (0..k-1).
 
-    Merges the closest pair of groups that share no window while it is closer than `threshold`, then keeps
-    merging (or stops early) to honour `num` / [`low`, `high`]. Only when no allowed pair is left and the count
-    is still above `num` / `high` are window conflicts ignored.
+    Merges the closest pair of groups that share no window (or are closer than `overwhelming`) while it is
+    closer than `threshold`, then keeps merging (or stops early) to honour `num` / [`low`, `high`]. Only when
+    no allowed pair is left and the count is still above `num` / `high` are window conflicts ignored.
     """
     n = len(sums)
     means = sums / weights[:, None]
     dist = 1.0 - means @ means.T
+    np.fill_diagonal(dist, np.inf)
     conflict = (windows @ windows.T).toarray() > 0
-    np.fill_diagonal(conflict, True)
-    dist[conflict] = np.inf  # conflicts only grow under merging, so inf stays correct in the update below
-    free = 1.0 - means @ means.T  # the same without conflicts, for a count hint that must override them
-    np.fill_diagonal(free, np.inf)
     weights = weights.astype(np.float64).copy()
     owner = np.arange(n)
     stop_at = num if num is not None else low
     for count in range(n, stop_at, -1):
-        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        allowed = np.where(conflict & (dist >= overwhelming), np.inf, dist)
+        i, j = np.unravel_index(np.argmin(allowed), allowed.shape)
         hinted = num is not None or (high is not None and count > high)
-        if not (dist[i, j] <= threshold or hinted):
+        if not (allowed[i, j] < threshold or hinted):
             break
-        if not np.isfinite(dist[i, j]):
+        if not np.isfinite(allowed[i, j]):
             # A count hint wins over the model's slots: merge the closest pair even across a window.
-            i, j = np.unravel_index(np.argmin(free), free.shape)
+            i, j = np.unravel_index(np.argmin(dist), dist.shape)
         # Lance-Williams update for weighted average linkage: exact for means of unit vectors.
-        wi, wj = weights[i] / (weights[i] + weights[j]), weights[j] / (weights[i] + weights[j])
-        for matrix in (dist, free):
-            row = wi * matrix[i] + wj * matrix[j]
-            matrix[i], matrix[:, i] = row, row
-            matrix[j], matrix[:, j] = np.inf, np.inf
-            matrix[i, i] = np.inf
+        row = (weights[i] * dist[i] + weights[j] * dist[j]) / (weights[i] + weights[j])
+        dist[i], dist[:, i] = row, row
+        dist[j], dist[:, j] = np.inf, np.inf
+        dist[i, i] = np.inf
+        conflict[i] |= conflict[j]
+        conflict[:, i] = conflict[i]
         weights[i] += weights[j]
         owner[owner == j] = i
     return np.unique(owner, return_inverse=True)[1].astype(np.int64)
@@ -182,6 +214,7 @@ def _cluster(
     weights: np.ndarray,
     windows: sparse.csr_matrix,
     threshold: float,
+    overwhelming: float,
     *,
     num: int | None,
     low: int,
@@ -194,13 +227,22 @@ def _cluster(
         found = 0
         for start in range(0, n, BLOCK):
             part = slice(start, start + BLOCK)
-            labels[part] = found + _agglomerate(sums[part], weights[part], windows[part], threshold)
+            labels[part] = found + _agglomerate(sums[part], weights[part], windows[part], threshold, overwhelming)
             found = int(labels[part].max()) + 1
         if found < n:  # otherwise blocking cannot shrink the problem: one pass over everything below
             members = sparse.csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(found, n))
-            top = _cluster(members @ sums, members @ weights, members @ windows, threshold, num=num, low=low, high=high)
+            top = _cluster(
+                members @ sums,
+                members @ weights,
+                members @ windows,
+                threshold,
+                overwhelming,
+                num=num,
+                low=low,
+                high=high,
+            )
             return top[labels]
-    return _agglomerate(sums, weights, windows, threshold, num=num, low=low, high=high)
+    return _agglomerate(sums, weights, windows, threshold, overwhelming, num=num, low=low, high=high)
 
 
 def link_slots(
@@ -211,7 +253,7 @@ def link_slots(
     threshold: float | None,
     fallback_threshold: float,
     min_speech_s: float = 1.0,
-    waiver: float = 0.25,
+    waiver: float = 0.5,
     num_speakers: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
@@ -229,9 +271,9 @@ def link_slots(
     disjoint = DisjointSet(range(n))
     windows_of = {i: {int(slot_window[i])} for i in range(n)}
 
-    def join(a: int, b: int, *, same_window: bool) -> None:
+    def join(a: int, b: int) -> None:
         ra, rb = disjoint[a], disjoint[b]
-        if ra == rb or (not same_window and windows_of[ra] & windows_of[rb]):
+        if ra == rb or windows_of[ra] & windows_of[rb]:
             return
         joined = windows_of.pop(ra) | windows_of.pop(rb)
         disjoint.merge(ra, rb)
@@ -244,7 +286,7 @@ def link_slots(
     by_window: dict[int, list[int]] = {}
     for i, w in enumerate(slot_window.tolist()):
         by_window.setdefault(w, []).append(i)
-    different_pairs, different = distances(
+    _, different = distances(
         np.array(
             [(a, b) for slots in by_window.values() for k, a in enumerate(slots) for b in slots[k + 1 :]],
             dtype=np.int64,
@@ -254,14 +296,10 @@ def link_slots(
     if threshold is None:
         threshold = calibrate_threshold(same, different, fallback_threshold)
     # A speaker error inside one window makes the stitcher link two people: voices that clearly differ veto it.
-    vetoed = {(a, b) for (a, b), d in zip(same_pairs.tolist(), same.tolist(), strict=True) if d > threshold}
+    vetoed = {(a, b) for (a, b), d in zip(same_pairs.tolist(), same.tolist(), strict=True) if d >= threshold}
     for a, b in graph.must_link:
         if (a, b) not in vetoed:
-            join(a, b, same_window=False)
-    # The model split one person into two slots of a window: only overwhelming evidence undoes a cannot-link.
-    for (a, b), d in zip(different_pairs.tolist(), different.tolist(), strict=True):
-        if d < waiver * threshold:
-            join(a, b, same_window=True)
+            join(a, b)
 
     roots = np.array([disjoint[i] for i in range(n)])
     _, first, group = np.unique(roots, return_index=True, return_inverse=True)
@@ -279,13 +317,16 @@ def link_slots(
         weights[decided],
         incidence[decided],
         threshold,
+        # The model split one person into two slots of a window: only overwhelming evidence undoes a cannot-link.
+        waiver * threshold,
         num=num_speakers,
         low=min_speakers or 1,
         high=max_speakers,
     )
     members = sparse.csr_matrix((np.ones(len(decided)), (labels[decided], decided)), shape=(labels.max() + 1, n_groups))
-    centroids = members @ sums
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    sums_of = members @ sums
+    norms = np.linalg.norm(sums_of, axis=1, keepdims=True)
+    centroids = np.divide(sums_of, norms, out=np.zeros_like(sums_of), where=norms > 0)  # zero: no audio at all
     # Weak groups join the nearest speaker who is not already talking in one of their windows.
     weak = np.flatnonzero(labels < 0)
     if len(weak):
@@ -295,6 +336,26 @@ def link_slots(
         clash &= ~clash.all(axis=1, keepdims=True)  # in conflict with everyone: then simply the nearest
         labels[weak] = np.where(clash, -np.inf, scores).argmax(axis=1)
     return Linking(labels[group], centroids, threshold)
+
+
+def recheck_segments(labels: np.ndarray, speech: SlotSpeech, linking: Linking) -> np.ndarray:
+    """Move a segment whose own voice is far from its slot's speaker and close to another one.
+
+    The model sometimes gives a segment another speaker's slot of its window; a slot's label would carry that
+    error along. Only segments embedded alone are checked, and only a clear case moves: closer than half the
+    threshold to another speaker and farther than that from its own (a speaker's own segments sit well inside
+    the threshold; half of it splits the way between a segment's own speaker and a wrong one).
+    """
+    own = np.flatnonzero(speech.segment_s > 0)
+    if not len(own) or not len(linking.centroids):
+        return labels
+    distances = 1.0 - speech.segment_vectors[own] @ linking.centroids.T
+    nearest = distances.argmin(axis=1)
+    half = linking.threshold / 2
+    move = (distances[np.arange(len(own)), labels[own]] >= half) & (distances[np.arange(len(own)), nearest] < half)
+    labels = labels.copy()
+    labels[own[move]] = nearest[move]
+    return labels
 
 
 @dataclass
@@ -309,7 +370,8 @@ class SlotLinker:
     # Name → reference clip (mono float32, SAMPLE_RATE): speakers matching one are labelled with its name.
     known_speakers: Mapping[str, np.ndarray] = field(default_factory=dict)
     min_speech_s: float = 1.0  # a slot with less speech than this is too short to decide anything by itself
-    waiver: float = 0.25  # two slots of one window closer than waiver × threshold are one person after all
+    min_segment_s: float = 1.0  # a segment with less speech of its own is not embedded alone
+    waiver: float = 0.5  # two slots of one window closer than waiver × threshold are one person after all
     _references: np.ndarray = field(init=False, repr=False)
     _last_threshold: float | None = field(init=False, default=None, repr=False)
 
@@ -334,16 +396,11 @@ class SlotLinker:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
-        pooled = pool_slot_audio(segments, graph, audio, self.min_speech_s)
-        speech_s = np.array([len(p) / SAMPLE_RATE for p in pooled])
-        heard = np.flatnonzero(speech_s > 0)  # slots only named by a neighbour's also_seen_as have no audio here
-        vectors = embed_in_chunks(self.embedder, [pooled[i] for i in heard])
-        embeddings = np.zeros((len(pooled), vectors.shape[1]), dtype=np.float64)
-        embeddings[heard] = vectors
+        speech = embed_slots(segments, graph, audio, self.embedder, self.min_segment_s)
         linking = link_slots(
             graph,
-            embeddings,
-            speech_s,
+            speech.slot_vectors,
+            speech.slot_s,
             threshold=self.threshold,
             fallback_threshold=self.embedder.default_threshold,
             min_speech_s=self.min_speech_s,
@@ -353,7 +410,8 @@ class SlotLinker:
             max_speakers=self.max_speakers,
         )
         self._last_threshold = linking.threshold
-        return self._names(segments, linking.labels[graph.segment_slot], self._match_known(linking))
+        labels = recheck_segments(linking.labels[graph.segment_slot], speech, linking)
+        return self._names(segments, labels, self._match_known(linking))
 
     def _count_fits(self, count: int) -> bool:
         return (

@@ -1,0 +1,218 @@
+"""SlotLinker: constraints, count hints, the per-recording threshold, enrollment, scale, and the whole pipeline."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from turnscribe import Pipeline
+from turnscribe.decoders.reference import ReferenceDecoder, ReferenceTurn
+from turnscribe.evaluation import evaluate
+from turnscribe.evaluation.oracle import OracleEmbedder, tag_speakers
+from turnscribe.evaluation.slot_structure import SlotMeeting, slot_meeting
+from turnscribe.evaluation.synthetic import MeetingConfig, generate_meeting, have_espeak
+from turnscribe.speakers import ClusteringLinker, load_embedder
+from turnscribe.speakers.slots import (
+    Linking,
+    SlotGraph,
+    SlotLinker,
+    SlotSpeech,
+    calibrate_threshold,
+    link_slots,
+    recheck_segments,
+    slot_graph,
+)
+from turnscribe.types import SAMPLE_RATE, StitchedSegment
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def at_distance(base: np.ndarray, other: np.ndarray, distance: float) -> np.ndarray:
+    """A unit vector at exactly `distance` (cosine) from unit `base`, turned towards `other`."""
+    ortho = other - (other @ base) * base
+    ortho /= np.linalg.norm(ortho)
+    return (1 - distance) * base + np.sqrt(1 - (1 - distance) ** 2) * ortho
+
+
+def link(graph: SlotGraph, embeddings: np.ndarray, **options) -> np.ndarray:
+    speech = np.full(len(graph.slots), 5.0)
+    options.setdefault("threshold", 0.5)
+    return link_slots(graph, np.asarray(embeddings), speech, fallback_threshold=0.3, **options).labels
+
+
+# Two windows; window 0 has slots 0 and 1, window 1 has slot 0. Slot indices follow that order.
+TWO_WINDOWS = SlotGraph([(0, 0), (0, 1), (1, 0)], np.arange(3), [])
+
+
+def test_cannot_link_holds_below_the_threshold_and_yields_only_to_overwhelming_evidence() -> None:
+    a, b = unit(1, 0, 0), unit(0, 1, 0)
+    close = at_distance(a, b, 0.3)  # under the threshold 0.5, above the waiver 0.5 × 0.5
+    labels = link(TWO_WINDOWS, [a, close, b])
+    assert labels[0] != labels[1]
+    # Identical voices in two slots of one window: the model split one person, and that is overwhelming.
+    assert len(set(link(TWO_WINDOWS, [a, a, b]).tolist())) == 2
+    assert link(TWO_WINDOWS, [a, a, b])[0] == link(TWO_WINDOWS, [a, a, b])[1]
+    # Without the waiver even identical embeddings stay apart.
+    labels = link(TWO_WINDOWS, [a, a, b], waiver=0.0)
+    assert labels[0] != labels[1]
+
+
+def test_must_link_joins_what_the_embeddings_alone_would_not() -> None:
+    a, b = unit(1, 0, 0), unit(0, 1, 0)
+    graph = SlotGraph(TWO_WINDOWS.slots, TWO_WINDOWS.segment_slot, [(0, 2)])
+    weak = np.array([5.0, 5.0, 0.3])  # slot 2 is too short to decide anything: the stitcher's word is taken
+    labels = link_slots(graph, np.array([a, b, b]), weak, threshold=0.5, fallback_threshold=0.3).labels
+    assert labels[0] == labels[2] != labels[1]
+    # Voices that clearly differ veto the link (a speaker error inside one window made it).
+    labels = link(graph, [a, b, at_distance(b, a, 0.05)])
+    assert labels[0] != labels[2]
+
+
+def test_must_link_never_joins_two_slots_of_one_window() -> None:
+    a = unit(1, 0, 0)
+    graph = SlotGraph([(0, 0), (1, 0), (0, 1)], np.arange(3), [(0, 1), (1, 2)])
+    labels = link(graph, [a, a, a], waiver=0.0)
+    assert labels[0] != labels[2]
+
+
+def test_a_segment_in_the_wrong_slot_moves_to_its_speaker() -> None:
+    a, b = unit(1, 0, 0), unit(0, 1, 0)
+    linking = Linking(np.zeros(2, dtype=np.int64), np.array([a, b]), threshold=0.4)
+    vectors = np.array([a, b, at_distance(a, b, 0.1), at_distance(a, b, 0.3), b])
+    # Segment 4 was too short to embed alone (0 s): nothing to check it by.
+    speech = SlotSpeech(vectors, np.array([3.0, 3.0, 3.0, 3.0, 0.0]), np.array([a, b]), np.array([9.0, 3.0]))
+    labels = recheck_segments(np.array([0, 0, 0, 1, 0]), speech, linking)
+    # Moved: segment 1 (b's voice in a's slot). Kept: 2 (clearly a), 3 (0.3 from a: not clear enough), 4.
+    assert labels.tolist() == [0, 1, 0, 1, 0]
+
+
+def meeting_embeddings(meeting: SlotMeeting, graph: SlotGraph, same: float, apart: float) -> np.ndarray:
+    """Slot embeddings whose own speaker's slots sit exactly `same` apart and other speakers' slots further."""
+    speakers = len(meeting.centres)
+    basis = np.linalg.qr(np.random.default_rng(0).normal(size=(400, 1 + speakers + len(graph.slots))))[0].T
+    # Speaker centres `apart` from each other (a shared part and a private one), slots `same` from each other.
+    centres = np.sqrt(1 - apart) * basis[0] + np.sqrt(apart) * basis[1 : 1 + speakers]
+    private = basis[1 + speakers :]
+    speaker = np.array([meeting.speaker_of_slot.get(s, 0) for s in graph.slots])
+    return np.sqrt(1 - same) * centres[speaker] + np.sqrt(same) * private
+
+
+def purity(labels: np.ndarray, truth: np.ndarray) -> bool:
+    return len(set(zip(labels.tolist(), truth.tolist(), strict=True))) == len(set(labels.tolist()))
+
+
+@pytest.mark.parametrize(("same", "apart"), [(0.1, 0.25), (0.3, 0.7)])
+def test_automatic_threshold_adapts_to_each_recordings_spread(same: float, apart: float) -> None:
+    meeting = slot_meeting(0.3, speakers=6, seed=3)
+    graph = slot_graph(meeting.segments)
+    embeddings = meeting_embeddings(meeting, graph, same, apart)
+    speech = np.full(len(graph.slots), 5.0)
+    truth = np.array([meeting.speaker_of_slot[s] for s in graph.slots])
+    auto = link_slots(graph, embeddings, speech, threshold=None, fallback_threshold=0.3)
+    assert len(set(auto.labels.tolist())) == 6 and purity(auto.labels, truth)
+    different = 1 - (1 - same) * (1 - apart)
+    assert same < auto.threshold <= different
+    # One fixed cut cannot serve both: 0.2 is right for the tight voices and splits every loose one.
+    fixed = link_slots(graph, embeddings, speech, threshold=0.2, fallback_threshold=0.3).labels
+    assert (len(set(fixed.tolist())) == 6) == (same < 0.2)
+
+
+def test_calibration_cuts_where_different_begins() -> None:
+    # Must-linked slots are neighbours in time and sit closer than one voice's slots far apart usually do: the
+    # cut goes where the known-different pairs begin (their first quartile), not halfway between the sets (0.21).
+    same, different = np.linspace(0.02, 0.06, 5), np.linspace(0.36, 0.56, 21)
+    assert calibrate_threshold(same, different, fallback=0.3) == pytest.approx(0.41)
+    # Different pairs spoiled by mixtures: the cut never drops below the best separation of the two sets.
+    spoiled = np.concatenate([np.full(10, 0.03), different])
+    assert calibrate_threshold(same, spoiled, fallback=0.3) == pytest.approx(0.06)
+
+
+def test_calibration_falls_back_without_enough_known_pairs() -> None:
+    assert calibrate_threshold(np.array([0.1]), np.array([0.5, 0.6]), fallback=0.3) == 0.3
+    # No known-same pairs: where the different pairs begin.
+    assert calibrate_threshold(np.zeros(0), np.linspace(0.4, 0.8, 11), fallback=0.3) == pytest.approx(0.5)
+    # Embeddings that cannot tell the known-different apart from the known-same: the embedder's default.
+    assert calibrate_threshold(np.full(5, 0.5), np.full(5, 0.2), fallback=0.3) == 0.3
+
+
+def test_count_hints() -> None:
+    meeting = slot_meeting(0.3, speakers=6, seed=3)
+    graph = slot_graph(meeting.segments)
+    embeddings = meeting_embeddings(meeting, graph, 0.1, 0.5)
+    for hint, expected in (({"num_speakers": 4}, 4), ({"min_speakers": 8}, 8), ({"max_speakers": 3}, 3)):
+        assert len(set(link(graph, embeddings, threshold=None, **hint).tolist())) == expected, hint
+    # A window with three slots and max_speakers=2: the count hint beats the cannot-links.
+    three = SlotGraph([(0, 0), (0, 1), (0, 2)], np.arange(3), [])
+    assert len(set(link(three, np.eye(3), max_speakers=2).tolist())) == 2
+
+
+def test_ten_hours_link_in_linear_memory() -> None:
+    meeting = slot_meeting(10.0)
+    graph = slot_graph(meeting.segments)
+    rng = np.random.default_rng(1)
+    embeddings = np.stack([meeting.embedding(w, s, 0.027, rng) for w, s in graph.slots])
+    speech = rng.uniform(0.5, 12.0, size=len(graph.slots))
+    tracemalloc.start()
+    labels = link_slots(graph, embeddings, speech, threshold=None, fallback_threshold=0.3).labels
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(graph.slots) > 4000
+    # One float64 matrix over all slots alone would be 8 * 4000² = 128 MB; blocks keep it to a few MB.
+    assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MB"
+    truth = np.array([meeting.speaker_of_slot[s] for s in graph.slots])
+    assert len(set(labels.tolist())) == 8 and purity(labels, truth)
+
+
+def test_known_speakers_are_named_and_the_others_numbered() -> None:
+    turns = [
+        ReferenceTurn(1.0, 9.0, "bob", "one two three four five six"),
+        ReferenceTurn(8.0, 15.0, "alice", "seven eight nine ten eleven"),  # overlaps Bob's turn
+        ReferenceTurn(16.0, 27.0, "carol", "twelve thirteen fourteen fifteen"),
+        ReferenceTurn(29.0, 40.0, "alice", "sixteen seventeen eighteen nineteen"),
+        ReferenceTurn(41.0, 52.0, "bob", "twenty twenty-one twenty-two"),
+        ReferenceTurn(53.0, 60.0, "carol", "twenty-three twenty-four"),
+    ]
+    noise = np.random.default_rng(0).normal(scale=0.1, size=62 * SAMPLE_RATE).astype(np.float32)
+    audio, _ = tag_speakers(noise, turns)
+    alice = audio[29 * SAMPLE_RATE : 40 * SAMPLE_RATE]
+    linker = SlotLinker(OracleEmbedder(), known_speakers={"Alice": alice, "Dave": audio[: SAMPLE_RATE // 2]})
+    transcript = Pipeline(ReferenceDecoder(turns), linker).run(audio, sampling_rate=SAMPLE_RATE)
+    by_speaker = {seg.text.split()[0]: seg.speaker for seg in transcript.segments}
+    assert by_speaker["seven"] == by_speaker["sixteen"] == "Alice"
+    assert by_speaker["one"] == by_speaker["twenty"] == "SPEAKER_00"
+    assert by_speaker["twelve"] == by_speaker["twenty-three"] == "SPEAKER_01"
+    assert "Dave" not in transcript.speakers  # a reference that matches nobody names nobody
+    assert len(transcript.segments) == len(turns)  # overlapping speech is kept, not merged
+
+
+def test_single_window_keeps_the_models_slots_without_embedding() -> None:
+    class NoEmbedding:
+        name, default_threshold = "none", 0.3
+
+        def embed(self, clips):
+            raise AssertionError("a single window needs no embeddings")
+
+    segments = [StitchedSegment(0.0, 2.0, "a", 0, 1), StitchedSegment(2.0, 4.0, "b", 0, 0)]
+    assert SlotLinker(NoEmbedding()).assign(segments, np.zeros(5 * SAMPLE_RATE, np.float32)) == [
+        "SPEAKER_00",
+        "SPEAKER_01",
+    ]
+
+
+@pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not on PATH (apt-get install espeak-ng)")
+def test_pipeline_finds_the_speakers_where_the_baseline_over_counts() -> None:
+    meeting = generate_meeting(MeetingConfig(speakers=4, duration_s=180, overlap_share=0.2, seed=0))
+    resemblyzer = load_embedder("resemblyzer")
+    decoder = ReferenceDecoder(meeting.turns)
+    slots = Pipeline(decoder, SlotLinker(resemblyzer)).run(meeting.audio, sampling_rate=SAMPLE_RATE)
+    baseline = Pipeline(decoder, ClusteringLinker(resemblyzer)).run(meeting.audio, sampling_rate=SAMPLE_RATE)
+    assert len(slots.speakers) == 4
+    # The card's recipe embeds overlapped segments as if they were one voice and invents speakers from them.
+    assert len(baseline.speakers) > 4
+    der = [evaluate(meeting.turns, t, collars=(0.25,)).der(0.25) for t in (slots, baseline)]
+    assert der[0] < 0.005 and der[0] <= der[1]
