@@ -142,3 +142,34 @@ def test_inputs_with_the_same_name_are_refused_before_any_work(clip, tmp_path):
     (other / "clip.wav").write_bytes(clip.read_bytes())
     result = run("transcribe", clip, other / "clip.wav", "--model", tmp_path / "none")
     assert result.exit_code == 2 and "several inputs are named clip" in flat(result)
+
+
+def test_known_speaker_options_are_checked_before_loading(clip, tmp_path):
+    missing = run("transcribe", clip, "--model", tmp_path / "none", "--speaker", "Alice")
+    assert missing.exit_code == 2 and "expected KEY=VALUE" in flat(missing)
+    twice = run("transcribe", clip, "--model", tmp_path / "none", "--speaker", f"A={clip}", "--speaker", f"A={clip}")
+    assert twice.exit_code == 2 and "given once" in flat(twice)
+
+
+def test_known_speaker_names_label_the_transcript(tiny_native, clip, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "transcribe",
+        clip,
+        "--model",
+        tiny_native,
+        "--device",
+        "cpu",
+        "-f",
+        "json",
+        "-o",
+        out,
+        "--speaker",
+        f"Alice={clip}",
+        "--linker",
+        "slots",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "clip.json").read_text())["duration"] == pytest.approx(3.0)
+    bad = run("transcribe", clip, "--model", tiny_native, "--device", "cpu", "--linker", "magic", "-o", out)
+    assert bad.exit_code == 2 and "Unknown linker 'magic'" in flat(bad)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 
 from .audio import AudioError, AudioInput, load_audio
@@ -25,6 +26,7 @@ except PackageNotFoundError:  # running from a source tree
 
 DEFAULT_MODEL = "syvai/cohere-transcribe-diarize"
 DEFAULT_EMBEDDER = "resemblyzer"
+LINKERS = ("slots", "baseline")
 
 
 def build_pipeline(
@@ -37,29 +39,41 @@ def build_pipeline(
     num_speakers: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
+    linker: str = "slots",
+    known_speakers: Mapping[str, AudioInput] | None = None,
     device: str = "auto",
     batch_size: int = 4,
     window_s: float = DEFAULT_WINDOW_S,
     overlap_s: float = DEFAULT_OVERLAP_S,
     trust_remote_code: bool = False,
 ) -> Pipeline:
-    """Load the parts once; reuse the pipeline for many files."""
-    from .decoders.transformers import TransformersDecoder, pick_device
-    from .speakers import ClusteringLinker, load_embedder
+    """Load the parts once; reuse the pipeline for many files.
 
+    `linker`: "slots" (default: links the model's per-window speakers under constraints, threshold calibrated
+    per recording) or "baseline" (the model card's recipe: every segment clustered at a fixed threshold).
+    `known_speakers`: name → reference recording; matching speakers are labelled with the name (slots only).
+    """
+    from .decoders.transformers import TransformersDecoder, pick_device
+    from .speakers import ClusteringLinker, SlotLinker, load_embedder
+
+    if linker not in LINKERS:
+        raise ValueError(f"Unknown linker {linker!r}; choose from {', '.join(LINKERS)}")
+    if known_speakers and linker != "slots":
+        raise ValueError("known speakers need the 'slots' linker")
     device_name, _ = pick_device(device)
-    linker = ClusteringLinker(
-        load_embedder(embedder, device=device_name, **(embedder_options or {})),
-        threshold=threshold,
-        num_speakers=num_speakers,
-        min_speakers=min_speakers,
-        max_speakers=max_speakers,
-    )
+    loaded = load_embedder(embedder, device=device_name, **(embedder_options or {}))
+    counts = dict(threshold=threshold, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+    speakers: ClusteringLinker | SlotLinker
+    if linker == "slots":
+        references = {name: load_audio(audio) for name, audio in (known_speakers or {}).items()}
+        speakers = SlotLinker(loaded, known_speakers=references, **counts)  # type: ignore[arg-type]
+    else:
+        speakers = ClusteringLinker(loaded, **counts)  # type: ignore[arg-type]
     if decoder is None:
         decoder = TransformersDecoder(
             model, device=device_name, batch_size=batch_size, trust_remote_code=trust_remote_code
         )
-    return Pipeline(decoder, linker, window_s=window_s, overlap_s=overlap_s)
+    return Pipeline(decoder, speakers, window_s=window_s, overlap_s=overlap_s)
 
 
 def transcribe(

@@ -110,8 +110,13 @@ def transcribe(
     min_speakers: Annotated[int | None, typer.Option(min=1, help="At least this many speakers.")] = None,
     max_speakers: Annotated[int | None, typer.Option(min=1, help="At most this many speakers.")] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Clustering distance threshold (default: the embedder's calibrated one).")
+        float | None,
+        typer.Option(help="Clustering threshold (default: calibrated per recording; baseline: the embedder's)."),
     ] = None,
+    linker: Annotated[
+        str, typer.Option(help="Speaker linking: slots (default) or baseline (the model card's recipe).")
+    ] = "slots",
+    speaker: Annotated[list[str] | None, typer.Option(help="A known speaker, NAME=reference.wav; repeatable.")] = None,
     embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = DEFAULT_EMBEDDER,
     embedder_option: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE passed to the embedder (e.g. hub_dir=PATH); repeatable.")
@@ -126,6 +131,9 @@ def transcribe(
 ) -> None:
     """Transcribe FILES with speaker labels and write the chosen formats to --output-dir."""
     formats = _parse_formats(format)
+    known_speakers = _parse_options(speaker or [])
+    if len(known_speakers) != len(speaker or []):
+        raise typer.BadParameter("each --speaker name may be given once")
     try:
         check_language(language)
         check_window(window, overlap)
@@ -152,6 +160,8 @@ def transcribe(
                 num_speakers=num_speakers,
                 min_speakers=min_speakers,
                 max_speakers=max_speakers,
+                linker=linker,
+                known_speakers=known_speakers,
                 device=device,
                 batch_size=batch_size,
                 window_s=window,
