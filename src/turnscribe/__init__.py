@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from .audio import AudioError, AudioInput, load_audio
 from .decoders.base import Decoder, DecoderError, WindowAudio
@@ -62,13 +63,15 @@ def build_pipeline(
         raise ValueError("known speakers need the 'slots' linker")
     device_name, _ = pick_device(device)
     loaded = load_embedder(embedder, device=device_name, **(embedder_options or {}))
-    counts = dict(threshold=threshold, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+    counts: dict[str, Any] = dict(
+        threshold=threshold, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+    )
     speakers: ClusteringLinker | SlotLinker
     if linker == "slots":
         references = {name: load_audio(audio) for name, audio in (known_speakers or {}).items()}
-        speakers = SlotLinker(loaded, known_speakers=references, **counts)  # type: ignore[arg-type]
+        speakers = SlotLinker(loaded, known_speakers=references, **counts)
     else:
-        speakers = ClusteringLinker(loaded, **counts)  # type: ignore[arg-type]
+        speakers = ClusteringLinker(loaded, **counts)
     if decoder is None:
         decoder = TransformersDecoder(
             model, device=device_name, batch_size=batch_size, trust_remote_code=trust_remote_code

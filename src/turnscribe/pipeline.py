@@ -18,7 +18,7 @@ from .decoders.base import Decoder, DecoderError, WindowAudio
 from .parse import parse_window
 from .prompt import check_language
 from .stitch import stitch
-from .types import ParsedWindow, Repair, Segment, Transcript, TranscriptMetadata, WindowSpan
+from .types import SAMPLE_RATE, ParsedWindow, Repair, Segment, Transcript, TranscriptMetadata, WindowSpan
 from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, check_window, plan_windows
 
 if TYPE_CHECKING:
@@ -80,10 +80,9 @@ class Pipeline:
         timings["audio"] = time.perf_counter() - t0
         spans = plan_windows(len(samples), self.window_s, self.overlap_s)
         metadata = TranscriptMetadata(
-            model=getattr(self.decoder, "model_id", ""),
-            decoder=getattr(self.decoder, "name", type(self.decoder).__name__),
+            model=self.decoder.model_id,
+            decoder=self.decoder.name,
             embedder=getattr(getattr(self.speakers, "embedder", None), "name", ""),
-            threshold=getattr(self.speakers, "effective_threshold", None),
             window_s=self.window_s,
             overlap_s=self.overlap_s,
             windows=len(spans),
@@ -102,7 +101,8 @@ class Pipeline:
         t0 = time.perf_counter()
         labels = self.speakers.assign(stitched, samples) if stitched else []
         timings["speakers"] = time.perf_counter() - t0
-        metadata.threshold = getattr(self.speakers, "effective_threshold", metadata.threshold)
+        # Known only after linking: the slot linker calibrates its threshold on each recording.
+        metadata.threshold = getattr(self.speakers, "effective_threshold", None)
 
         segments = [
             Segment(i, s.start, s.end, s.text, label) for i, (s, label) in enumerate(zip(stitched, labels, strict=True))
@@ -112,7 +112,7 @@ class Pipeline:
         metadata.timings = timings
         if progress:
             progress(ProgressEvent("file", 1, 1, source))
-        return Transcript(segments, speakers, language, len(samples) / 16_000, metadata)
+        return Transcript(segments, speakers, language, len(samples) / SAMPLE_RATE, metadata)
 
     def _decode(
         self,
