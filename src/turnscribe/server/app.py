@@ -7,8 +7,7 @@ answers while a model loads) and every route that needs it answers 503 until /re
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
+import functools
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
@@ -31,12 +31,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..audio import AudioError, load_audio
 from ..formats import render
 from ..pipeline import Pipeline
 from ..prompt import LANGUAGES, check_language
-from ..types import SAMPLE_RATE, Transcript
-from .engine import Engine, RunControl, RunStopped, StreamSegment, as_api_error
+from ..types import Transcript
+from .engine import Engine, KnownSpeakersUnsupported, RunControl, RunStopped, StopReason, StreamSegment, as_api_error
+from .enrollment import read_known_speakers
 from .errors import APIError, KeyChecker, error_responses, install_error_handlers
 from .jobs import Job, JobRunner, JobStatus, JobStore, remove_file
 from .metrics import Metrics
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json", "rttm", "seglst"]
 STREAMABLE = ("json", "text", "diarized_json")
-MAX_KNOWN_SPEAKERS = 4
-KNOWN_SPEAKER_SECONDS = (2.0, 10.0)  # OpenAI's bounds for a reference clip
 _FORM_SLACK = 1 << 20  # bytes of multipart framing and text fields allowed on top of the file itself
 
 
@@ -57,6 +55,8 @@ class TranscriptionForm:
     model: str
     language: str
     response_format: ResponseFormat
+    known_speaker_names: tuple[str, ...] = ()
+    known_speaker_references: tuple[str, ...] = ()  # data URLs, as sent
 
     @property
     def source(self) -> str:
@@ -75,48 +75,6 @@ def _check_chunking(value: str | None, vad_type: str | None) -> None:
         raise APIError(
             400, "chunking_strategy must be 'auto' or an object with type 'server_vad'", param="chunking_strategy"
         )
-
-
-def _decode_data_url(url: str, index: int) -> bytes:
-    header, comma, payload = url.partition(",")
-    if not (comma and header.startswith("data:") and header.endswith(";base64")):
-        raise APIError(
-            400,
-            f"known_speaker_references[{index}] must be a base64 data URL (data:audio/wav;base64,...)",
-            param="known_speaker_references",
-        )
-    try:
-        return base64.b64decode(payload, validate=True)
-    except binascii.Error:
-        raise APIError(
-            400, f"known_speaker_references[{index}] is not valid base64", param="known_speaker_references"
-        ) from None
-
-
-def _check_known_speakers(names: list[str], references: list[str]) -> None:
-    """Validated like OpenAI does, though not used yet: the speaker stage has no enrollment (see docs/server.md)."""
-    if len(names) != len(references):
-        raise APIError(
-            400,
-            f"{len(names)} known_speaker_names but {len(references)} known_speaker_references; give one of each",
-            param="known_speaker_names",
-        )
-    if len(names) > MAX_KNOWN_SPEAKERS:
-        raise APIError(400, f"at most {MAX_KNOWN_SPEAKERS} known speakers", param="known_speaker_names")
-    if len(set(names)) != len(names) or any(not n.strip() for n in names):
-        raise APIError(400, "known_speaker_names must be distinct and non-empty", param="known_speaker_names")
-    low, high = KNOWN_SPEAKER_SECONDS
-    for i, url in enumerate(references):
-        try:
-            seconds = len(load_audio(_decode_data_url(url, i))) / SAMPLE_RATE
-        except AudioError as e:
-            raise APIError(400, f"known_speaker_references[{i}]: {e}", param="known_speaker_references") from None
-        if not low <= seconds <= high:
-            raise APIError(
-                400,
-                f"known_speaker_references[{i}] is {seconds:.1f} s long; it must be {low:g} to {high:g} s",
-                param="known_speaker_references",
-            )
 
 
 async def transcription_form(
@@ -143,10 +101,15 @@ async def transcription_form(
     ] = None,
     chunking_threshold: Annotated[float | None, Form(alias="chunking_strategy[threshold]", ge=0, le=1)] = None,
     known_speaker_names: Annotated[
-        list[str] | None, Form(alias="known_speaker_names[]", description="Validated, not yet used.")
+        list[str] | None,
+        Form(alias="known_speaker_names[]", description="Names for known_speaker_references, in the same order."),
     ] = None,
     known_speaker_references: Annotated[
-        list[str] | None, Form(alias="known_speaker_references[]", description="Data URLs; validated, not yet used.")
+        list[str] | None,
+        Form(
+            alias="known_speaker_references[]",
+            description="Data URLs of 2-10 s clips; speakers matching one are labelled with its name.",
+        ),
     ] = None,
 ) -> TranscriptionForm:
     _check_chunking(chunking_strategy, chunking_strategy_type)
@@ -156,9 +119,8 @@ async def transcription_form(
             "word timestamps are not available: the model gives segment times only",
             param="timestamp_granularities[]",
         )
-    if known_speaker_names or known_speaker_references:
-        await run_in_threadpool(_check_known_speakers, known_speaker_names or [], known_speaker_references or [])
-    return TranscriptionForm(file, model, language or "", response_format)
+    names, references = tuple(known_speaker_names or ()), tuple(known_speaker_references or ())
+    return TranscriptionForm(file, model, language or "", response_format, names, references)
 
 
 def _usage(transcript: Transcript) -> dict[str, Any]:
@@ -228,12 +190,14 @@ def _sse(data: dict[str, Any]) -> bytes:
     return format_sse_event(data_str=json.dumps(data, ensure_ascii=False))
 
 
-class BodyLimit:
-    """413 for bodies over the limit: at once from Content-Length, or as soon as a chunked body passes it."""
+class UploadGuard:
+    """413 for bodies over the limit (at once from Content-Length, or as soon as a chunked body passes it), and 408
+    for an upload that stalls: a client that stops sending mid-body would otherwise hold a connection for ever."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -248,16 +212,28 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await too_large.response()(scope, receive, send)
         seen = 0
+        body_done = False
 
-        async def counting() -> Message:
-            nonlocal seen
-            message = await receive()
+        async def guarded() -> Message:
+            nonlocal seen, body_done
+            if body_done:  # after the body, receive() waits for a disconnect: no timeout there
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+            except TimeoutError:
+                raise APIError(
+                    408,
+                    f"The upload stalled: nothing arrived for {self.idle_timeout_s:g} s.",
+                    param="file",
+                    code="upload_timeout",
+                ) from None
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
                 raise too_large
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await self.app(scope, counting, send)
+        await self.app(scope, guarded, send)
 
 
 class _Services:
@@ -320,7 +296,9 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + _FORM_SLACK)
+    app.add_middleware(
+        UploadGuard, max_bytes=settings.max_upload_bytes + _FORM_SLACK, idle_timeout_s=settings.upload_timeout_s
+    )
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -365,9 +343,21 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
     def check_request(engine: Engine, form: TranscriptionForm) -> str:
         check_model(engine, form.model)
         try:
+            if form.known_speaker_names or form.known_speaker_references:
+                engine.check_known_speakers_supported()
             return check_language(form.language or settings.default_language)
-        except ValueError as e:
+        except (ValueError, KnownSpeakersUnsupported) as e:
             raise as_api_error(e) from None
+
+    async def known_speakers_of(form: TranscriptionForm) -> dict[str, np.ndarray]:
+        if not (form.known_speaker_names or form.known_speaker_references):
+            return {}
+        return await run_in_threadpool(
+            read_known_speakers,
+            list(form.known_speaker_names),
+            list(form.known_speaker_references),
+            limit=settings.max_known_speakers,
+        )
 
     async def save_upload(form: TranscriptionForm, path: Path, engine: Engine) -> float | None:
         """Write the upload to `path` and probe it; on any failure nothing is left behind."""
@@ -419,10 +409,11 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
                     "text/event-stream": {"schema": {"type": "string"}},
                 },
             },
-            **error_responses(400, 401, 404, 413, 429, 500, 503, 504),
+            **error_responses(400, 401, 404, 408, 413, 429, 500, 503, 504),
         },
     )
     async def create_transcription(
+        request: Request,
         form: Annotated[TranscriptionForm, Depends(transcription_form)],
         stream: Annotated[bool, Form(description="Server-sent events as windows finish.")] = False,
     ) -> Response:
@@ -430,30 +421,50 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         language = check_request(engine, form)
         if stream and form.response_format not in STREAMABLE:
             raise APIError(400, f"stream=true needs response_format {', '.join(STREAMABLE)}", param="stream")
+        known = await known_speakers_of(form)
         path = upload_path(settings.uploads / "requests", uuid.uuid4().hex, form)
         await save_upload(form, path, engine)
         control = RunControl(deadline=time.monotonic() + settings.request_timeout_s)
+        run = functools.partial(
+            engine.transcribe, path, language=language, source=form.source, control=control, known_speakers=known
+        )
         if stream:
-            return _stream(engine, path, language, form, control)  # the stream removes the upload when it ends
+            return _stream(engine, run, path, form, control)  # the stream removes the upload when it ends
         try:
-            future = engine.submit(
-                lambda: engine.transcribe(path, language=language, source=form.source, control=control)
-            )
-            try:
-                transcript = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
-            except TimeoutError:
-                control.stop("timeout")
-                raise as_api_error(RunStopped("timeout")) from None
-            except asyncio.CancelledError:  # the client went away
-                control.stop("cancelled")
-                raise
-            except Exception as e:
-                raise as_api_error(e) from None
+            future = engine.submit(run)
+            transcript = await _wait_for_run(asyncio.wrap_future(future), request, control)
             return render_response(transcript, form.response_format, form.source)
         finally:
             remove_file(path)
 
-    def _stream(engine: Engine, path: Path, language: str, form: TranscriptionForm, control: RunControl) -> Response:
+    async def _wait_for_run(run: Awaitable[Transcript], request: Request, control: RunControl) -> Transcript:
+        """The run's transcript; or, if the client goes away or the deadline passes first, stop the run."""
+
+        async def client_gone() -> None:
+            # The body has been read: the next message the server gets is the disconnect.
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        result, gone = asyncio.ensure_future(run), asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait({result, gone}, timeout=settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if result.done():
+            try:
+                return result.result()
+            except Exception as e:
+                raise as_api_error(e) from None
+        reason: StopReason = "cancelled" if gone.done() and not gone.cancelled() else "timeout"
+        control.stop(reason)
+        if reason == "cancelled":
+            # Nobody reads this answer; 499 (nginx's "client closed request") keeps the metrics honest.
+            raise APIError(499, "The client closed the request.", type="server_error", code="client_closed")
+        raise as_api_error(RunStopped("timeout"))
+
+    def _stream(
+        engine: Engine, run: Callable[..., Transcript], path: Path, form: TranscriptionForm, control: RunControl
+    ) -> Response:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamSegment | BaseException | Transcript] = asyncio.Queue()
 
@@ -462,7 +473,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
 
         def work() -> None:
             try:
-                put(engine.transcribe(path, language=language, source=form.source, control=control, on_segment=put))
+                put(run(on_segment=put))
             except BaseException as e:
                 put(e)
 
@@ -504,11 +515,12 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         "/audio/jobs",
         summary="Create a durable transcription job (same fields as /v1/audio/transcriptions, no stream)",
         status_code=202,
-        responses=error_responses(400, 401, 404, 413, 429, 503),
+        responses=error_responses(400, 401, 404, 408, 413, 429, 503),
     )
     async def create_job(form: Annotated[TranscriptionForm, Depends(transcription_form)]) -> dict[str, Any]:
         engine, store, runner = services.ready()
         language = check_request(engine, form)
+        await known_speakers_of(form)  # a bad reference is the request's 400, not the job's failure
         if store.count("queued") >= settings.max_queued_jobs:
             raise APIError(
                 429,
@@ -528,6 +540,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
             filename=form.source,
             audio_path=path,
             duration=duration,
+            known_speakers=dict(zip(form.known_speaker_names, form.known_speaker_references)),
         )
         runner.notify()
         return job.to_api()

@@ -52,8 +52,10 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Requests transcribed at once.")] = 4,
     max_queue: Annotated[int, typer.Option(min=0, help="Requests waiting for a worker before 429.")] = 32,
     job_workers: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 2,
+    max_known_speakers: Annotated[int, typer.Option(min=0, help="Known-speaker clips per request.")] = 32,
     max_queued_jobs: Annotated[int, typer.Option(min=1, help="Queued jobs before 429.")] = 1000,
     request_timeout: Annotated[float, typer.Option(min=1, help="Seconds before a request answers 504.")] = 600,
+    upload_timeout: Annotated[float, typer.Option(min=1, help="Seconds an upload may send nothing before 408.")] = 60,
     retention: Annotated[float, typer.Option(min=0, help="Seconds a finished job's audio is kept.")] = 24 * 3600,
     pipeline_factory: Annotated[
         str | None,
@@ -104,7 +106,9 @@ def serve(
         max_queue=max_queue,
         job_workers=job_workers,
         max_queued_jobs=max_queued_jobs,
+        max_known_speakers=max_known_speakers,
         request_timeout_s=request_timeout,
+        upload_timeout_s=upload_timeout,
         retention_s=retention,
     )
     uvicorn.run(create_app(settings, factory), host=host, port=port, log_level=log_level)

@@ -7,16 +7,20 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import numpy as np
 
 from ..audio import AudioError, audio_duration, load_audio
 from ..parse import parse_window
 from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent
 from ..prompt import LanguageError, check_language
+from ..speakers.linking import SpeakerLinker
+from ..speakers.slots import SlotLinker
 from ..stitch import stitch
 from ..types import SAMPLE_RATE, ParsedWindow, StitchedSegment, Transcript, TurnscribeError, WindowSpan
 from ..windows import plan_windows
@@ -31,6 +35,10 @@ StopReason = Literal["cancelled", "timeout", "shutdown"]
 
 
 class AudioTooLong(TurnscribeError):
+    pass
+
+
+class KnownSpeakersUnsupported(TurnscribeError):
     pass
 
 
@@ -127,6 +135,21 @@ class Engine:
     def model_id(self) -> str:
         return self.pipeline.decoder.model_id
 
+    def check_known_speakers_supported(self) -> None:
+        linker = self.pipeline.speakers
+        if not isinstance(linker, SlotLinker):
+            raise KnownSpeakersUnsupported(
+                f"known speakers need the 'slots' speaker linker; this server runs {type(linker).__name__}"
+            )
+
+    def linker_for(self, known_speakers: Mapping[str, np.ndarray] | None) -> SpeakerLinker:
+        """The shared linker, or for a request with known speakers a copy that knows them (enrolled per request)."""
+        if not known_speakers:
+            return self.pipeline.speakers
+        self.check_known_speakers_supported()
+        assert isinstance(self.pipeline.speakers, SlotLinker)
+        return replace(self.pipeline.speakers, known_speakers=dict(known_speakers))
+
     def start(self) -> None:
         self.scheduler.start()
 
@@ -194,6 +217,7 @@ class Engine:
         control: RunControl,
         on_progress: Callable[[int, int], None] | None = None,
         on_segment: Callable[[StreamSegment], None] | None = None,
+        known_speakers: Mapping[str, np.ndarray] | None = None,
     ) -> Transcript:
         language = check_language(language)
         control.check()
@@ -206,7 +230,7 @@ class Engine:
         decoder = ScheduledDecoder(self.scheduler)
         # A per-run Pipeline (cheap: it only holds references) so that this run's decoder records its outputs.
         pipeline = Pipeline(
-            decoder, self.pipeline.speakers, window_s=self.pipeline.window_s, overlap_s=self.pipeline.overlap_s
+            decoder, self.linker_for(known_speakers), window_s=self.pipeline.window_s, overlap_s=self.pipeline.overlap_s
         )
         spans = plan_windows(len(samples), pipeline.window_s, pipeline.overlap_s)
         settled = SettledSegments(spans, language, decoder.outputs, on_segment) if on_segment else None
@@ -234,6 +258,8 @@ def as_api_error(error: BaseException) -> APIError:
         return error
     if isinstance(error, LanguageError):
         return APIError(400, str(error), param="language", code="unsupported_language")
+    if isinstance(error, KnownSpeakersUnsupported):
+        return APIError(400, str(error), param="known_speaker_names", code="known_speakers_unsupported")
     if isinstance(error, AudioTooLong):
         return APIError(413, str(error), param="file", code="audio_too_long")
     if isinstance(error, AudioError):

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from ..types import Repair, Segment, Transcript, TranscriptMetadata, TurnscribeError
 from .engine import Engine, RunControl, RunStopped, as_api_error
+from .enrollment import read_known_speakers
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     windows_total INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
-    result TEXT
+    result TEXT,
+    known_speakers TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
+# Columns added after the first release: a database made by an older server gets them at start.
+_ADDED_COLUMNS = {"known_speakers": "TEXT"}
 
 
 class DatabaseInUse(TurnscribeError):
@@ -74,6 +78,7 @@ class Job:
     attempts: int
     error: str | None
     result: str | None
+    known_speakers: str | None  # JSON: name → reference data URL, as sent; removed with the audio
 
     def to_api(self) -> dict[str, Any]:
         def seconds(t: float | None) -> int | None:
@@ -94,7 +99,11 @@ class Job:
             "progress": {"windows_done": self.windows_done, "windows_total": self.windows_total},
             "attempts": self.attempts,
             "error": json.loads(self.error) if self.error else None,
+            "known_speaker_names": list(self.known_speaker_references()),
         }
+
+    def known_speaker_references(self) -> dict[str, str]:
+        return json.loads(self.known_speakers) if self.known_speakers else {}
 
     def transcript(self) -> Transcript:
         if self.result is None:
@@ -133,6 +142,10 @@ class JobStore:
             # NORMAL in WAL mode survives a crash of the process (kill -9); only power loss can drop the last commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -162,11 +175,12 @@ class JobStore:
         audio_path: Path,
         duration: float | None,
         job_id: str | None = None,
+        known_speakers: dict[str, str] | None = None,
     ) -> Job:
         job_id = job_id or f"job_{uuid.uuid4().hex}"
         self._exec(
             "INSERT INTO jobs (id, status, created_at, model, language, response_format, filename, audio_path, "
-            "duration) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            "duration, known_speakers) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
             job_id,
             time.time(),
             model,
@@ -175,6 +189,7 @@ class JobStore:
             filename,
             str(audio_path),
             duration,
+            json.dumps(known_speakers) if known_speakers else None,
         )
         job = self.get(job_id)
         assert job is not None
@@ -249,7 +264,8 @@ class JobStore:
         return [Job(**dict(r)) for r in rows]
 
     def forget_audio(self, job_id: str) -> None:
-        self._exec("UPDATE jobs SET audio_path=NULL WHERE id=?", job_id)
+        # Reference clips are voices too: they go with the recording.
+        self._exec("UPDATE jobs SET audio_path=NULL, known_speakers=NULL WHERE id=?", job_id)
 
 
 def remove_file(path: str | Path | None) -> None:
@@ -325,8 +341,10 @@ class JobRunner:
         with self._controls_lock:
             self._controls[job.id] = control
         try:
+            references = job.known_speaker_references()
             transcript = self.engine.transcribe(
                 Path(job.audio_path or ""),
+                known_speakers=read_known_speakers(list(references), list(references.values()), limit=len(references)),
                 language=job.language,
                 source=job.filename,
                 control=control,

@@ -23,7 +23,9 @@ class ServerSettings:
     max_queue: int = 32  # requests waiting for a worker before 429
     job_workers: int = 2
     max_queued_jobs: int = 1000
+    max_known_speakers: int = 32  # reference clips per request (each one is decoded and embedded)
     request_timeout_s: float = 600.0
+    upload_timeout_s: float = 60.0  # an upload that sends nothing for this long is answered 408
     retention_s: float = 24 * 3600
     retry_after_s: int = 5
     janitor_interval_s: float = 60.0
