@@ -208,7 +208,7 @@ class DiarizedTranscriptionPlugin:
             transcript = await service.transcribe(request)
         except RequestError as e:
             return e.response()
-        except (AudioError, LanguageError) as e:
+        except AudioError as e:
             return RequestError(400, str(e), code="invalid_audio", param="file").response()
         except DecoderError as e:
             log.exception("turnscribe: transcription failed")
