@@ -47,20 +47,24 @@ def build_pipeline(
     window_s: float = DEFAULT_WINDOW_S,
     overlap_s: float = DEFAULT_OVERLAP_S,
     trust_remote_code: bool = False,
+    backend: str = "transformers",
 ) -> Pipeline:
     """Load the parts once; reuse the pipeline for many files.
 
     `linker`: "slots" (default: links the model's per-window speakers under constraints, threshold calibrated
     per recording) or "baseline" (the model card's recipe: every segment clustered at a fixed threshold).
     `known_speakers`: name → reference recording; matching speakers are labelled with the name (slots only).
+    `backend`: the decoder backend when no `decoder` is given (`turnscribe.decoders.backends.BACKENDS`).
     """
-    from .decoders.transformers import TransformersDecoder, pick_device
+    from .decoders.backends import DecoderOptions, check_backend, load_decoder
+    from .decoders.transformers import pick_device
     from .speakers import ClusteringLinker, SlotLinker, load_embedder
 
     if linker not in LINKERS:
         raise ValueError(f"Unknown linker {linker!r}; choose from {', '.join(LINKERS)}")
     if known_speakers and linker != "slots":
         raise ValueError("known speakers need the 'slots' linker")
+    check_backend(backend)
     device_name, _ = pick_device(device)
     loaded = load_embedder(embedder, device=device_name, **(embedder_options or {}))
     counts: dict[str, Any] = dict(
@@ -73,9 +77,7 @@ def build_pipeline(
     else:
         speakers = ClusteringLinker(loaded, **counts)
     if decoder is None:
-        decoder = TransformersDecoder(
-            model, device=device_name, batch_size=batch_size, trust_remote_code=trust_remote_code
-        )
+        decoder = load_decoder(backend, DecoderOptions(model, device_name, batch_size, trust_remote_code))
     return Pipeline(decoder, speakers, window_s=window_s, overlap_s=overlap_s)
 
 

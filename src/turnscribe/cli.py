@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,6 +20,7 @@ from rich.progress import (
 )
 
 from . import DEFAULT_EMBEDDER, DEFAULT_MODEL, __version__, build_pipeline
+from .decoders.backends import BACKENDS
 from .evaluation.cli import eval_command
 from .formats import extension, format_names, write
 from .pipeline import ProgressEvent
@@ -59,7 +61,7 @@ def fix_checkpoint(
     try:
         fixes = fix_for_vllm(directory, dry_run=dry_run)
     except CheckpointError as e:
-        console.print(f"[red]error[/red] {e}")
+        console.print(f"[red]error[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
     for fix in fixes:
         typer.echo(f"{'would ' if dry_run else ''}{fix.file}: {fix.change}")
@@ -128,6 +130,7 @@ def transcribe(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Load the checkpoint with its own code instead of native transformers classes.")
     ] = False,
+    backend: Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKENDS)}.")] = "transformers",
 ) -> None:
     """Transcribe FILES with speaker labels and write the chosen formats to --output-dir."""
     formats = _parse_formats(format)
@@ -167,9 +170,10 @@ def transcribe(
                 window_s=window,
                 overlap_s=overlap,
                 trust_remote_code=trust_remote_code,
+                backend=backend,
             )
     except (TurnscribeError, ValueError) as e:
-        console.print(f"[red]error[/red] {e}")
+        console.print(f"[red]error[/red] {escape(str(e))}")
         raise typer.Exit(2) from e
 
     failed = len(missing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .types import TurnscribeError
 
@@ -73,3 +74,8 @@ def diarize_prompt_ids(
             "(expected syvai/cohere-transcribe-diarize or a model trained with `turnscribe train`)."
         )
     return [int(i) for i in ids if i is not None]
+
+
+def tokenizer_prompt_ids(tokenizer: Any, language: str) -> list[int]:
+    """The diarize prompt from any tokenizer with `convert_tokens_to_ids` (transformers', or vLLM's)."""
+    return diarize_prompt_ids(language, tokenizer.convert_tokens_to_ids, getattr(tokenizer, "unk_token_id", None))

@@ -12,12 +12,12 @@ from typing import Annotated
 import typer
 
 from .. import DEFAULT_EMBEDDER, DEFAULT_MODEL, Pipeline, build_pipeline
+from ..decoders.backends import BACKENDS
 from ..prompt import check_language
 from ..types import TurnscribeError
 from .settings import LOOPBACK_HOSTS, ServerSettings
 
 log = logging.getLogger(__name__)
-BACKENDS = ("transformers",)
 
 
 def _import_factory(spec: str) -> Callable[[], Pipeline]:
@@ -93,6 +93,7 @@ def serve(
             batch_size=batch_size,
             embedder=embedder,
             trust_remote_code=trust_remote_code,
+            backend=backend,
         )
     )
     settings = ServerSettings(

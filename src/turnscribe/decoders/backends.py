@@ -1,0 +1,53 @@
+"""Decoder backends by name: what `--backend` and `build_pipeline(backend=...)` choose from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .base import Decoder
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    model: str | os.PathLike[str]
+    device: str
+    batch_size: int
+    trust_remote_code: bool = False
+
+
+def _transformers(options: DecoderOptions) -> Decoder:
+    from .transformers import TransformersDecoder
+
+    return TransformersDecoder(
+        options.model,
+        device=options.device,
+        batch_size=options.batch_size,
+        trust_remote_code=options.trust_remote_code,
+    )
+
+
+def _vllm(options: DecoderOptions) -> Decoder:
+    # vLLM places the model on its GPU itself: `device` only places the speaker embedder.
+    from .vllm import VllmDecoder
+
+    return VllmDecoder.from_pretrained(
+        options.model, batch_size=options.batch_size, trust_remote_code=options.trust_remote_code
+    )
+
+
+BACKENDS: dict[str, Callable[[DecoderOptions], Decoder]] = {
+    "transformers": _transformers,
+    "vllm": _vllm,
+}
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"Unknown decoder backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return name
+
+
+def load_decoder(backend: str, options: DecoderOptions) -> Decoder:
+    return BACKENDS[check_backend(backend)](options)

@@ -1,0 +1,218 @@
+"""A vLLM endpoint plugin: `vllm serve` answers ``response_format=diarized_json`` for this model, no vLLM file edited.
+
+vLLM's own ``/v1/audio/transcriptions`` cannot: its request model allows only json/text/srt/verbose_json/vtt, its
+Cohere ASR prompt ends in ``<|nodiarize|>`` whatever the request's ``prompt`` says, and it strips special tokens.
+
+Mechanism: vLLM's documented endpoint-plugin API (vLLM >= 0.26; ``docs/design/endpoint_plugins.md``,
+``vllm.plugins.endpoint_plugins.interface.EndpointPlugin``). turnscribe's ``pyproject.toml`` registers
+``turnscribe_diarized = "turnscribe.vllm_plugin:DiarizedTranscriptionPlugin"`` in the ``vllm.endpoint_plugins``
+group; that class is a zero-argument factory of an object with ``name``, ``required_tasks``, ``attach_router(app)``
+(phase A, in ``build_app``, before the engine exists) and ``async init_state(engine_client, state, args)`` (phase B,
+with the ``EngineClient``). vLLM loads endpoint plugins only when ``VLLM_PLUGINS`` names them (a comma-separated
+allowlist that also narrows the other plugin groups), so the launch is
+``VLLM_PLUGINS=turnscribe_diarized vllm serve DIR ...``. (``vllm.general_plugins`` is the wrong group for this: it
+runs in every engine process and has no access to the HTTP app.)
+
+What the plugin does: it registers ``POST /v1/audio/transcriptions`` ahead of vLLM's handler for that path.
+A request with ``response_format=diarized_json`` runs the turnscribe pipeline (28 s windows, the diarize prompt as
+token ids, greedy with repetition penalty 1.2 and special tokens kept, parse, stitch, speaker linking) on the
+server's engine through ``AsyncVllmDecoder``; every other request goes to vLLM's own handler with its body
+replayed unchanged, so vLLM behaves as before for everything else.
+
+Risks, stated for operators who allowlist it: the plugin shadows a core route (vLLM's docs warn about route
+shadowing; recent vLLM itself replaces a core route with a plugin route of the same path and method, older
+releases matched the first route, which is why the plugin puts its route first itself). A diarized request
+bypasses vLLM's request logging and load-aware counters for that route. It reads the whole upload into memory,
+as vLLM's own handler does. Only FastAPI/Starlette, ``EndpointPlugin`` and ``EngineClient.generate`` /
+``get_tokenizer`` are used, none of vLLM's serving internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.datastructures import FormData, State, UploadFile
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.types import Message, Receive, Scope, Send
+
+from . import DEFAULT_EMBEDDER, Pipeline, build_pipeline
+from .audio import AudioError
+from .decoders.base import DecoderError
+from .decoders.vllm import AsyncVllmDecoder
+from .formats import render
+from .prompt import LanguageError, PromptTokenError, check_language
+from .types import Transcript
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT = "turnscribe_diarized"
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+DIARIZED_JSON = "diarized_json"
+STATE_KEY = "turnscribe_diarize"
+EMBEDDER_ENV = "TURNSCRIBE_EMBEDDER"
+
+
+class RequestError(Exception):
+    """A request the plugin refuses, answered in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, *, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+
+    def response(self) -> JSONResponse:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        error = {"message": str(self), "type": kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": error}, status_code=self.status)
+
+
+@dataclass(frozen=True)
+class DiarizeRequest:
+    audio: bytes
+    filename: str
+    language: str
+
+
+def wants_diarized(form: FormData) -> bool:
+    return form.get("response_format") == DIARIZED_JSON
+
+
+async def read_diarize_request(form: FormData, served_models: Sequence[str]) -> DiarizeRequest:
+    """The form fields that matter for the diarize task. ``prompt`` and ``temperature`` are ignored on purpose:
+    the prompt is always the diarize prompt built from ``language``, and decoding is greedy, as the card says."""
+    model = form.get("model")
+    if isinstance(model, str) and model and model not in served_models:
+        raise RequestError(
+            404,
+            f"The model {model!r} does not exist; served: {', '.join(served_models)}",
+            code="model_not_found",
+            param="model",
+        )
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise RequestError(
+            400, "Expected the audio as a file upload in the 'file' field", code="invalid_value", param="file"
+        )
+    language = form.get("language")
+    try:
+        code = check_language(language if isinstance(language, str) and language else "en")
+    except LanguageError as e:
+        raise RequestError(400, str(e), code="unsupported_language", param="language") from e
+    return DiarizeRequest(await upload.read(), upload.filename or "audio", code)
+
+
+def served_model_names(args: Any) -> list[str]:
+    """The names `vllm serve` answers to: --served-model-name, else the model argument."""
+    names = getattr(args, "served_model_name", None) or [args.model]
+    return [names] if isinstance(names, str) else list(names)
+
+
+class DiarizeService:
+    """The turnscribe pipeline on the server's engine; transcriptions run in worker threads, decoding on the loop."""
+
+    def __init__(self, pipeline: Pipeline, served_models: Sequence[str]) -> None:
+        self.pipeline = pipeline
+        self.served_models = list(served_models)
+
+    @classmethod
+    async def start(cls, engine_client: Any, args: Any) -> DiarizeService:
+        names = served_model_names(args)
+        decoder = await AsyncVllmDecoder.for_engine(engine_client, model_id=names[0])
+        embedder = os.environ.get(EMBEDDER_ENV, DEFAULT_EMBEDDER)
+        pipeline = await asyncio.to_thread(build_pipeline, decoder=decoder, embedder=embedder)
+        return cls(pipeline, names)
+
+    async def transcribe(self, request: DiarizeRequest) -> Transcript:
+        return await asyncio.to_thread(
+            self.pipeline.run, request.audio, language=request.language, source=request.filename
+        )
+
+
+ServiceFactory = Callable[[Any, Any], Awaitable[DiarizeService]]
+
+
+class ReplayedRequest(Response):
+    """Hands the request, body included, to another route: vLLM's own handler for what turnscribe does not serve."""
+
+    def __init__(self, route: BaseRoute, body: bytes) -> None:
+        super().__init__()
+        self.route = route
+        self.request_body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": self.request_body, "more_body": False}
+            return await receive()  # then the client's own messages (a disconnect)
+
+        await self.route.handle(scope, replay, send)
+
+
+class DiarizedTranscriptionPlugin:
+    """The ``vllm.endpoint_plugins`` entry point: see the module docstring."""
+
+    name = ENTRY_POINT
+    required_tasks: tuple[str, ...] | None = ("transcription",)
+
+    def __init__(self, service_factory: ServiceFactory = DiarizeService.start) -> None:
+        self.service_factory = service_factory
+        self.fallback: BaseRoute | None = None
+
+    def attach_router(self, app: FastAPI) -> None:
+        """Phase A: our route goes right before vLLM's (kept as the fallback), so it matches first on any vLLM."""
+        routes = app.router.routes
+        self.fallback = next(
+            (
+                r
+                for r in routes
+                if isinstance(r, APIRoute) and r.path == TRANSCRIPTIONS_PATH and "POST" in (r.methods or ())
+            ),
+            None,
+        )
+        app.add_api_route(TRANSCRIPTIONS_PATH, self.create_transcription, methods=["POST"], include_in_schema=False)
+        ours = routes.pop()
+        routes.insert(routes.index(self.fallback) if self.fallback is not None else 0, ours)
+
+    async def init_state(self, engine_client: Any, state: State, args: Any) -> None:
+        """Phase B: start the pipeline on the engine, if this model has the diarize prompt's tokens."""
+        setattr(state, STATE_KEY, None)
+        if engine_client is None:  # vLLM's CPU-only render server: nothing to decode with
+            return
+        try:
+            setattr(state, STATE_KEY, await self.service_factory(engine_client, args))
+        except PromptTokenError as e:
+            log.warning("turnscribe: diarized_json stays off for this model: %s", e)
+
+    async def create_transcription(self, raw_request: Request) -> Response:
+        body = await raw_request.body()  # read first: Starlette then parses the form from it, and it can be replayed
+        service: DiarizeService | None = getattr(raw_request.app.state, STATE_KEY, None)
+        form = await raw_request.form()
+        try:
+            if service is None or not wants_diarized(form):
+                if self.fallback is None:
+                    raise RequestError(404, "This server has no transcription handler", code="not_found")
+                return ReplayedRequest(self.fallback, body)
+            request = await read_diarize_request(form, service.served_models)
+            transcript = await service.transcribe(request)
+        except RequestError as e:
+            return e.response()
+        except AudioError as e:
+            return RequestError(400, str(e), code="invalid_audio", param="file").response()
+        except DecoderError as e:
+            log.exception("turnscribe: transcription failed")
+            return RequestError(500, str(e), code="transcription_failed").response()
+        finally:
+            await form.close()
+        return Response(render(transcript, DIARIZED_JSON), media_type="application/json")

@@ -1,0 +1,231 @@
+"""The vLLM endpoint plugin, without vLLM: a FastAPI app with a stand-in for vLLM's transcription route.
+
+The stand-in route has vLLM's shape (a form model whose response_format does not allow diarized_json), so these
+tests show what the plugin changes: diarized_json is answered by turnscribe on the engine client, everything else
+reaches the original handler with the request unchanged.
+"""
+
+import asyncio
+import importlib
+import io
+import json
+import logging
+import wave
+from argparse import Namespace
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Literal
+
+import numpy as np
+import pytest
+from fastapi import FastAPI, Form, UploadFile
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from pydantic import BaseModel, ConfigDict
+from test_server_scripted import SlotLinker
+from tiny_model import build_tokenizer
+from vllm_fakes import FakeEngine
+
+from turnscribe import Pipeline
+from turnscribe.decoders.vllm import AsyncVllmDecoder
+from turnscribe.prompt import PromptTokenError, diarize_prompt_tokens
+from turnscribe.types import SAMPLE_RATE
+from turnscribe.vllm_plugin import (
+    ENTRY_POINT,
+    STATE_KEY,
+    TRANSCRIPTIONS_PATH,
+    DiarizedTranscriptionPlugin,
+    DiarizeService,
+    served_model_names,
+)
+
+SCRIPT = "<|spltoken0|><|t:1.0|> Hello there. <|t:3.0|><|spltoken1|><|t:5.0|> General Kenobi. <|t:8.0|><|endoftext|>"
+ARGS = Namespace(model="/models/diarize", served_model_name=["syvai/cohere-transcribe-diarize"])
+
+
+class VllmTranscriptionForm(BaseModel):
+    """vLLM's TranscriptionRequest, cut to what matters here: diarized_json is not an allowed format."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    file: UploadFile
+    model: str | None = None
+    language: str | None = None
+    response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
+
+
+def vllm_like_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post(TRANSCRIPTIONS_PATH)
+    async def create_transcriptions(request: Annotated[VllmTranscriptionForm, Form()]):
+        audio = await request.file.read()
+        return {"handled_by": "vllm", "format": request.response_format, "bytes": len(audio), "model": request.model}
+
+    @app.get("/health")
+    async def health():
+        return {"ok": True}
+
+    return app
+
+
+def wav_bytes(seconds: float) -> bytes:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
+def scripted_service(engine: FakeEngine):
+    """The plugin's service as `DiarizeService.start` builds it, with a linker that needs no embedder."""
+
+    async def start(engine_client, args):
+        decoder = await AsyncVllmDecoder.for_engine(
+            engine_client, model_id=served_model_names(args)[0], batch_size=2, sampling_params=SimpleNamespace
+        )
+        return DiarizeService(Pipeline(decoder, SlotLinker()), served_model_names(args))
+
+    return start
+
+
+@pytest.fixture()
+def engine():
+    return FakeEngine(lambda prompt: SCRIPT)
+
+
+@pytest.fixture()
+def served(engine):
+    """(client, plugin, app) for a vLLM-like app with the plugin attached and its state initialised."""
+    app = vllm_like_app()
+    plugin = DiarizedTranscriptionPlugin(service_factory=scripted_service(engine))
+    plugin.attach_router(app)
+    with TestClient(app) as client:
+        client.portal.call(plugin.init_state, engine, app.state, ARGS)
+        yield client, plugin, app
+
+
+def post(client, audio: bytes, **fields):
+    return client.post(TRANSCRIPTIONS_PATH, files={"file": ("meeting.wav", audio, "audio/wav")}, data=fields)
+
+
+def test_plugin_route_comes_first_and_vllms_stays_as_the_fallback():
+    app = vllm_like_app()
+    plugin = DiarizedTranscriptionPlugin()
+    core = next(r for r in app.router.routes if isinstance(r, APIRoute) and r.path == TRANSCRIPTIONS_PATH)
+    plugin.attach_router(app)
+    matching = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == TRANSCRIPTIONS_PATH]
+    assert [r.endpoint for r in matching] == [plugin.create_transcription, core.endpoint]
+    assert plugin.fallback is core
+    assert TestClient(app).get("/health").json() == {"ok": True}
+
+
+def test_diarized_json_is_answered_by_turnscribe_on_the_engine(served, engine):
+    client, _, _ = served
+    response = post(
+        client, wav_bytes(40), model="syvai/cohere-transcribe-diarize", language="de", response_format="diarized_json"
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["task"] == "transcribe" and body["language"] == "de" and body["duration"] == pytest.approx(40.0)
+    # Two windows (0-28 s, 26-40 s), each scripted with two speakers; the overlap holds no speech.
+    assert [(s["start"], s["end"], s["speaker"], s["text"]) for s in body["segments"]] == [
+        (1.0, 3.0, "SPEAKER_00", "Hello there."),
+        (5.0, 8.0, "SPEAKER_01", "General Kenobi."),
+        (27.0, 29.0, "SPEAKER_00", "Hello there."),
+        (31.0, 34.0, "SPEAKER_01", "General Kenobi."),
+    ]
+    assert body["speakers"] == ["SPEAKER_00", "SPEAKER_01"] and body["usage"] == {"type": "duration", "seconds": 40}
+    # The engine got the diarize prompt for the request's language and the card's decoding, one request per window.
+    german = build_tokenizer().convert_tokens_to_ids(diarize_prompt_tokens("de"))
+    assert [p["prompt_token_ids"] for p, _, _ in engine.requests] == [german, german]
+    assert [len(p["multi_modal_data"]["audio"][0]) for p, _, _ in engine.requests] == [
+        28 * SAMPLE_RATE,
+        14 * SAMPLE_RATE,
+    ]
+    assert all(not params.skip_special_tokens and params.repetition_penalty == 1.2 for _, params, _ in engine.requests)
+
+
+def test_other_formats_reach_vllms_handler_with_the_body_unchanged(served, engine):
+    client, _, _ = served
+    audio = wav_bytes(3)
+    response = post(client, audio, model="syvai/cohere-transcribe-diarize", response_format="verbose_json")
+    assert response.status_code == 200
+    assert response.json() == {
+        "handled_by": "vllm",
+        "format": "verbose_json",
+        "bytes": len(audio),
+        "model": "syvai/cohere-transcribe-diarize",
+    }
+    assert post(client, audio).json()["format"] == "json"  # no response_format: vLLM's default
+    assert client.post(TRANSCRIPTIONS_PATH, json={"file": "x"}).status_code == 422  # not a form: vLLM's own error
+    assert engine.requests == []
+
+
+def test_requests_turnscribe_refuses_get_openai_errors(served):
+    client, _, _ = served
+    unknown = post(client, wav_bytes(2), model="whisper-1", response_format="diarized_json")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    klingon = post(client, wav_bytes(2), language="tlh", response_format="diarized_json")
+    assert klingon.status_code == 400 and klingon.json()["error"]["param"] == "language"
+    noise = post(client, b"this is not audio at all", response_format="diarized_json")
+    assert noise.status_code == 400 and noise.json()["error"]["code"] == "invalid_audio"
+    missing = client.post(TRANSCRIPTIONS_PATH, data={"response_format": "diarized_json"})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+
+
+def test_concurrent_requests_share_the_engine_without_blocking_its_loop(served, engine):
+    client, _, _ = served
+    audio = wav_bytes(30)
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: post(client, audio, response_format="diarized_json"), range(4)))
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all(len(r.json()["segments"]) == 4 for r in responses)
+    assert len(engine.requests) == 8
+
+
+def test_without_an_engine_or_a_diarize_model_vllm_answers_as_before(caplog):
+    for engine_client, factory in [(None, None), ("engine", PromptTokenError("no <|diarize|> token"))]:
+
+        async def failing(engine_client, args, error=factory):
+            raise error
+
+        app = vllm_like_app()
+        plugin = DiarizedTranscriptionPlugin(service_factory=failing)
+        plugin.attach_router(app)
+        with TestClient(app) as client, caplog.at_level(logging.WARNING):
+            client.portal.call(plugin.init_state, engine_client, app.state, ARGS)
+            assert getattr(app.state, STATE_KEY) is None
+            # vLLM's handler refuses diarized_json, as it would without the plugin.
+            assert post(client, wav_bytes(2), response_format="diarized_json").status_code == 422
+    assert "diarized_json stays off" in caplog.text
+
+
+def test_served_model_names_follow_vllm_serve_arguments():
+    assert served_model_names(Namespace(model="/m", served_model_name=None)) == ["/m"]
+    assert served_model_names(Namespace(model="/m", served_model_name=["a", "b"])) == ["a", "b"]
+    assert served_model_names(Namespace(model="/m", served_model_name="a")) == ["a"]
+
+
+def test_the_entry_point_names_a_factory_of_an_endpoint_plugin():
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    target = pyproject["project"]["entry-points"]["vllm.endpoint_plugins"][ENTRY_POINT]
+    module, _, attr = target.partition(":")
+    plugin = getattr(importlib.import_module(module), attr)()
+    # EndpointPlugin's protocol, as vLLM's docs define it.
+    assert plugin.name == ENTRY_POINT and plugin.required_tasks == ("transcription",)
+    assert callable(plugin.attach_router) and asyncio.iscoroutinefunction(plugin.init_state)
+
+
+def test_diarized_json_matches_the_model_cards_response(served):
+    client, _, _ = served
+    body = post(client, wav_bytes(10), response_format="diarized_json").json()
+    assert {"task", "language", "duration", "text", "segments", "speakers", "usage"} <= set(body)
+    assert body["text"] == "Hello there. General Kenobi."
+    assert json.loads(json.dumps(body)) == body
