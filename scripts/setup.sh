@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install turnscribe into it. `--test` also installs what the tests need
-# (test extras, and espeak-ng from the system's packages for synthetic voices).
+# (test extras; from the system's packages espeak-ng for synthetic voices and Chromium for the web page).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,11 +9,16 @@ PYTHON=${PYTHON:-python3}
 # multi-GB CUDA build. Override with TORCH_SPEC (e.g. TORCH_SPEC=torch for the default CUDA build).
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-if [[ "${1:-}" == "--test" ]] && ! command -v espeak-ng >/dev/null; then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
-  else
-    echo "warning: espeak-ng is missing (sudo apt-get install espeak-ng); voice tests will be skipped" >&2
+if [[ "${1:-}" == "--test" ]]; then
+  missing=()
+  command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+  command -v chromium >/dev/null || missing+=(chromium)
+  if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      echo "warning: missing ${missing[*]} (sudo apt-get install ${missing[*]}); their tests will be skipped" >&2
+    fi
   fi
 fi
 

@@ -24,8 +24,9 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Response, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json", "rttm", "seglst"]
 STREAMABLE = ("json", "text", "diarized_json")
+STATIC = Path(__file__).parent / "static"  # the web page: a client of this API
 _FORM_SLACK = 1 << 20  # bytes of multipart framing and text fields allowed on top of the file itself
 
 
@@ -308,6 +310,13 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         metrics.requests.labels(request.method, route, str(response.status_code)).inc()
         metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
         return response
+
+    page = (STATIC / "index.html").read_text().replace("__LANGUAGES__", json.dumps(LANGUAGES))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def web_page() -> HTMLResponse:
+        return HTMLResponse(page)
 
     @app.get("/health", summary="The process is up")
     def health() -> dict[str, str]:

@@ -1,0 +1,108 @@
+"""The web page, driven in a real headless Chromium (playwright) against the server on loopback."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_pipeline import FakeEmbedder, tone, write_wav
+from test_server import KEY, TIMEOUT, library_result, running, settings_for
+from test_server_scripted import script
+
+from turnscribe import Pipeline
+from turnscribe.decoders import ScriptedDecoder
+from turnscribe.speakers import ClusteringLinker
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (apt-get install chromium)")
+WAIT_MS = int(TIMEOUT * 1000)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    settings = settings_for(tmp_path_factory.mktemp("web"), janitor_interval_s=0.05)
+    with running(settings, lambda: Pipeline(ScriptedDecoder(script), ClusteringLinker(FakeEmbedder()))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(server + "/")
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recording") / "meeting.wav"
+    write_wav(path, tone(70))
+    return path
+
+
+def transcribe(page, path: Path, key: str = KEY) -> None:
+    page.fill("#key", key)
+    page.set_input_files("#file", str(path))
+    page.select_option("#language", "en")
+    page.click("#start")
+
+
+def rows(page) -> list[tuple[str, str]]:
+    return [
+        (row.query_selector("td.speaker").inner_text(), row.query_selector_all("td")[3].inner_text())
+        for row in page.query_selector_all("#transcript tbody tr")
+    ]
+
+
+def test_a_recording_is_transcribed_shown_and_downloaded(page, server, recording):
+    assert page.title() == "turnscribe"
+    assert page.locator("#language option").count() == 14
+    transcribe(page, recording)
+    page.wait_for_selector("#result:not([hidden])")
+    expected = library_result(recording)
+    assert rows(page) == [(speaker, text) for _, _, text, speaker in expected]
+    assert page.inner_text("#message").startswith("Done: meeting.wav")
+    job_id = page.evaluate("location.hash").removeprefix("#job=")
+
+    with page.expect_download() as download:
+        page.click("#downloads button[data-format=srt]")
+    assert download.value.suggested_filename == "meeting.srt"
+    served = httpx.get(
+        f"{server}/v1/audio/jobs/{job_id}/result",
+        params={"response_format": "srt"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=TIMEOUT,
+    ).text
+    assert Path(download.value.path()).read_text() == served and "SPEAKER_00: window 0 one" in served
+
+    # The job id is in the URL: a reload shows the same transcript without uploading again.
+    page.reload()
+    page.wait_for_selector("#result:not([hidden])")
+    assert rows(page) == [(speaker, text) for _, _, text, speaker in expected]
+
+
+def test_errors_from_the_api_are_shown(page, recording, tmp_path):
+    transcribe(page, recording, key="wrong-key")
+    page.wait_for_selector("#message.error")
+    assert "API key" in page.inner_text("#message")
+    assert page.is_hidden("#result")
+
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not audio at all\n")
+    transcribe(page, notes)
+    page.wait_for_function("document.querySelector('#message').textContent.includes('notes.wav')")
+    assert page.is_visible("#message.error")
