@@ -49,7 +49,11 @@ def test_ami_windows_targets_and_shards(tmp_path: Path) -> None:
     assert {c.id.split("-")[0] for c in splits["train"]} == {"ES2002a"}
 
     summaries = data.prepare_windows(
-        tmp_path / "out", {"train": splits["train"], "dev": splits["dev"]}, data.WindowConfig(), language="en", source="t"
+        tmp_path / "out",
+        {"train": splits["train"], "dev": splits["dev"]},
+        data.WindowConfig(),
+        language="en",
+        source="t",
     )
 
     # 40 s → windows at 0 s (five speakers: left out) and 14 s (26 s long).
@@ -128,7 +132,11 @@ def test_librispeech_mixtures(tmp_path: Path) -> None:
 
 def test_user_corpus_from_seglst_via_cli(tmp_path: Path) -> None:
     sessions = {
-        "call1": [("alice", 1.0, 6.0, "Hello, how are you?"), ("bob", 7.0, 12.0, "Fine, thanks."), ("alice", 25.0, 33.0, "This turn crosses the window edge.")],
+        "call1": [
+            ("alice", 1.0, 6.0, "Hello, how are you?"),
+            ("bob", 7.0, 12.0, "Fine, thanks."),
+            ("alice", 25.0, 33.0, "This turn crosses the window edge."),
+        ],
         "call2": [("carol", 2.0, 8.0, "Testing one two three."), ("dave", 9.0, 12.0, "Loud and clear.")],
     }
     audio, segments = [], []

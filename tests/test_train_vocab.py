@@ -46,9 +46,10 @@ def test_base_checkpoint_is_extended_saved_and_reloaded(tmp_path: Path, layout: 
     assert (new.mean(0) - old.mean(0)).abs().max() < 3 * old.std(0).max() / len(new) ** 0.5 + 1e-6
     assert 0.5 < new.std(0).mean() / old.std(0).mean() < 2.0
     # The text tokens still tokenize as before.
-    assert tokenizer("Hello", add_special_tokens=False).input_ids == base_processor.tokenizer(
-        "Hello", add_special_tokens=False
-    ).input_ids
+    assert (
+        tokenizer("Hello", add_special_tokens=False).input_ids
+        == base_processor.tokenizer("Hello", add_special_tokens=False).input_ids
+    )
 
 
 def test_extension_is_idempotent(tmp_path: Path) -> None:
@@ -61,7 +62,10 @@ def test_extension_is_idempotent(tmp_path: Path) -> None:
     assert _digest(extended) == before
     # Into another folder: the same weights as the input.
     extend_checkpoint(extended, tmp_path / "copy")
-    first, second = load_file(str(extended / "model.safetensors")), load_file(str(tmp_path / "copy" / "model.safetensors"))
+    first, second = (
+        load_file(str(extended / "model.safetensors")),
+        load_file(str(tmp_path / "copy" / "model.safetensors")),
+    )
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 

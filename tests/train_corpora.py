@@ -29,7 +29,9 @@ class Turn:
     def words(self) -> list[tuple[float, float, str]]:
         words = self.text.split()
         step = (self.end - self.start) / len(words)
-        return [(round(self.start + i * step, 3), round(self.start + (i + 1) * step, 3), w) for i, w in enumerate(words)]
+        return [
+            (round(self.start + i * step, 3), round(self.start + (i + 1) * step, 3), w) for i, w in enumerate(words)
+        ]
 
 
 def tone_audio(duration_s: float, seed: int) -> np.ndarray:
@@ -56,7 +58,7 @@ def write_ami(root: Path, meetings: dict[str, tuple[float, list[Turn]]]) -> Path
         for agent in agents:
             mine = [t for t in turns if t.agent == agent]
             segments = "".join(
-                f'<segment nite:id="{meeting}.{agent}.seg.{i}" transcriber_start="{t.start}" transcriber_end="{t.end}"/>'
+                f'<segment nite:id="{meeting}.{agent}.s{i}" transcriber_start="{t.start}" transcriber_end="{t.end}"/>'
                 for i, t in enumerate(mine)
             )
             (annotations / "segments" / f"{meeting}.{agent}.segments.xml").write_text(
@@ -67,7 +69,9 @@ def write_ami(root: Path, meetings: dict[str, tuple[float, list[Turn]]]) -> Path
                 for i, t in enumerate(mine)
                 for j, (s, e, w) in enumerate(t.words())
             )
-            (annotations / "words" / f"{meeting}.{agent}.words.xml").write_text(f"<nite:root {_NITE}>{words}</nite:root>")
+            (annotations / "words" / f"{meeting}.{agent}.words.xml").write_text(
+                f"<nite:root {_NITE}>{words}</nite:root>"
+            )
     (annotations / "corpusResources" / "meetings.xml").write_text(f"<meetings>{''.join(entries)}</meetings>")
     return root
 

@@ -222,7 +222,9 @@ def librispeech_cuts(corpus_dir: Path, parts: Sequence[str] | str = "auto") -> A
     from lhotse.recipes import prepare_librispeech
 
     manifests = prepare_librispeech(corpus_dir, dataset_parts=parts)
-    sets = [CutSet.from_manifests(recordings=m["recordings"], supervisions=m["supervisions"]) for m in manifests.values()]
+    sets = [
+        CutSet.from_manifests(recordings=m["recordings"], supervisions=m["supervisions"]) for m in manifests.values()
+    ]
     if not sets or not sum(len(s) for s in sets):
         raise DataPreparationError(f"No LibriSpeech utterances under {corpus_dir}")
     return CutSet.from_cuts(c for s in sets for c in s)
@@ -231,9 +233,7 @@ def librispeech_cuts(corpus_dir: Path, parts: Sequence[str] | str = "auto") -> A
 # --- windows and mixtures ------------------------------------------------------------------------------------
 
 
-def windows(
-    recordings: Any, config: WindowConfig, language: str, summary: SplitSummary
-) -> list[Any]:
+def windows(recordings: Any, config: WindowConfig, language: str, summary: SplitSummary) -> list[Any]:
     """Every recording cut into windows that carry their target; the reasons for the ones left out are counted."""
     kept = []
     dropped: Counter[str] = Counter()

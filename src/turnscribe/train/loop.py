@@ -14,8 +14,8 @@ import logging
 import math
 import shutil
 import time
-from contextlib import nullcontext
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from itertools import islice
 from pathlib import Path
@@ -247,9 +247,7 @@ def evaluate_windows(model: Any, processor: Any, cuts: Sequence[Any], *, step: i
             loss_sum += float(token_loss_sum(model, batch))
             tokens += int((batch["labels"] != IGNORE_INDEX).sum())
     # A copy of the processor: the decoder turns dither off, the training collator keeps it.
-    decoder = TransformersDecoder(
-        device=str(device), batch_size=batch_size, loaded=(copy.deepcopy(processor), model)
-    )
+    decoder = TransformersDecoder(device=str(device), batch_size=batch_size, loaded=(copy.deepcopy(processor), model))
     reference, hypothesis = [], []
     for i in range(0, len(cuts), batch_size):
         chunk = cuts[i : i + batch_size]
@@ -275,9 +273,7 @@ def evaluate_windows(model: Any, processor: Any, cuts: Sequence[Any], *, step: i
 
 
 def _segments(session: str, stream: str, duration: float) -> list[dict[str, Any]]:
-    turns = [
-        ReferenceTurn(s.start, s.end, f"slot{s.slot}", s.text) for s in parse_window(stream, duration).segments
-    ]
+    turns = [ReferenceTurn(s.start, s.end, f"slot{s.slot}", s.text) for s in parse_window(stream, duration).segments]
     return [
         {"session_id": session, "speaker": t.speaker, "start_time": t.start, "end_time": t.end, "words": t.text}
         for t in turns
@@ -352,8 +348,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     processor, model = load_model(config.model, "cpu", torch.float32, False, None)
     extension = extend_vocabulary(model, processor.tokenizer, init=config.vocab_init, seed=config.seed)
     if extension.changed:
-        log.info("vocabulary extended: %d tokens added, %d → %d rows", len(extension.added_tokens),
-                 extension.rows_before, extension.rows_after)
+        log.info(
+            "vocabulary extended: %d tokens added, %d → %d rows",
+            len(extension.added_tokens),
+            extension.rows_before,
+            extension.rows_after,
+        )
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -408,8 +408,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             rank=accelerator.process_index,
         )
         sampler.set_epoch(state.epoch)
-        loader = DataLoader(
-            _CutsDataset(collate),
+        loader: DataLoader[dict[str, Any]] = DataLoader(
+            _CutsDataset(collate),  # type: ignore[arg-type]  # map-style by __getitem__, keyed by CutSets
             sampler=_Skip(sampler, state.batches_in_epoch),
             batch_size=None,
             num_workers=config.num_workers,
@@ -441,8 +441,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             step_times.append(now - step_started)
             step_started = now
             if accelerator.is_main_process and (state.step % config.log_every == 0 or state.step == last_step):
-                record = {"step": state.step, "epoch": state.epoch, "loss": loss_total, "lr": scheduler.get_last_lr()[0],
-                          "seconds": step_times[-1]}
+                record = {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "loss": loss_total,
+                    "lr": scheduler.get_last_lr()[0],
+                    "seconds": step_times[-1],
+                }
                 _append_json(log_file, record)
                 accelerator.print(f"step {state.step}/{total_steps}  loss {loss_total:.4f}  lr {record['lr']:.2e}")
             if config.eval_every and state.step % config.eval_every == 0 and state.step < last_step:

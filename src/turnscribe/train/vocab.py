@@ -44,7 +44,9 @@ def missing_tokens(tokenizer: Any) -> list[str]:
     return [t for t in DIARIZE_TOKENS if t not in vocab]
 
 
-def extend_vocabulary(model: Any, tokenizer: Any, *, init: RowInit = "covariance", seed: int = 0) -> VocabularyExtension:
+def extend_vocabulary(
+    model: Any, tokenizer: Any, *, init: RowInit = "covariance", seed: int = 0
+) -> VocabularyExtension:
     """Add the diarize tokens to `tokenizer` and fit `model`'s embedding and LM head to it, in place."""
     import torch
     from tokenizers import AddedToken
