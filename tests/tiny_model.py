@@ -43,6 +43,9 @@ SPECIAL_TOKENS = [
     *SPEAKER_TOKENS,
     *TIMESTAMP_TOKENS,
 ]
+# What the base model (Cohere Transcribe, before the diarize fine-tune) lacks: `turnscribe train` adds these.
+DIARIZE_ONLY_TOKENS = {"<|timestamp|>", "<|diarize|>", *SPEAKER_TOKENS, *TIMESTAMP_TOKENS}
+BASE_SPECIAL_TOKENS = [t for t in SPECIAL_TOKENS if t not in DIARIZE_ONLY_TOKENS]
 # Character-level text vocabulary: any scripted sentence over these characters can be forced.
 TEXT_TOKENS = ["▁", *string.ascii_letters, *string.digits, *".,?!'-"]
 
@@ -84,12 +87,12 @@ _DECODER_ATTENTION = [
 ]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + TEXT_TOKENS)}
+def build_tokenizer(special_tokens: Sequence[str] = SPECIAL_TOKENS) -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate([*special_tokens, *TEXT_TOKENS])}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -122,8 +125,9 @@ def tiny_config(vocab_size: int, start_id: int) -> CohereAsrConfig:
     )
 
 
-def build_checkpoint(path: Path, layout: str = "native", seed: int = 0) -> Path:
-    tokenizer = build_tokenizer()
+def build_checkpoint(path: Path, layout: str = "native", seed: int = 0, *, diarize_vocabulary: bool = True) -> Path:
+    """`diarize_vocabulary=False` builds a stand-in for the base model: no speaker, timestamp or diarize tokens."""
+    tokenizer = build_tokenizer(SPECIAL_TOKENS if diarize_vocabulary else BASE_SPECIAL_TOKENS)
     config = tiny_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<|startofcontext|>"))
     torch.manual_seed(seed)
     model = CohereAsrForConditionalGeneration(config).eval()

@@ -26,6 +26,7 @@ from .formats import extension, format_names, write
 from .pipeline import ProgressEvent
 from .prompt import LANGUAGES, check_language
 from .server.cli import serve
+from .train.cli import register as register_training
 from .types import TurnscribeError
 from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, check_window
 
@@ -219,3 +220,4 @@ def transcribe(
 
 app.command("eval")(eval_command)
 app.command()(serve)
+register_training(app)

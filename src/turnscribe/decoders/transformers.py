@@ -58,14 +58,16 @@ class TransformersDecoder:
         trust_remote_code: bool = False,
         revision: str | None = None,
         logits_processor_factory: LogitsProcessorFactory | None = None,
+        loaded: tuple[Any, Any] | None = None,
     ) -> None:
+        """`loaded`: (processor, model) already in memory on `device` (a model being trained); nothing is loaded."""
         self.model_id = str(model)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens  # None: sized to the longest window of each batch
         self.device, self.dtype = pick_device(device)
         # Tests force scripted outputs through a logits processor; users may add their own constraints.
         self.logits_processor_factory = logits_processor_factory
-        self.processor, self.model = load_model(model, self.device, self.dtype, trust_remote_code, revision)
+        self.processor, self.model = loaded or load_model(model, self.device, self.dtype, trust_remote_code, revision)
         # Dither adds random noise to the features: fine in training, non-deterministic at inference.
         if hasattr(self.processor.feature_extractor, "dither"):
             self.processor.feature_extractor.dither = 0.0
