@@ -3,6 +3,7 @@ can be cancelled, time out, report progress and hand out segments as soon as lat
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -17,12 +18,12 @@ from ..audio import AudioError, audio_duration, load_audio
 from ..parse import parse_window
 from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent
 from ..prompt import LanguageError, check_language
+from ..scheduler import BatchScheduler, ScheduledDecoder
 from ..stitch import stitch
 from ..types import SAMPLE_RATE, ParsedWindow, StitchedSegment, Transcript, TurnscribeError, WindowSpan
 from ..windows import plan_windows
 from .errors import APIError
 from .metrics import Metrics
-from .scheduler import BatchScheduler, ScheduledDecoder
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -205,9 +206,9 @@ class Engine:
         self._check_duration(len(samples) / SAMPLE_RATE, source)
         decoder = ScheduledDecoder(self.scheduler)
         # A per-run Pipeline (cheap: it only holds references) so that this run's decoder records its outputs.
-        pipeline = Pipeline(
-            decoder, self.pipeline.speakers, window_s=self.pipeline.window_s, overlap_s=self.pipeline.overlap_s
-        )
+        # Its own linker copy too: linkers keep per-recording state (the calibrated threshold).
+        speakers = copy.copy(self.pipeline.speakers)
+        pipeline = Pipeline(decoder, speakers, window_s=self.pipeline.window_s, overlap_s=self.pipeline.overlap_s)
         spans = plan_windows(len(samples), pipeline.window_s, pipeline.overlap_s)
         settled = SettledSegments(spans, language, decoder.outputs, on_segment) if on_segment else None
 
