@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 from . import DEFAULT_EMBEDDER, DEFAULT_MODEL, __version__, build_pipeline
+from .bench import bench_command
 from .evaluation.cli import eval_command
 from .formats import extension, format_names, write
 from .pipeline import ProgressEvent
@@ -234,3 +235,4 @@ def transcribe(
 
 app.command("eval")(eval_command)
 app.command()(serve)
+app.command("bench")(bench_command)

@@ -267,6 +267,7 @@ def run_many(
     inputs: Iterable[AudioInput],
     *,
     language: str = "en",
+    sampling_rate: int | None = None,
     files_at_once: int = 4,
     max_pending: int = DEFAULT_MAX_PENDING,
     progress: ProgressCallback | None = None,
@@ -274,7 +275,8 @@ def run_many(
     """Transcribe many inputs through one scheduler, yielding each result as it finishes (not in input order).
 
     Up to `files_at_once` files are read, windowed, stitched and linked at once, each in its own thread; their
-    windows share the decoder's batches. A file that fails yields its error; the others go on.
+    windows share the decoder's batches. A file that fails yields its error; the others go on. Arrays and
+    tensors need `sampling_rate`.
     """
     from .pipeline import Pipeline
 
@@ -292,7 +294,10 @@ def run_many(
             overlap_s=pipeline.overlap_s,
         )
         try:
-            return FileResult(index, source, run.run(audio, language=language, progress=progress, source=source), None)
+            transcript = run.run(
+                audio, language=language, sampling_rate=sampling_rate, progress=progress, source=source
+            )
+            return FileResult(index, source, transcript, None)
         except TurnscribeError as error:
             return FileResult(index, source, None, error)
 
