@@ -175,8 +175,13 @@ class TransformersDecoder:
         new_tokens = self.generate_ids(windows, language)
         return list(self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False))
 
-    def generate_ids(self, windows: Sequence[WindowAudio], language: str, **generate_options: Any) -> Any:
+    def generate_ids(self, windows: Sequence[WindowAudio], language: str) -> Any:
         """The new token ids per window (prompt removed), as a CPU tensor padded with the pad id."""
+        return self.generate(windows, language)[:, len(self.prompt_ids(language)) :].cpu()
+
+    def generate(self, windows: Sequence[WindowAudio], language: str, **generate_options: Any) -> Any:
+        """`model.generate()` on the windows with the diarize prompt, as `decode` runs it; `generate_options`
+        go to it too (e.g. output_logits=True, return_dict_in_generate=True)."""
         import torch
         from transformers import LogitsProcessorList
 
@@ -228,8 +233,7 @@ class TransformersDecoder:
                 **options,
                 **generate_options,
             )
-        sequences = out.sequences if hasattr(out, "sequences") else out
-        return sequences[:, len(prompt) :].cpu()
+        return out
 
 
 def _compile_everywhere() -> Any:
