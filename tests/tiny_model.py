@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import string
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     CohereAsrConfig,
     CohereAsrFeatureExtractor,
@@ -28,26 +26,11 @@ from transformers import (
 )
 
 from turnscribe.prompt import LANGUAGES, SPEAKER_TOKENS, TIMESTAMP_TOKENS
+from turnscribe.random_model import SPECIAL_TOKENS, ForcedTokens, build_tokenizer, model_config
 
-SPECIAL_TOKENS = [
-    "<unk>",
-    "<|nospeech|>",
-    "<pad>",
-    "<|endoftext|>",
-    "<|startoftranscript|>",
-    "<|startofcontext|>",
-    "<|emo:undefined|>",
-    *[f"<|{code}|>" for code in LANGUAGES],
-    *["<|pnc|>", "<|nopnc|>", "<|itn|>", "<|noitn|>", "<|timestamp|>", "<|notimestamp|>", "<|diarize|>"],
-    "<|nodiarize|>",
-    *SPEAKER_TOKENS,
-    *TIMESTAMP_TOKENS,
-]
 # What the base model (Cohere Transcribe, before the diarize fine-tune) lacks: `turnscribe train` adds these.
 DIARIZE_ONLY_TOKENS = {"<|timestamp|>", "<|diarize|>", *SPEAKER_TOKENS, *TIMESTAMP_TOKENS}
 BASE_SPECIAL_TOKENS = [t for t in SPECIAL_TOKENS if t not in DIARIZE_ONLY_TOKENS]
-# Character-level text vocabulary: any scripted sentence over these characters can be forced.
-TEXT_TOKENS = ["▁", *string.ascii_letters, *string.digits, *".,?!'-"]
 
 # native weight name → original name (the inverse of transformers' conversion mapping for cohere_asr)
 _TO_ORIGINAL = [
@@ -87,48 +70,10 @@ _DECODER_ATTENTION = [
 ]
 
 
-def build_tokenizer(special_tokens: Sequence[str] = SPECIAL_TOKENS) -> PreTrainedTokenizerFast:
-    vocab = {t: i for i, t in enumerate([*special_tokens, *TEXT_TOKENS])}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="<|endoftext|>",
-        bos_token="<|startoftranscript|>",
-    )
-
-
-def tiny_config(vocab_size: int, start_id: int) -> CohereAsrConfig:
-    return CohereAsrConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=1024,
-        pad_token_id=2,
-        eos_token_id=3,
-        bos_token_id=4,
-        decoder_start_token_id=start_id,
-        encoder_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "subsampling_conv_channels": 8,
-            "num_mel_bins": 128,
-        },
-    )
-
-
 def build_checkpoint(path: Path, layout: str = "native", seed: int = 0, *, diarize_vocabulary: bool = True) -> Path:
     """`diarize_vocabulary=False` builds a stand-in for the base model: no speaker, timestamp or diarize tokens."""
     tokenizer = build_tokenizer(SPECIAL_TOKENS if diarize_vocabulary else BASE_SPECIAL_TOKENS)
-    config = tiny_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<|startofcontext|>"))
+    config = model_config("tiny", tokenizer)
     torch.manual_seed(seed)
     model = CohereAsrForConditionalGeneration(config).eval()
     processor = CohereAsrProcessor(feature_extractor=CohereAsrFeatureExtractor(), tokenizer=tokenizer)
@@ -201,20 +146,7 @@ def _to_original_layout(path: Path, config: CohereAsrConfig) -> None:
     (path / "processor_config.json").unlink(missing_ok=True)
 
 
-class ScriptedLogits(LogitsProcessor):
-    """Forces each batch row to emit its scripted token ids, then end-of-text."""
-
-    def __init__(self, scripts: Sequence[Sequence[int]], prompt_len: int, eos_id: int):
-        self.scripts = [list(s) + [eos_id] for s in scripts]
-        self.prompt_len = prompt_len
-        self.eos_id = eos_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = input_ids.shape[1] - self.prompt_len
-        forced = torch.full_like(scores, float("-inf"))
-        for row, script in enumerate(self.scripts):
-            forced[row, script[step] if step < len(script) else self.eos_id] = 0.0
-        return forced
+ScriptedLogits = ForcedTokens  # forces each batch row to emit its scripted token ids, then end-of-text
 
 
 class Script:

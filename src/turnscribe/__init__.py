@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -17,6 +17,7 @@ from .audio import AudioError, AudioInput, load_audio
 from .decoders.base import Decoder, DecoderError, WindowAudio
 from .pipeline import Pipeline, ProgressCallback, ProgressEvent
 from .prompt import LANGUAGES, LanguageError
+from .scheduler import FileResult, run_many
 from .types import Repair, Segment, Transcript, TranscriptMetadata, TurnscribeError
 from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S
 
@@ -43,13 +44,18 @@ def build_pipeline(
     linker: str = "slots",
     known_speakers: Mapping[str, AudioInput] | None = None,
     device: str = "auto",
-    batch_size: int = 4,
+    batch_size: int | None = 4,
     window_s: float = DEFAULT_WINDOW_S,
     overlap_s: float = DEFAULT_OVERLAP_S,
     trust_remote_code: bool = False,
     backend: str = "transformers",
+    fast: bool = False,
 ) -> Pipeline:
     """Load the parts once; reuse the pipeline for many files.
+
+    `batch_size=None`: as many windows per batch as fit in free GPU memory (4 on the CPU; the vLLM backend
+    batches by itself). `fast`: the transformers backend's speed-ups (`SpeedOptions.fast`: SDPA; on CUDA also
+    GPU features, a static KV cache and a compiled decoding step), which keep the token ids of the plain path.
 
     `linker`: "slots" (default: links the model's per-window speakers under constraints, threshold calibrated
     per recording) or "baseline" (the model card's recipe: every segment clustered at a fixed threshold).
@@ -77,7 +83,7 @@ def build_pipeline(
     else:
         speakers = ClusteringLinker(loaded, **counts)
     if decoder is None:
-        decoder = load_decoder(backend, DecoderOptions(model, device_name, batch_size, trust_remote_code))
+        decoder = load_decoder(backend, DecoderOptions(model, device_name, batch_size, trust_remote_code, fast))
     return Pipeline(decoder, speakers, window_s=window_s, overlap_s=overlap_s)
 
 
@@ -101,6 +107,26 @@ def transcribe(
     return pipeline.run(audio, language=language, sampling_rate=sampling_rate, progress=progress)
 
 
+def transcribe_many(
+    inputs: Iterable[AudioInput],
+    *,
+    language: str = "en",
+    files_at_once: int = 4,
+    progress: ProgressCallback | None = None,
+    **options: object,
+) -> Iterator[FileResult]:
+    """Transcribe many recordings with one model, yielding a `FileResult` per input as each finishes.
+
+    The windows of all files in flight share the model's batches (`turnscribe.scheduler`); a file that fails
+    yields its error and the others go on. `options` are those of `build_pipeline`.
+    """
+    from .prompt import check_language
+
+    check_language(language)
+    pipeline = build_pipeline(**options)  # type: ignore[arg-type]
+    return run_many(pipeline, inputs, language=language, files_at_once=files_at_once, progress=progress)
+
+
 __all__ = [
     "DEFAULT_MODEL",
     "LANGUAGES",
@@ -108,6 +134,7 @@ __all__ = [
     "AudioInput",
     "Decoder",
     "DecoderError",
+    "FileResult",
     "LanguageError",
     "Pipeline",
     "ProgressEvent",
@@ -121,4 +148,5 @@ __all__ = [
     "build_pipeline",
     "load_audio",
     "transcribe",
+    "transcribe_many",
 ]

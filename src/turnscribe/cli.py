@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -20,11 +21,13 @@ from rich.progress import (
 )
 
 from . import DEFAULT_EMBEDDER, DEFAULT_MODEL, __version__, build_pipeline
+from .bench import bench_command
 from .decoders.backends import BACKENDS
 from .evaluation.cli import eval_command
 from .formats import extension, format_names, write
 from .pipeline import ProgressEvent
 from .prompt import LANGUAGES, check_language
+from .scheduler import run_many
 from .server.cli import serve
 from .train.cli import register as register_training
 from .types import TurnscribeError
@@ -125,7 +128,13 @@ def transcribe(
         list[str] | None, typer.Option(help="KEY=VALUE passed to the embedder (e.g. hub_dir=PATH); repeatable.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Windows per generate() call.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option(min=0, help="Windows per generate() call; 0: as many as fit in free GPU memory.")
+    ] = 4,
+    fast: Annotated[
+        bool,
+        typer.Option(help="Speed-ups that keep the same output: SDPA; on CUDA GPU features, static cache, compile."),
+    ] = False,
     window: Annotated[float, typer.Option(help="Window length in seconds (at most 30).")] = DEFAULT_WINDOW_S,
     overlap: Annotated[float, typer.Option(help="Overlap between windows in seconds.")] = DEFAULT_OVERLAP_S,
     trust_remote_code: Annotated[
@@ -167,11 +176,12 @@ def transcribe(
                 linker=linker,
                 known_speakers=known_speakers,
                 device=device,
-                batch_size=batch_size,
+                batch_size=batch_size or None,
                 window_s=window,
                 overlap_s=overlap,
                 trust_remote_code=trust_remote_code,
                 backend=backend,
+                fast=fast,
             )
     except (TurnscribeError, ValueError) as e:
         console.print(f"[red]error[/red] {escape(str(e))}")
@@ -187,15 +197,23 @@ def transcribe(
     )
     with Progress(*columns, console=console, transient=True) as bar:
         files_task = bar.add_task("files", total=len(todo))
-        for path in todo:
-            windows_task = bar.add_task(f"  {path.name}", total=None)
+        window_tasks: dict[str, TaskID] = {}
+        lock = threading.Lock()  # files run in worker threads; their windows share the model's batches
 
-            def on_progress(event: ProgressEvent, task: TaskID = windows_task) -> None:
-                if event.kind == "window":
-                    bar.update(task, completed=event.done, total=event.total)
+        def on_progress(event: ProgressEvent) -> None:
+            if event.kind == "window" and event.source is not None:
+                with lock:
+                    if event.source not in window_tasks:
+                        window_tasks[event.source] = bar.add_task(f"  {Path(event.source).name}", total=event.total)
+                    bar.update(window_tasks[event.source], completed=event.done, total=event.total)
 
+        for result in run_many(pipeline, todo, language=language, progress=on_progress):
+            path = todo[result.index]
             try:
-                transcript = pipeline.run(path, language=language, progress=on_progress, source=str(path))
+                if result.error is not None:
+                    raise result.error
+                assert result.transcript is not None
+                transcript = result.transcript
                 written = [
                     write(transcript, fmt, output_dir / f"{path.stem}{extension(fmt)}", uri=path.stem)
                     for fmt in formats
@@ -211,7 +229,9 @@ def transcribe(
                     f"[green]done[/green] {path}: {transcript.duration:.1f}s, {len(transcript.speakers)} speakers, "
                     f"{len(transcript.segments)} segments → {', '.join(str(p) for p in written)}"
                 )
-            bar.remove_task(windows_task)
+            with lock:
+                if (task := window_tasks.pop(str(path), None)) is not None:
+                    bar.remove_task(task)
             bar.advance(files_task)
     if failed:
         console.print(f"[red]{failed} of {len(files)} files failed[/red]")
@@ -221,3 +241,4 @@ def transcribe(
 app.command("eval")(eval_command)
 app.command()(serve)
 register_training(app)
+app.command("bench")(bench_command)

@@ -5,16 +5,19 @@ The CLI, and later the server and batch runner, are thin shells over `Pipeline.r
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .audio import AudioInput, load_audio
-from .decoders.base import Decoder, DecoderError, WindowAudio
+from .decoders.base import Decoder, DecoderError, StreamingDecoder, WindowAudio
 from .parse import parse_window
 from .prompt import check_language
 from .stitch import stitch
@@ -123,25 +126,78 @@ class Pipeline:
         progress: ProgressCallback | None,
         source: str | None,
     ) -> list[tuple[WindowSpan, ParsedWindow]]:
+        outputs = (
+            self._stream_outputs(self.decoder, samples, spans, language, repairs)
+            if isinstance(self.decoder, StreamingDecoder)
+            else self._batch_outputs(samples, spans, language, repairs)
+        )
         parsed: list[tuple[WindowSpan, ParsedWindow]] = []
-        done = failed = 0
-        for batch in _batches(spans, self.decoder.batch_size):
-            windows = [WindowAudio(s, samples[s.start_sample : s.end_sample]) for s in batch]
-            audible = [w for w in windows if np.abs(w.samples).max(initial=0.0) >= SILENCE_PEAK]
-            outputs = dict(zip((w.span.index for w in audible), self._decode_batch(audible, language, repairs)))
-            for w in windows:
-                raw = outputs.get(w.span.index, "")
+        failed = 0
+        for group in outputs:  # progress after each group of windows that arrived together
+            for span, raw in group:
                 if raw is None:
                     failed += 1
-                    raw = ""
-                parsed.append((w.span, parse_window(raw, w.span.duration, w.span.index)))
+                parsed.append((span, parse_window(raw or "", span.duration, span.index)))
                 repairs.extend(parsed[-1][1].repairs)
-            done += len(batch)
             if progress:
-                progress(ProgressEvent("window", done, len(spans), source))
+                progress(ProgressEvent("window", len(parsed), len(spans), source))
         if spans and failed == len(spans):
             raise DecoderError(f"Every window failed to decode; see the log. First failure: {repairs[0].detail}")
         return parsed
+
+    @staticmethod
+    def _window(samples: np.ndarray, span: WindowSpan) -> tuple[WindowAudio, bool]:
+        window = WindowAudio(span, samples[span.start_sample : span.end_sample])
+        return window, bool(np.abs(window.samples).max(initial=0.0) >= SILENCE_PEAK)
+
+    def _batch_outputs(
+        self, samples: np.ndarray, spans: Sequence[WindowSpan], language: str, repairs: list[Repair]
+    ) -> Iterator[list[tuple[WindowSpan, str | None]]]:
+        """Each batch's raw outputs in order (None: failed), decoded `batch_size` windows per call."""
+        for batch in _batches(spans, self.decoder.batch_size):
+            windows = [self._window(samples, s) for s in batch]
+            audible = [w for w, loud in windows if loud]
+            outputs = dict(zip((w.span.index for w in audible), self._decode_batch(audible, language, repairs)))
+            yield [(w.span, outputs.get(w.span.index, "")) for w, _ in windows]
+
+    def _stream_outputs(
+        self,
+        decoder: StreamingDecoder,
+        samples: np.ndarray,
+        spans: Sequence[WindowSpan],
+        language: str,
+        repairs: list[Repair],
+    ) -> Iterator[list[tuple[WindowSpan, str | None]]]:
+        """Each window's raw output in order, one at a time; up to `batch_size` windows are queued ahead of it.
+
+        Windows are submitted in groups (whenever half the look-ahead has drained), so that a batch can form from
+        them; the scheduler's own queue bound blocks `submit` when the model is behind.
+        """
+        ahead = max(1, decoder.batch_size)
+        todo = iter(spans)
+        in_flight: deque[tuple[WindowSpan, Future[str] | None]] = deque()
+        try:
+            while True:
+                if len(in_flight) <= ahead // 2:
+                    group = [self._window(samples, s) for s in itertools.islice(todo, ahead - len(in_flight))]
+                    futures = iter(decoder.submit([w for w, loud in group if loud], language))
+                    in_flight.extend((w.span, next(futures) if loud else None) for w, loud in group)
+                if not in_flight:
+                    return
+                span, future = in_flight.popleft()
+                raw: str | None = ""  # silence: nothing to say
+                if future is not None:
+                    try:
+                        raw = future.result()
+                    except Exception as error:  # the scheduler already retried it alone: this window is lost
+                        log.warning("window %d failed: %s", span.index, error)
+                        repairs.append(Repair("window_failed", f"{type(error).__name__}: {error}", span.index))
+                        raw = None
+                yield [(span, raw)]
+        finally:  # stopped early (cancelled, timed out): free the model from this file's queued windows
+            for _, future in in_flight:
+                if future is not None:
+                    future.cancel()
 
     def _decode_batch(self, windows: list[WindowAudio], language: str, repairs: list[Repair]) -> list[str | None]:
         """Decode a batch; if it fails, retry window by window so one bad window cannot sink the file."""

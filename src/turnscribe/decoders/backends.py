@@ -13,27 +13,31 @@ from .base import Decoder
 class DecoderOptions:
     model: str | os.PathLike[str]
     device: str
-    batch_size: int
+    batch_size: int | None  # None: sized by the backend (free GPU memory for transformers)
     trust_remote_code: bool = False
+    fast: bool = False  # transformers' SpeedOptions.fast; other backends are fast by themselves
 
 
 def _transformers(options: DecoderOptions) -> Decoder:
-    from .transformers import TransformersDecoder
+    from .transformers import SpeedOptions, TransformersDecoder
 
     return TransformersDecoder(
         options.model,
         device=options.device,
         batch_size=options.batch_size,
         trust_remote_code=options.trust_remote_code,
+        speed=SpeedOptions.fast(options.device) if options.fast else None,
     )
 
 
 def _vllm(options: DecoderOptions) -> Decoder:
     # vLLM places the model on its GPU itself: `device` only places the speaker embedder.
-    from .vllm import VllmDecoder
+    from .vllm import DEFAULT_BATCH_SIZE, VllmDecoder
 
     return VllmDecoder.from_pretrained(
-        options.model, batch_size=options.batch_size, trust_remote_code=options.trust_remote_code
+        options.model,
+        batch_size=options.batch_size or DEFAULT_BATCH_SIZE,
+        trust_remote_code=options.trust_remote_code,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -34,6 +35,20 @@ class Decoder(Protocol):
 
     name: str
     model_id: str
-    batch_size: int
+
+    @property
+    def batch_size(self) -> int:
+        """Windows per `decode` call the backend does best with (read-only here: a backend may compute it)."""
+        ...
 
     def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]: ...
+
+
+@runtime_checkable
+class StreamingDecoder(Decoder, Protocol):
+    """A decoder that queues windows and answers each with a future (e.g. one fed by a `BatchScheduler`).
+
+    `Pipeline` keeps `batch_size` windows of a file in flight through it and reports progress window by window.
+    """
+
+    def submit(self, windows: Sequence[WindowAudio], language: str) -> list[Future[str]]: ...

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -27,8 +28,84 @@ REPETITION_PENALTY = 1.2  # required by the card: without it 4-speaker outputs l
 MIN_CLIP_S = 1.0  # shorter clips are padded with silence: the mel front end and conv subsampling need frames
 TOKENS_PER_SECOND = 13.5  # the card's max_new_tokens=400 for a 30 s clip, scaled to the window
 
+CPU_BATCH_SIZE = 4  # on the CPU bigger batches only add padding: the cores are busy either way
+MAX_AUTO_BATCH = 512
+FEATURE_FRAMES_PER_SECOND = 100  # the mel front end's 10 ms hop
+
 LogitsProcessorFactory = Callable[[Sequence[WindowAudio]], list[Any]]
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Opt-in speed-ups of the transformers backend. Each keeps the plain path's token ids (tests/test_fast.py).
+
+    `generate()` already runs the encoder once per window: the decoder's cross-attention keys and values are
+    computed at the first step and cached.
+    """
+
+    attention: str | None = None  # attn_implementation ("sdpa", "eager"); None: transformers' default (sdpa)
+    static_cache: bool = False  # a preallocated KV cache (generate's cache_implementation="static")
+    compile: bool = False  # torch.compile the decoding step (generate's auto-compile; needs static_cache)
+    features_on_device: bool = False  # log-mel features computed on the model's device instead of the CPU
+
+    @classmethod
+    def fast(cls, device: str) -> SpeedOptions:
+        """The fast preset: SDPA everywhere; on CUDA also GPU features, a static cache and a compiled step."""
+        cuda = device.startswith("cuda")
+        return cls(attention="sdpa", static_cache=cuda, compile=cuda, features_on_device=cuda)
+
+    def __post_init__(self) -> None:
+        if self.compile and not self.static_cache:
+            raise ValueError("compile needs static_cache: generate() compiles only with a static KV cache")
+
+
+@dataclass(frozen=True)
+class WindowMemory:
+    """Bytes one window adds to a batch's peak GPU memory, by where it goes (estimates, see window_memory)."""
+
+    features: int
+    subsampling: int
+    encoder_layer: int
+    decoder_cache: int
+
+    @property
+    def total(self) -> int:
+        return self.features + self.subsampling + self.encoder_layer + self.decoder_cache
+
+
+def window_memory(
+    config: Any, *, window_s: float = 30.0, new_tokens: int | None = None, prompt_len: int = 9, dtype_bytes: int = 2
+) -> WindowMemory:
+    """Peak activation memory per window of a `CohereAsrConfig` model in inference (weights not included).
+
+    The largest tensors: the conv subsampling's first feature maps (channels × time/2 × mels/2, input, output and
+    mask alive at once), one conformer layer's feed-forward and attention scores at 1/8 of the frame rate, and
+    the decoder's self- and cross-attention KV cache.
+    """
+    enc = config.encoder_config
+    frames = math.ceil(window_s * FEATURE_FRAMES_PER_SECOND)
+    steps = prompt_len + (new_tokens if new_tokens is not None else max_new_tokens_for(window_s))
+    encoded = math.ceil(frames / enc.subsampling_factor)
+    features = frames * enc.num_mel_bins * 4  # float32 before the cast
+    subsampling = 3 * enc.subsampling_conv_channels * (frames // 2) * (enc.num_mel_bins // 2) * dtype_bytes
+    encoder_layer = (
+        encoded * (enc.intermediate_size + 4 * enc.hidden_size) * dtype_bytes
+        + 2 * enc.num_attention_heads * encoded * encoded * 4  # content and position scores, float32 softmax
+    )
+    kv = 2 * config.num_hidden_layers * config.hidden_size * dtype_bytes
+    decoder_cache = kv * (steps + encoded) + encoded * config.hidden_size * dtype_bytes + config.vocab_size * 4
+    return WindowMemory(features, subsampling, encoder_layer, decoder_cache)
+
+
+def batch_size_for_memory(
+    free_bytes: int, per_window_bytes: int, *, headroom: float = 0.7, maximum: int = MAX_AUTO_BATCH
+) -> int:
+    """Windows per batch that fit in `headroom` of the free memory (allocator slack, fragmentation, the
+    embedder), at least 1 and at most `maximum`."""
+    if per_window_bytes <= 0:
+        raise ValueError("per_window_bytes must be positive")
+    return max(1, min(maximum, int(free_bytes * headroom) // per_window_bytes))
 
 
 def pick_device(device: str = "auto") -> tuple[str, Any]:
@@ -53,21 +130,26 @@ class TransformersDecoder:
         model: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
         device: str = "auto",
-        batch_size: int = 4,
+        batch_size: int | None = CPU_BATCH_SIZE,
         max_new_tokens: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
         logits_processor_factory: LogitsProcessorFactory | None = None,
+        speed: SpeedOptions | None = None,
         loaded: tuple[Any, Any] | None = None,
     ) -> None:
-        """`loaded`: (processor, model) already in memory on `device` (a model being trained); nothing is loaded."""
+        """`batch_size=None`: sized from free GPU memory on CUDA, CPU_BATCH_SIZE on the CPU. `loaded`: a
+        (processor, model) pair already on `device` (benchmarks, tests), instead of loading `model`."""
         self.model_id = str(model)
-        self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens  # None: sized to the longest window of each batch
         self.device, self.dtype = pick_device(device)
+        self.speed = speed or SpeedOptions()
         # Tests force scripted outputs through a logits processor; users may add their own constraints.
         self.logits_processor_factory = logits_processor_factory
-        self.processor, self.model = loaded or load_model(model, self.device, self.dtype, trust_remote_code, revision)
+        self.processor, self.model = loaded or load_model(
+            model, self.device, self.dtype, trust_remote_code, revision, self.speed.attention
+        )
+        self.batch_size = batch_size or self.auto_batch_size()
         # Dither adds random noise to the features: fine in training, non-deterministic at inference.
         if hasattr(self.processor.feature_extractor, "dither"):
             self.processor.feature_extractor.dither = 0.0
@@ -77,12 +159,32 @@ class TransformersDecoder:
         tok = self.processor.tokenizer
         return tuple(diarize_prompt_ids(language, tok.convert_tokens_to_ids, tok.unk_token_id))
 
+    def auto_batch_size(self) -> int:
+        """On CUDA the windows that fit in free memory (see window_memory); CPU_BATCH_SIZE elsewhere."""
+        import torch
+
+        if not self.device.startswith("cuda"):
+            return CPU_BATCH_SIZE
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        per_window = window_memory(self.model.config, dtype_bytes=torch.finfo(self.dtype).bits // 8).total
+        return batch_size_for_memory(free, per_window)
+
     def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
+        if not windows:
+            return []
+        new_tokens = self.generate_ids(windows, language)
+        return list(self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False))
+
+    def generate_ids(self, windows: Sequence[WindowAudio], language: str) -> Any:
+        """The new token ids per window (prompt removed), as a CPU tensor padded with the pad id."""
+        return self.generate(windows, language)[:, len(self.prompt_ids(language)) :].cpu()
+
+    def generate(self, windows: Sequence[WindowAudio], language: str, **generate_options: Any) -> Any:
+        """`model.generate()` on the windows with the diarize prompt, as `decode` runs it; `generate_options`
+        go to it too (e.g. output_logits=True, return_dict_in_generate=True)."""
         import torch
         from transformers import LogitsProcessorList
 
-        if not windows:
-            return []
         prompt = self.prompt_ids(language)
         min_len = int(MIN_CLIP_S * SAMPLE_RATE)
         clips = [
@@ -91,13 +193,30 @@ class TransformersDecoder:
         ]
         # The feature extractor pads on the right and returns the attention mask the encoder needs.
         features = self.processor.feature_extractor(
-            clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest", return_attention_mask=True
+            clips,
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            padding="longest",
+            return_attention_mask=True,
+            device=self.device if self.speed.features_on_device else "cpu",
         )
         longest = max(len(c) for c in clips) / SAMPLE_RATE
         budget = self.model.config.max_position_embeddings - len(prompt)
+        if self.max_new_tokens is None:
+            # A static cache keeps one size for every batch (no reallocation, no recompilation): a full window's.
+            wanted = max_new_tokens_for(30.0 if self.speed.static_cache else longest)
+        else:
+            wanted = self.max_new_tokens
         # Decoder positions ignore padding, so every row shares the same prompt (no left padding).
         decoder_input_ids = torch.tensor([prompt] * len(windows), device=self.device)
         processors = self.logits_processor_factory(windows) if self.logits_processor_factory else []
+        options: dict[str, Any] = {}
+        if self.speed.static_cache:
+            options["cache_implementation"] = "static"
+            if not self.speed.compile:
+                options["disable_compile"] = True  # generate() would compile on its own on a GPU
+            elif not self.device.startswith("cuda"):
+                options["compile_config"] = _compile_everywhere()
         with torch.inference_mode():
             out = self.model.generate(
                 input_features=features["input_features"].to(self.device, self.dtype),
@@ -106,37 +225,55 @@ class TransformersDecoder:
                 # The card's prompt starts with <|startofcontext|>; saying so stops generate() prepending
                 # the config's decoder_start_token_id in front of it.
                 decoder_start_token_id=prompt[0],
-                max_new_tokens=min(self.max_new_tokens or max_new_tokens_for(longest), budget),
+                max_new_tokens=min(wanted, budget),
                 do_sample=False,
                 num_beams=1,
                 repetition_penalty=REPETITION_PENALTY,
                 logits_processor=LogitsProcessorList(processors),
+                **options,
+                **generate_options,
             )
-        new_tokens = out[:, len(prompt) :].cpu()
-        return list(self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False))
+        return out
+
+
+def _compile_everywhere() -> Any:
+    """generate() compiles only on accelerators; this config asks it to on the CPU too (for tests)."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=False, mode="default")
+    config._compile_all_devices = True  # type: ignore[assignment]  # transformers: "for testing purposes"
+    return config
 
 
 def load_model(
-    model: str | os.PathLike[str], device: str, dtype: Any, trust_remote_code: bool, revision: str | None
+    model: str | os.PathLike[str],
+    device: str,
+    dtype: Any,
+    trust_remote_code: bool,
+    revision: str | None,
+    attention: str | None = None,
 ) -> tuple[Any, Any]:
     """Processor and model from a hub id or a folder, in either checkpoint layout (see checkpoint.py)."""
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
     path = resolve_model_dir(model, revision)
+    options: dict[str, Any] = {"dtype": dtype}
+    if attention:
+        options["attn_implementation"] = attention
     try:
         if trust_remote_code:
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-            loaded = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True, dtype=dtype)
+            loaded = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True, **options)
         else:
             checkpoint = read_checkpoint(path)
             if checkpoint.layout == "native":
                 processor = AutoProcessor.from_pretrained(path)
-                loaded, info = AutoModelForSpeechSeq2Seq.from_pretrained(path, dtype=dtype, output_loading_info=True)
+                loaded, info = AutoModelForSpeechSeq2Seq.from_pretrained(path, output_loading_info=True, **options)
             else:
                 processor = _original_processor(path, checkpoint.config)
                 config = native_config_from_original(checkpoint.config, path)
                 loaded, info = AutoModelForSpeechSeq2Seq.from_pretrained(
-                    path, config=config, dtype=dtype, output_loading_info=True
+                    path, config=config, output_loading_info=True, **options
                 )
             _check_loading_info(path, info)
     except CheckpointError:

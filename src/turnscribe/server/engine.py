@@ -3,6 +3,7 @@ can be cancelled, time out, report progress and hand out segments as soon as lat
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -19,6 +20,7 @@ from ..audio import AudioError, audio_duration, load_audio
 from ..parse import parse_window
 from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent
 from ..prompt import LanguageError, check_language
+from ..scheduler import BatchScheduler, ScheduledDecoder
 from ..speakers.linking import SpeakerLinker
 from ..speakers.slots import SlotLinker
 from ..stitch import stitch
@@ -26,7 +28,6 @@ from ..types import SAMPLE_RATE, ParsedWindow, StitchedSegment, Transcript, Turn
 from ..windows import plan_windows
 from .errors import APIError
 from .metrics import Metrics
-from .scheduler import BatchScheduler, ScheduledDecoder
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ class Engine:
     def linker_for(self, known_speakers: Mapping[str, np.ndarray] | None) -> SpeakerLinker:
         """The shared linker, or for a request with known speakers a copy that knows them (enrolled per request)."""
         if not known_speakers:
-            return self.pipeline.speakers
+            # A copy all the same: linkers keep per-recording state (the calibrated threshold).
+            return copy.copy(self.pipeline.speakers)
         self.check_known_speakers_supported()
         assert isinstance(self.pipeline.speakers, SlotLinker)
         return replace(self.pipeline.speakers, known_speakers=dict(known_speakers))

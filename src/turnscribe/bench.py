@@ -1,0 +1,482 @@
+"""`turnscribe bench`: how fast the whole pipeline runs here, stage by stage, next to the model card's figures.
+
+What it measures, for each decoder backend present (today: transformers):
+
+* throughput for 28 s clips sent by 1, 8, 32 and 128 concurrent streams (the model card's vLLM test), through
+  `run_many` and its scheduler, in audio seconds per wall second (× real time);
+* on CUDA, the largest batch of 28 s windows that fits (doubling until out of memory), straight through the
+  decoder, and its throughput;
+* long-form files (10 minutes and 1 hour): × real time end to end (audio decode → windows → model → parse →
+  stitch → speaker embeddings → linking), with each stage's seconds and the peak GPU memory.
+
+With no `--model` it runs the full-size architecture with random weights (no download), forcing every window to
+emit a realistic stream in the diarize grammar of `tokens_per_28s` tokens (the real model writes about 180 for a
+busy 28 s window); decoding costs the same whatever the weights say. With `--model PATH` it runs that checkpoint,
+forced the same way. `--tiny --quick` is the CPU smoke test CI runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import platform
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from .decoders.base import WindowAudio
+from .pipeline import Pipeline
+from .scheduler import run_many
+from .types import SAMPLE_RATE, WindowSpan
+
+MODEL_CARD_3090: dict[str, Any] = {
+    "gpu": "NVIDIA GeForce RTX 3090 (model card)",
+    "clips": {1: "22× (vLLM); one generate() stream ≈ 14×", 8: "117× (vLLM)", 32: "171× (vLLM)", 128: "249× (vLLM)"},
+    "long_form": {600: "44× (vLLM + embeddings); ≈ 7× (transformers helper)"},
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    size: str = "full"  # "full" or "tiny" random model; ignored with `model`
+    model: str | None = None  # a checkpoint folder or hub id instead of random weights
+    device: str = "auto"
+    fast: bool = False  # SpeedOptions.fast
+    batch_size: int | None = None  # None: from free GPU memory (4 on the CPU)
+    concurrency: tuple[int, ...] = (1, 8, 32, 128)
+    clips_per_stream: int = 2  # each concurrent stream sends this many 28 s clips
+    clip_s: float = 28.0
+    long_form_s: tuple[float, ...] = (600.0, 3600.0)
+    tokens_per_28s: int = 180
+    find_largest_batch: bool = True  # CUDA only
+    embedder: str = "resemblyzer"
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchSettings:
+        """A smoke run: few clips, one 1-minute file, no batch search."""
+        return replace(
+            cls(concurrency=(1, 4), clips_per_stream=1, long_form_s=(60.0,), find_largest_batch=False), **overrides
+        )
+
+
+@dataclass
+class StageClock:
+    """Seconds spent in the encoder (forward hooks; CUDA events on a GPU, so kernels are timed, not launches),
+    in the whole decoder call, and in the speaker embedder."""
+
+    cuda: bool
+    encoder_events: list[tuple[Any, Any]] = field(default_factory=list)
+    encoder_cpu_s: float = 0.0
+    model_s: float = 0.0
+    embedder_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _started: float = 0.0
+
+    def attach(self, encoder: Any) -> None:
+        import torch
+
+        def before(*_: Any) -> None:
+            if self.cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                start.record()
+                self.encoder_events.append((start, None))
+            else:
+                self._started = time.perf_counter()
+
+        def after(*_: Any) -> None:
+            if self.cuda:
+                end = torch.cuda.Event(enable_timing=True)
+                end.record()
+                self.encoder_events[-1] = (self.encoder_events[-1][0], end)
+            else:
+                self.encoder_cpu_s += time.perf_counter() - self._started
+
+        encoder.register_forward_pre_hook(before)
+        encoder.register_forward_hook(after)
+
+    def encoder_s(self) -> float:
+        if not self.cuda:
+            return self.encoder_cpu_s
+        import torch
+
+        torch.cuda.synchronize()
+        return sum(start.elapsed_time(end) for start, end in self.encoder_events) / 1000
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            setattr(self, stage, getattr(self, stage) + seconds)
+
+    def reset(self) -> None:
+        self.encoder_events.clear()
+        self.encoder_cpu_s = self.model_s = self.embedder_s = 0.0
+
+
+class _TimedDecoder:
+    """The decoder, its calls timed (the scheduler calls it from one thread)."""
+
+    def __init__(self, inner: Any, clock: StageClock) -> None:
+        self.inner, self.clock = inner, clock
+        self.name, self.model_id = inner.name, inner.model_id
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.inner.batch_size)
+
+    def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
+        t0 = time.perf_counter()
+        try:
+            return list(self.inner.decode(windows, language))
+        finally:
+            self.clock.add("model_s", time.perf_counter() - t0)
+
+
+class _TimedEmbedder:
+    def __init__(self, inner: Any, clock: StageClock) -> None:
+        self.inner, self.clock = inner, clock
+        self.name, self.default_threshold = inner.name, inner.default_threshold
+
+    def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return np.asarray(self.inner.embed(clips))
+        finally:
+            self.clock.add("embedder_s", time.perf_counter() - t0)
+
+
+@dataclass
+class Bench:
+    """The loaded parts: a decoder forced to scripted output, a pipeline over it, and the stage clock."""
+
+    settings: BenchSettings
+    decoder: Any
+    pipeline: Pipeline
+    clock: StageClock
+    description: str
+    load_s: float
+
+    @property
+    def cuda(self) -> bool:
+        return self.clock.cuda
+
+
+def load(settings: BenchSettings) -> Bench:
+    import torch
+
+    from .decoders.transformers import SpeedOptions, TransformersDecoder, pick_device
+    from .random_model import ForcedTokens, random_model, scripted_window
+    from .speakers import SlotLinker, load_embedder
+
+    device, dtype = pick_device(settings.device)
+    speed = SpeedOptions.fast(device) if settings.fast else SpeedOptions()
+    t0 = time.perf_counter()
+    if settings.model:
+        decoder = TransformersDecoder(settings.model, device=device, batch_size=settings.batch_size, speed=speed)
+        description = settings.model
+    else:
+        loaded = random_model(settings.size, device=device, dtype=dtype, attention=speed.attention, seed=settings.seed)  # type: ignore[arg-type]
+        decoder = TransformersDecoder(
+            f"random-{settings.size}", device=device, batch_size=settings.batch_size, speed=speed, loaded=loaded
+        )
+        params = sum(p.numel() for p in decoder.model.parameters())
+        count = f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
+        description = f"{settings.size}-size architecture, random weights ({count} parameters)"
+    tokenizer = decoder.processor.tokenizer
+    prompt_len = len(decoder.prompt_ids("en"))
+
+    def force(windows: Sequence[WindowAudio]) -> list[Any]:
+        scripts = [
+            scripted_window(
+                tokenizer,
+                len(w.samples) / SAMPLE_RATE,
+                round(settings.tokens_per_28s * len(w.samples) / SAMPLE_RATE / 28.0),
+                seed=w.span.index,
+            )
+            for w in windows
+        ]
+        return [ForcedTokens(scripts, prompt_len, tokenizer.eos_token_id)]
+
+    decoder.logits_processor_factory = force
+    clock = StageClock(cuda=device.startswith("cuda"))
+    clock.attach(decoder.model.get_encoder())
+    embedder = _TimedEmbedder(load_embedder(settings.embedder, device=device), clock)
+    pipeline = Pipeline(_TimedDecoder(decoder, clock), SlotLinker(embedder))  # type: ignore[arg-type]
+    if clock.cuda:
+        torch.cuda.synchronize()
+    return Bench(settings, decoder, pipeline, clock, description, time.perf_counter() - t0)
+
+
+def _noise(seconds: float, seed: int) -> np.ndarray:
+    """Audible (not skipped as silence), different in every clip; the forced output does not depend on it."""
+    rng = np.random.default_rng(seed)
+    return (0.05 * rng.standard_normal(round(seconds * SAMPLE_RATE))).astype(np.float32)
+
+
+def _peak_gib(bench: Bench) -> float | None:
+    if not bench.cuda:
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def _reset_peak(bench: Bench) -> None:
+    bench.clock.reset()
+    if bench.cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def measure_clips(bench: Bench, concurrency: int) -> dict[str, Any]:
+    settings = bench.settings
+    count = concurrency * settings.clips_per_stream
+    clips = [_noise(settings.clip_s, settings.seed + i) for i in range(count)]
+    _reset_peak(bench)
+    t0 = time.perf_counter()
+    results = list(run_many(bench.pipeline, clips, sampling_rate=SAMPLE_RATE, files_at_once=concurrency))
+    wall = time.perf_counter() - t0
+    failed = [str(r.error) for r in results if r.error is not None]
+    return {
+        "concurrency": concurrency,
+        "clips": count,
+        "wall_s": wall,
+        "throughput_x": count * settings.clip_s / wall,
+        "model_s": bench.clock.model_s,
+        "peak_gpu_gib": _peak_gib(bench),
+        "failed": failed,
+    }
+
+
+def find_largest_batch(bench: Bench, limit: int = 1024) -> dict[str, Any]:
+    """Doubling batches of 28 s windows straight through the decoder until one runs out of GPU memory."""
+    import torch
+
+    tried: list[dict[str, Any]] = []
+    size = 8
+    while size <= limit:
+        windows = [
+            WindowAudio(WindowSpan(i, 0, round(bench.settings.clip_s * SAMPLE_RATE)), _noise(bench.settings.clip_s, i))
+            for i in range(size)
+        ]
+        _reset_peak(bench)
+        try:
+            t0 = time.perf_counter()
+            bench.decoder.decode(windows, "en")
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            break
+        tried.append(
+            {
+                "batch": size,
+                "wall_s": wall,
+                "throughput_x": size * bench.settings.clip_s / wall,
+                "peak_gpu_gib": _peak_gib(bench),
+            }
+        )
+        size *= 2
+    best = max(tried, key=lambda t: t["throughput_x"], default=None)
+    return {"largest": tried[-1]["batch"] if tried else 0, "best": best, "tried": tried, "limit": limit}
+
+
+def _write_wav(path: Path, samples: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def measure_long_form(bench: Bench, seconds: float, folder: Path) -> dict[str, Any]:
+    path = folder / f"long-{seconds:g}s.wav"
+    _write_wav(path, _noise(seconds, bench.settings.seed))
+    _reset_peak(bench)
+    t0 = time.perf_counter()
+    (result,) = run_many(bench.pipeline, [path], files_at_once=1)
+    wall = time.perf_counter() - t0
+    path.unlink()
+    if result.transcript is None:
+        raise RuntimeError(f"the {seconds:g} s file failed: {result.error}")
+    timings = result.transcript.metadata.timings
+    encoder = bench.clock.encoder_s()
+    stages = {
+        "audio_decode": timings["audio"],
+        "encoder": encoder,
+        "decoder": bench.clock.model_s - encoder,  # features, generate's decoding loop, token decoding
+        "parse_stitch": timings["decode"] - bench.clock.model_s + timings["stitch"],  # incl. queueing
+        "embedder": bench.clock.embedder_s,
+        "linking": timings["speakers"] - bench.clock.embedder_s,
+    }
+    return {
+        "audio_s": seconds,
+        "windows": result.transcript.metadata.windows,
+        "segments": len(result.transcript.segments),
+        "wall_s": wall,
+        "real_time_x": seconds / wall,
+        "stages_s": stages,
+        "peak_gpu_gib": _peak_gib(bench),
+    }
+
+
+def machine(cuda: bool) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    return info
+
+
+def run(settings: BenchSettings, log: Any = print) -> dict[str, Any]:
+    bench = load(settings)
+    log(f"loaded {bench.description} in {bench.load_s:.1f} s; batch size {bench.decoder.batch_size}")
+    # Warm-up (CUDA context, kernels, and with --fast the first compilation) outside every measurement.
+    measure_clips(replace(bench, settings=replace(settings, clips_per_stream=1)), 1)
+    transformers_result: dict[str, Any] = {
+        "model": bench.description,
+        "device": bench.decoder.device,
+        "dtype": str(bench.decoder.dtype).removeprefix("torch."),
+        "speed": asdict(bench.decoder.speed),
+        "batch_size": bench.decoder.batch_size,
+        "load_s": bench.load_s,
+        "clips": [],
+        "largest_batch": None,
+        "long_form": [],
+    }
+    for c in settings.concurrency:
+        transformers_result["clips"].append(row := measure_clips(bench, c))
+        log(f"28 s clips, concurrency {c}: {row['throughput_x']:.0f}× real time")
+    if settings.find_largest_batch and bench.cuda:
+        transformers_result["largest_batch"] = largest = find_largest_batch(bench)
+        log(f"largest batch that fits: {largest['largest']} windows")
+    with tempfile.TemporaryDirectory(prefix="turnscribe-bench-") as tmp:
+        for seconds in settings.long_form_s:
+            transformers_result["long_form"].append(row := measure_long_form(bench, seconds, Path(tmp)))
+            log(f"{seconds:g} s file: {row['real_time_x']:.0f}× real time")
+    vllm = "installed, not yet benchmarked here" if importlib.util.find_spec("vllm") else "not installed"
+    return {
+        "machine": machine(bench.cuda),
+        "settings": asdict(settings),
+        "backends": {"transformers": transformers_result, "vllm": {"skipped": vllm}},
+        "model_card_3090": MODEL_CARD_3090,
+    }
+
+
+def _x(value: float) -> str:
+    return f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
+
+
+def render(result: dict[str, Any]) -> str:
+    """Markdown tables: this machine next to the model card's RTX 3090, then the long-form stage breakdown."""
+    info = result["machine"]
+    where = info.get("gpu") or f"CPU ({info['cpu']})"
+    blocks = []
+    for name, backend in result["backends"].items():
+        if "skipped" in backend:
+            continue
+        speed = [k for k, v in backend["speed"].items() if v]
+        label = f"{where}, {name} {backend['dtype']}" + (f" ({', '.join(speed)})" if speed else "")
+        lines = [f"| 28 s clips / files | {label} | RTX 3090 (model card) |", "|---|---:|---:|"]
+        # The card's rows stay in the table even where this run skipped them (--quick, --concurrency).
+        measured = {row["concurrency"]: _x(row["throughput_x"]) for row in backend["clips"]}
+        for c in sorted(set(measured) | set(MODEL_CARD_3090["clips"])):
+            lines.append(f"| {c} concurrent | {measured.get(c, '–')} | {MODEL_CARD_3090['clips'].get(c, '–')} |")
+        if backend["largest_batch"] and backend["largest_batch"]["best"]:
+            best = backend["largest_batch"]["best"]
+            lines.append(
+                f"| batch of {best['batch']} (largest fitting: {backend['largest_batch']['largest']}) "
+                f"| {_x(best['throughput_x'])} | – |"
+            )
+        files = {round(row["audio_s"]): _x(row["real_time_x"]) for row in backend["long_form"]}
+        for seconds in sorted(set(files) | set(MODEL_CARD_3090["long_form"])):
+            card = MODEL_CARD_3090["long_form"].get(seconds, "–")
+            lines.append(f"| {_duration(seconds)} file, end to end | {files.get(seconds, '–')} | {card} |")
+        stages = list(backend["long_form"][0]["stages_s"]) if backend["long_form"] else []
+        if stages:
+            lines += [
+                "",
+                "| file | " + " | ".join(f"{s.replace('_', ' ')} s" for s in stages) + " | wall s | peak GPU GiB |",
+            ]
+            lines.append("|---" + "|---:" * (len(stages) + 2) + "|")
+            for row in backend["long_form"]:
+                peak = "–" if row["peak_gpu_gib"] is None else f"{row['peak_gpu_gib']:.1f}"
+                cells = " | ".join(f"{row['stages_s'][s]:.2f}" for s in stages)
+                lines.append(f"| {_duration(row['audio_s'])} | {cells} | {row['wall_s']:.1f} | {peak} |")
+        blocks.append("\n".join(lines))
+    settings = result["settings"]
+    skipped = "; ".join(f"{n}: {b['skipped']}" for n, b in result["backends"].items() if "skipped" in b)
+    model = next(iter(result["backends"].values()))["model"] if result["backends"] else "?"
+    blocks.append(
+        f"{model}; every window forced to {settings['tokens_per_28s']} tokens per 28 s; batch size "
+        f"{next(iter(result['backends'].values())).get('batch_size')}; embedder {settings['embedder']}. "
+        f"{where}, torch {info['torch']}, transformers {info['transformers']}, {info['date']}."
+        + (f" Not run: {skipped}." if skipped else "")
+    )
+    return "\n\n".join(blocks)
+
+
+def _duration(seconds: float) -> str:
+    return (
+        f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+    )
+
+
+def bench_command(
+    model: Annotated[str | None, typer.Option(help="A checkpoint instead of random full-size weights.")] = None,
+    tiny: Annotated[bool, typer.Option(help="A tiny random model (CPU smoke test).")] = False,
+    quick: Annotated[bool, typer.Option(help="Few clips, one 1-minute file, no batch search.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    fast: Annotated[
+        bool, typer.Option(help="The transformers backend's speed options (see --fast of transcribe).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=0, help="Windows per batch; 0: from free GPU memory.")] = 0,
+    concurrency: Annotated[list[int] | None, typer.Option(help="Concurrent 28 s streams; repeatable.")] = None,
+    long_form: Annotated[
+        list[float] | None, typer.Option(help="Long-form file lengths in seconds; repeatable.")
+    ] = None,
+    tokens_per_28s: Annotated[int, typer.Option(min=1, help="Forced tokens per 28 s window.")] = 180,
+    embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = "resemblyzer",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here as JSON.")] = None,
+) -> None:
+    """Measure throughput, long-form speed and each stage's cost; print JSON and a table."""
+    settings = BenchSettings.quick() if quick else BenchSettings()
+    overrides: dict[str, Any] = {
+        "size": "tiny" if tiny else "full",
+        "model": model,
+        "device": device,
+        "fast": fast,
+        "batch_size": batch_size or None,
+        "tokens_per_28s": tokens_per_28s,
+        "embedder": embedder,
+    }
+    if concurrency:
+        overrides["concurrency"] = tuple(concurrency)
+    if long_form:
+        overrides["long_form_s"] = tuple(long_form)
+    result = run(replace(settings, **overrides), log=lambda line: typer.echo(line, err=True))
+    text = json.dumps(result, indent=2)
+    if json_path:
+        json_path.write_text(text)
+    typer.echo(text)
+    typer.echo(render(result))

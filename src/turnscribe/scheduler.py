@@ -1,0 +1,317 @@
+"""One thread in front of the decoder: windows of every file and request in flight share its batches.
+
+Callers (a `ScheduledDecoder` per file or request) submit windows and get a future per window. The scheduler
+thread forms batches of up to `batch_size` windows of one language (the prompt is per language) and decodes them
+in one call, so throughput grows with the number of files in flight while the model is only ever called from
+one thread. How a batch is formed:
+
+* Fairness: requests take turns being the batch's *anchor*; the anchor's oldest window is always in the batch,
+  and the rest is filled round-robin across requests. A long file cannot starve a short one: every request is
+  anchor at least once every (number of requests) batches, and usually gets windows into every batch.
+* Small padding: a batch is padded to its longest window, so windows of the anchor's length bucket
+  (`bucket_s` wide) come first, then the next nearest buckets.
+* Back-pressure: at most `max_pending` windows wait; `submit` blocks until there is room (or raises
+  `SchedulerFull` once its timeout passes).
+* Failures: a batch that raises is retried window by window, so one bad window fails only its own future.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .decoders.base import Decoder, DecoderError, WindowAudio
+from .types import SAMPLE_RATE, Transcript, TurnscribeError
+
+if TYPE_CHECKING:
+    from .audio import AudioInput
+    from .pipeline import Pipeline, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PENDING = 4096  # windows waiting for the model: ~32 hours of 28 s windows, ~7 GB of float32 audio
+DEFAULT_BUCKET_S = 4.0
+
+ResultCallback = Callable[[WindowAudio, str], None]
+
+
+class SchedulerFull(DecoderError):
+    """The scheduler's queue stayed full for longer than the submitter was willing to wait."""
+
+
+@dataclass(frozen=True)
+class _Item:
+    window: WindowAudio
+    language: str
+    request: Hashable
+    future: Future[str]
+    on_result: ResultCallback | None
+
+    @property
+    def seconds(self) -> float:
+        return len(self.window.samples) / SAMPLE_RATE
+
+
+class BatchScheduler:
+    """Batches windows of all submitters for one decoder (see the module docstring). Use as a context manager,
+    or call `start()` and `stop()`."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        *,
+        batch_size: int | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        bucket_s: float = DEFAULT_BUCKET_S,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_pending < 1 or bucket_s <= 0:
+            raise ValueError("max_pending must be >= 1 and bucket_s > 0")
+        self.decoder = decoder
+        self._batch_size = batch_size
+        self.max_pending = max_pending
+        self.bucket_s = bucket_s
+        self._on_batch = on_batch
+        # Per request, its waiting windows in order; dict order is the anchor rotation.
+        self._queues: dict[Hashable, deque[_Item]] = {}
+        self._pending = 0
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="turnscribe-batcher", daemon=True)
+
+    @property
+    def batch_size(self) -> int:
+        """Windows per decoder call: the one given, else the decoder's own (read live: it may change)."""
+        return max(1, self._batch_size or self.decoder.batch_size)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self._pending
+
+    def start(self) -> BatchScheduler:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._lock:
+            for queue in self._queues.values():  # nobody will decode these any more: release their waiters
+                for item in queue:
+                    if item.future.set_running_or_notify_cancel():
+                        item.future.set_exception(DecoderError("the scheduler is shutting down"))
+            self._queues.clear()
+            self._pending = 0
+
+    def __enter__(self) -> BatchScheduler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def submit(
+        self,
+        windows: Sequence[WindowAudio],
+        language: str,
+        *,
+        request: Hashable | None = None,
+        on_result: ResultCallback | None = None,
+        timeout: float | None = None,
+    ) -> list[Future[str]]:
+        """Queue windows; one future per window, resolved with the decoder's raw output (or its error).
+
+        `request` groups windows for fair turns (default: this call is its own request). `on_result` runs on the
+        scheduler thread before each future resolves. When the queue is full this blocks until there is room;
+        with a `timeout` (0: do not wait) it raises `SchedulerFull` instead, queueing none of the windows.
+        """
+        key: Hashable = request if request is not None else object()
+        items = [_Item(w, language, key, Future(), on_result) for w in windows]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if deadline is not None:
+                # All or nothing: wait for room for every window, not a part of them.
+                while not self._stopping and self._pending + len(items) > self.max_pending:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or len(items) > self.max_pending:
+                        raise SchedulerFull(
+                            f"{self._pending} windows are waiting for the model (at most {self.max_pending}); "
+                            f"{len(items)} more do not fit"
+                        )
+                    self._lock.wait(left)
+            for item in items:
+                while not self._stopping and self._pending >= self.max_pending:
+                    self._lock.wait()
+                if self._stopping:
+                    raise DecoderError("the scheduler is shutting down")
+                self._queues.setdefault(key, deque()).append(item)
+                self._pending += 1
+                self._lock.notify_all()
+        return [item.future for item in items]
+
+    def _bucket(self, item: _Item) -> int:
+        return int(item.seconds // self.bucket_s)
+
+    def _take(self) -> list[_Item] | None:
+        with self._lock:
+            while not self._pending and not self._stopping:
+                self._lock.wait()
+            if self._stopping:
+                return None
+            anchor_request = next(iter(self._queues))
+            anchor = self._queues[anchor_request][0]
+            # Round-robin across requests (anchor first), then nearest length bucket first (a stable sort keeps
+            # the round-robin order inside each bucket).
+            rounds = itertools.zip_longest(*self._queues.values())
+            candidates = [i for i in itertools.chain.from_iterable(rounds) if i and i.language == anchor.language]
+            candidates.sort(key=lambda i: abs(self._bucket(i) - self._bucket(anchor)))
+            batch = candidates[: self.batch_size]
+            taken = {id(i) for i in batch}
+            for request in list(self._queues):
+                left = deque(i for i in self._queues.pop(request) if id(i) not in taken)
+                if left:
+                    self._queues[request] = left
+            # The anchor's request goes to the back of the rotation.
+            if anchor_request in self._queues:
+                self._queues[anchor_request] = self._queues.pop(anchor_request)
+            self._pending -= len(batch)
+            self._lock.notify_all()  # room for blocked submitters
+        # Windows whose caller gave up (cancelled futures) are dropped here, not decoded.
+        return [i for i in batch if i.future.set_running_or_notify_cancel()]
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            if not batch:
+                continue
+            if self._on_batch:
+                self._on_batch(len(batch))
+            self._run(batch)
+
+    def _run(self, batch: list[_Item]) -> None:
+        try:
+            outputs = list(self.decoder.decode([item.window for item in batch], batch[0].language))
+            if len(outputs) != len(batch):
+                raise DecoderError(f"decoder returned {len(outputs)} outputs for {len(batch)} windows")
+        except Exception as error:  # a backend may raise anything (OOM, CUDA): isolate the window that caused it
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+                return
+            # Windows of other requests share this batch: retry alone so one bad window fails only its own.
+            log.warning("batch of %d windows failed (%s); retrying one by one", len(batch), error)
+            for item in batch:
+                self._run([item])
+            return
+        for item, output in zip(batch, outputs):
+            if item.on_result:
+                try:
+                    item.on_result(item.window, output)
+                except Exception:  # a caller's callback must not take the scheduler thread down
+                    log.exception("on_result callback failed")
+            item.future.set_result(output)
+
+
+class ScheduledDecoder:
+    """A Decoder for one file or request: its windows go through the shared scheduler.
+
+    `Pipeline` sees `submit` and keeps `batch_size` windows (the look-ahead: two scheduler batches) of this file
+    in flight, reporting progress window by window. `outputs` records each window's raw output as it arrives
+    (the server streams settled segments from it).
+    """
+
+    def __init__(self, scheduler: BatchScheduler) -> None:
+        inner = scheduler.decoder
+        self.name = inner.name
+        self.model_id = inner.model_id
+        self._scheduler = scheduler
+        self._request = object()
+        self.outputs: dict[int, str] = {}  # window index → raw output
+
+    @property
+    def batch_size(self) -> int:
+        return 2 * self._scheduler.batch_size
+
+    def submit(self, windows: Sequence[WindowAudio], language: str) -> list[Future[str]]:
+        return self._scheduler.submit(windows, language, request=self._request, on_result=self._record)
+
+    def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
+        return [f.result() for f in self.submit(windows, language)]  # raises a window's error
+
+    def _record(self, window: WindowAudio, output: str) -> None:
+        self.outputs[window.span.index] = output
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One input of `run_many`: its transcript, or the error that stopped it."""
+
+    index: int  # position in the inputs
+    source: str
+    transcript: Transcript | None
+    error: TurnscribeError | None
+
+
+def run_many(
+    pipeline: Pipeline,
+    inputs: Iterable[AudioInput],
+    *,
+    language: str = "en",
+    sampling_rate: int | None = None,
+    files_at_once: int = 4,
+    max_pending: int = DEFAULT_MAX_PENDING,
+    progress: ProgressCallback | None = None,
+) -> Iterator[FileResult]:
+    """Transcribe many inputs through one scheduler, yielding each result as it finishes (not in input order).
+
+    Up to `files_at_once` files are read, windowed, stitched and linked at once, each in its own thread; their
+    windows share the decoder's batches. A file that fails yields its error; the others go on. Arrays and
+    tensors need `sampling_rate`.
+    """
+    from .pipeline import Pipeline
+
+    if files_at_once < 1:
+        raise ValueError("files_at_once must be >= 1")
+    scheduler = BatchScheduler(pipeline.decoder, max_pending=max_pending)
+
+    def one(index: int, audio: AudioInput) -> FileResult:
+        source = str(audio) if isinstance(audio, str | os.PathLike) else f"<input {index}>"
+        # Each file gets its own linker copy: linkers remember per-recording state (the calibrated threshold).
+        run = Pipeline(
+            ScheduledDecoder(scheduler),
+            copy.copy(pipeline.speakers),
+            window_s=pipeline.window_s,
+            overlap_s=pipeline.overlap_s,
+        )
+        try:
+            transcript = run.run(
+                audio, language=language, sampling_rate=sampling_rate, progress=progress, source=source
+            )
+            return FileResult(index, source, transcript, None)
+        except TurnscribeError as error:
+            return FileResult(index, source, None, error)
+
+    with scheduler, ThreadPoolExecutor(files_at_once, thread_name_prefix="turnscribe-file") as pool:
+        todo = iter(enumerate(inputs))
+        # Start files only as earlier ones finish, so that a long input list is not read into memory at once.
+        running = {pool.submit(one, i, a) for i, a in itertools.islice(todo, files_at_once)}
+        try:
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for finished in done:
+                    yield finished.result()
+                    if (nxt := next(todo, None)) is not None:
+                        running.add(pool.submit(one, *nxt))
+        finally:
+            for future in running:
+                future.cancel()

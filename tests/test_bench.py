@@ -1,0 +1,49 @@
+"""`turnscribe bench --tiny --quick`: the CPU smoke test of the benchmark; and the CLI's --fast / auto batch size."""
+
+from __future__ import annotations
+
+import json
+
+from test_pipeline import tone, write_wav
+from typer.testing import CliRunner
+
+from turnscribe.bench import render
+from turnscribe.cli import app
+
+STAGES = {"audio_decode", "encoder", "decoder", "parse_stitch", "embedder", "linking"}
+
+
+def test_bench_tiny_quick_reports_every_measurement(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--device", "cpu", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert {"machine", "settings", "backends", "model_card_3090"} <= set(data)
+    backend = data["backends"]["transformers"]
+    assert backend["device"] == "cpu" and backend["batch_size"] == 4 and backend["largest_batch"] is None
+    assert [row["concurrency"] for row in backend["clips"]] == [1, 4]
+    for row in backend["clips"]:
+        assert row["clips"] == row["concurrency"] and not row["failed"]
+        assert row["throughput_x"] > 0 and row["model_s"] > 0
+    (long_form,) = backend["long_form"]
+    assert long_form["audio_s"] == 60 and long_form["windows"] == 3 and long_form["real_time_x"] > 0
+    # Forced streams of 180 tokens per 28 s in 4 s segments: about 7 segments a window, and they parse.
+    assert long_form["segments"] >= 10
+    assert set(long_form["stages_s"]) == STAGES
+    for stage in ("audio_decode", "encoder", "decoder", "embedder"):
+        assert long_form["stages_s"][stage] > 0, stage
+    assert long_form["stages_s"]["encoder"] < long_form["stages_s"]["decoder"] + long_form["stages_s"]["encoder"]
+    table = render(data)
+    assert table in result.output and "RTX 3090 (model card)" in table and "249×" in table
+    assert "| 1 min file, end to end |" in table and "| 4 concurrent |" in table
+
+
+def test_transcribe_fast_with_batch_size_from_memory(tiny_native, tmp_path):
+    clips = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    for path, seconds in zip(clips, (3.0, 40.0)):
+        write_wav(path, tone(seconds))
+    args = ["transcribe", *map(str, clips), "--model", str(tiny_native), "--device", "cpu", "--fast"]
+    result = CliRunner().invoke(app, [*args, "--batch-size", "0", "-f", "json", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "b.json"]
+    assert json.loads((tmp_path / "out" / "b.json").read_text())["metadata"]["windows"] == 2

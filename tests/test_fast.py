@@ -1,0 +1,116 @@
+"""The transformers backend's speed options keep the plain path's token ids; batch sizes from GPU memory.
+
+The tiny random model decodes freely here (greedy, end-of-text banned so that every window runs the whole
+budget): forced outputs would be identical whatever the model computed. Windows of three lengths share a batch,
+so padding is exercised too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import CohereAsrConfig, LogitsProcessor
+
+from turnscribe.decoders.base import WindowAudio
+from turnscribe.decoders.transformers import (
+    SpeedOptions,
+    TransformersDecoder,
+    batch_size_for_memory,
+    max_new_tokens_for,
+    window_memory,
+)
+from turnscribe.types import SAMPLE_RATE, WindowSpan
+
+NEW_TOKENS = 40
+
+
+class NoEndOfText(LogitsProcessor):
+    def __init__(self, eos_id: int) -> None:
+        self.eos_id = eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.eos_id] = -float("inf")
+        return scores
+
+
+@pytest.fixture(scope="module")
+def windows() -> list[WindowAudio]:
+    rng = np.random.default_rng(0)
+    lengths = [28.0, 7.5, 19.0]
+    return [
+        WindowAudio(
+            WindowSpan(i, 0, int(s * SAMPLE_RATE)), (0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32)
+        )
+        for i, s in enumerate(lengths)
+    ]
+
+
+def decoder(path, speed: SpeedOptions) -> TransformersDecoder:
+    d = TransformersDecoder(path, device="cpu", speed=speed, max_new_tokens=NEW_TOKENS)
+    d.logits_processor_factory = lambda _: [NoEndOfText(d.processor.tokenizer.eos_token_id)]
+    return d
+
+
+@pytest.fixture(scope="module")
+def plain_ids(tiny_native, windows) -> torch.Tensor:
+    ids = decoder(tiny_native, SpeedOptions(attention="eager")).generate_ids(windows, "en")
+    assert ids.shape == (3, NEW_TOKENS)
+    assert all(len(set(row.tolist())) > 3 for row in ids)  # a real, varied decode, not one token repeated
+    return ids
+
+
+@pytest.mark.parametrize(
+    "speed",
+    [SpeedOptions(attention="sdpa"), SpeedOptions(static_cache=True), SpeedOptions(features_on_device=True)],
+    ids=["sdpa", "static-cache", "features-on-device"],
+)
+def test_each_speed_option_keeps_the_token_ids(tiny_native, windows, plain_ids, speed):
+    assert torch.equal(decoder(tiny_native, speed).generate_ids(windows, "en"), plain_ids)
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_keeps_the_token_ids(tiny_native, windows, plain_ids):
+    """torch.compile of the decoding step (what --fast does on CUDA), forced on the CPU; ~40 s of compiling."""
+    fast = decoder(tiny_native, SpeedOptions(attention="sdpa", static_cache=True, compile=True))
+    assert torch.equal(fast.generate_ids(windows, "en"), plain_ids)
+    assert hasattr(fast.model, "_compiled_call")  # generate() really compiled, it did not fall back
+
+
+def test_a_batch_gives_each_window_what_it_gets_alone(tiny_native, windows, plain_ids):
+    plain = decoder(tiny_native, SpeedOptions(attention="eager"))
+    for i, w in enumerate(windows):
+        assert torch.equal(plain.generate_ids([w], "en")[0], plain_ids[i])
+
+
+def test_the_fast_preset_is_sdpa_on_cpu_and_everything_on_cuda():
+    assert SpeedOptions.fast("cpu") == SpeedOptions(attention="sdpa")
+    assert SpeedOptions.fast("cuda:0") == SpeedOptions("sdpa", static_cache=True, compile=True, features_on_device=True)
+    with pytest.raises(ValueError, match="static_cache"):
+        SpeedOptions(compile=True)
+
+
+def test_window_memory_of_the_full_size_model_is_dominated_by_the_conv_front_end():
+    memory = window_memory(CohereAsrConfig(vocab_size=16684), window_s=30.0)
+    # 256 channels × 1500 × 64 bf16 maps, three alive at once: 147 MB.
+    assert memory.subsampling == 3 * 256 * 1500 * 64 * 2
+    # KV cache: 8 layers × (K, V) × 1024 × bf16 per position; prompt + budget and 375 encoded frames.
+    assert memory.decoder_cache >= 2 * 8 * 1024 * 2 * (9 + max_new_tokens_for(30.0) + 375)
+    assert 150e6 < memory.total < 250e6
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "per_window_mb", "expected"),
+    [(70, 200, 250), (70, 50, 512), (0.1, 200, 1), (10, 1000, 7)],
+)
+def test_batch_size_follows_free_memory(free_gib, per_window_mb, expected):
+    assert batch_size_for_memory(int(free_gib * 2**30), int(per_window_mb * 2**20)) == expected
+
+
+def test_batch_size_is_fixed_on_the_cpu_and_taken_from_memory_on_cuda(tiny_native, monkeypatch):
+    assert TransformersDecoder(tiny_native, device="cpu", batch_size=None).batch_size == 4
+    d = TransformersDecoder(tiny_native, device="cpu", batch_size=2)
+    monkeypatch.setattr(d, "device", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
+    per_window = window_memory(d.model.config, dtype_bytes=4).total
+    assert d.auto_batch_size() == batch_size_for_memory(8 * 2**30, per_window)

@@ -1,0 +1,91 @@
+"""On a CUDA GPU (skipped elsewhere; scripts/gpu_check.sh runs these): the full-size architecture with random
+weights in bfloat16, every window forced to a scripted stream.
+
+With the tokens forced, batched and single-window runs feed the decoder identical inputs, so their logits can be
+compared step by step: padding (windows of other lengths in the batch) must not leak into a window's result.
+bfloat16 kernels for different shapes round differently, hence a tolerance: per step, cosine similarity of the
+logit vectors >= 0.99, and the top token of the raw logits the same in >= 90 % of the steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from turnscribe.decoders.base import WindowAudio
+from turnscribe.decoders.transformers import SpeedOptions, TransformersDecoder
+from turnscribe.random_model import ForcedTokens, random_model, scripted_window
+from turnscribe.types import SAMPLE_RATE, WindowSpan
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu_check.sh on one)"),
+]
+LENGTHS = [28.0, 13.4, 28.0, 21.0]
+TOKENS = 180
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return random_model("full", device="cuda", dtype=torch.bfloat16, attention="sdpa")
+
+
+@pytest.fixture(scope="module")
+def windows() -> list[WindowAudio]:
+    rng = np.random.default_rng(0)
+    return [
+        WindowAudio(
+            WindowSpan(i, 0, round(s * SAMPLE_RATE)),
+            (0.05 * rng.standard_normal(round(s * SAMPLE_RATE))).astype(np.float32),
+        )
+        for i, s in enumerate(LENGTHS)
+    ]
+
+
+def forced_decoder(loaded, speed: SpeedOptions) -> TransformersDecoder:
+    decoder = TransformersDecoder("random-full", device="cuda", batch_size=8, speed=speed, loaded=loaded)
+    tokenizer = decoder.processor.tokenizer
+
+    def force(batch):
+        scripts = [scripted_window(tokenizer, len(w.samples) / SAMPLE_RATE, TOKENS, seed=w.span.index) for w in batch]
+        return [ForcedTokens(scripts, len(decoder.prompt_ids("en")), tokenizer.eos_token_id)]
+
+    decoder.logits_processor_factory = force
+    return decoder
+
+
+def run(decoder: TransformersDecoder, windows: list[WindowAudio]):
+    out = decoder.generate(windows, "en", output_logits=True, return_dict_in_generate=True)
+    return out.sequences.cpu(), torch.stack(out.logits, dim=1).float().cpu()  # (batch, steps, vocab)
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor) -> None:
+    """a, b: (steps, vocab) logits of one window."""
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    assert cosine.min() >= 0.99, f"lowest per-step cosine similarity {cosine.min():.4f}"
+    agree = (a.argmax(-1) == b.argmax(-1)).float().mean()
+    assert agree >= 0.9, f"top tokens agree in only {agree:.0%} of steps"
+
+
+def test_bf16_batched_generate_matches_single_window_generate(loaded, windows):
+    decoder = forced_decoder(loaded, SpeedOptions(attention="sdpa"))
+    sequences, logits = run(decoder, windows)
+    assert sequences.shape[1] == 9 + TOKENS + 1  # prompt, script, end-of-text
+    for i, w in enumerate(windows):
+        alone_sequence, alone_logits = run(decoder, [w])
+        assert torch.equal(alone_sequence[0], sequences[i])
+        assert_close(logits[i], alone_logits[0])
+
+
+@pytest.mark.slow
+def test_the_fast_preset_matches_the_plain_path(loaded, windows):
+    """Static KV cache + torch.compile (CUDA graphs) + GPU features, against the plain dynamic-cache path."""
+    plain_sequences, plain_logits = run(forced_decoder(loaded, SpeedOptions(attention="sdpa")), windows)
+    fast = forced_decoder(loaded, SpeedOptions.fast("cuda"))
+    run(fast, windows)  # compiles
+    sequences, logits = run(fast, windows)
+    assert torch.equal(sequences, plain_sequences)
+    steps = plain_logits.shape[1]
+    for i in range(len(windows)):
+        assert_close(logits[i, :steps], plain_logits[i])
