@@ -202,17 +202,19 @@ def test_full_job_queue_is_429_with_retry_after(limited_server, limited, limited
         wait_until(lambda job_id=job_id: job(url, job_id)["status"] == "succeeded", what=f"{job_id} to finish")
 
 
-def test_a_client_that_goes_away_stops_its_run(limited_server, limited, limited_held, conversation):
+def test_a_client_that_goes_away_stops_its_run(limited_server, limited, limited_held, tmp_path):
     url, _ = limited_server
+    path = tmp_path / "long.wav"
+    write_wav(path, signed(120, +1))  # 5 windows, under the 4 MiB upload limit
     limited_held.hold_from = 0
-    limited_held.batch_size = 1  # one window per step: the run checks for a stop between windows
+    limited_held.batch_size = 1  # one window per batch: the run checks for a stop between windows
     with ThreadPoolExecutor(1) as pool:
         # The client gives up after 1 s, while window 0 is still held, and closes its connection.
         gone = pool.submit(
             httpx.post,
             f"{url}/v1/audio/transcriptions",
             data={"model": "gpt-4o-transcribe-diarize"},
-            files={"file": ("a.wav", conversation.read_bytes())},
+            files={"file": ("a.wav", path.read_bytes())},
             headers={"Authorization": f"Bearer {KEY}"},
             timeout=1.0,
         )
@@ -225,8 +227,10 @@ def test_a_client_that_goes_away_stops_its_run(limited_server, limited, limited_
 
     wait_until(closed_seen, what="the server to notice the client left")
     limited_held.gate.set()
-    time.sleep(0.5)  # time enough for windows 1 and 2, had the run gone on
-    assert limited_held.batches == [[0]]
+    time.sleep(1.0)  # time enough for the other windows, had the run gone on
+    # Window 0, and at most the window queued ahead of it (the look-ahead), never the rest of the file.
+    decoded = [i for batch in limited_held.batches for i in batch]
+    assert decoded[0] == 0 and len(decoded) <= 2, decoded
 
 
 def test_a_stalled_upload_is_408(limited_server, limited):
