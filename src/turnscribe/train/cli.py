@@ -5,11 +5,14 @@ Heavy imports (lhotse, accelerate, torch) happen inside the commands: the CLI st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..types import TurnscribeError
 
@@ -20,9 +23,17 @@ prepare_app = typer.Typer(
 _MISSING_EXTRA = "training needs the [train] extra: pip install 'turnscribe[train]'"
 
 
-def _fail(error: Exception) -> typer.Exit:
-    console.print(f"[red]error[/red] {error}")
-    return typer.Exit(2)
+@contextmanager
+def _errors() -> Iterator[None]:
+    """A missing extra or a turnscribe error ends the command with its message and exit code 2, no traceback."""
+    try:
+        yield
+    except ImportError as e:
+        console.print(f"[red]error[/red] {escape(f'{_MISSING_EXTRA} ({e})')}")
+        raise typer.Exit(2) from e
+    except TurnscribeError as e:
+        console.print(f"[red]error[/red] {escape(str(e))}")
+        raise typer.Exit(2) from e
 
 
 def _report(out: Path, summaries: dict) -> None:  # type: ignore[type-arg]
@@ -58,7 +69,7 @@ def prepare_ami_command(
     seed: SeedOption = 0,
 ) -> None:
     """AMI SDM (lhotse's recipe) → 28 s windows every 14 s with ≤ 4 speakers (the card's 19,928 train rows)."""
-    try:
+    with _errors():
         from .data import WindowConfig, ami_cuts, prepare_windows
 
         splits = ami_cuts(corpus, annotations_dir=annotations, partition=partition, text=text)  # type: ignore[arg-type]
@@ -72,10 +83,6 @@ def prepare_ami_command(
             shard_size=shard_size,
             max_windows={"dev": dev_windows},
         )
-    except ImportError as e:
-        raise _fail(RuntimeError(f"{_MISSING_EXTRA} ({e})")) from e
-    except TurnscribeError as e:
-        raise _fail(e) from e
     _report(out, summaries)
 
 
@@ -94,7 +101,7 @@ def prepare_mixtures_command(
     seed: SeedOption = 0,
 ) -> None:
     """Synthetic K-speaker conversations (K = 1…4 weighted 0.2/0.3/0.3/0.2) from single-speaker utterances."""
-    try:
+    with _errors():
         from lhotse import CutSet
 
         from .data import DataPreparationError, MixtureConfig, librispeech_cuts, prepare_mixtures
@@ -116,10 +123,6 @@ def prepare_mixtures_command(
             source=f"mixtures of {librispeech or cuts}",
             shard_size=shard_size,
         )
-    except ImportError as e:
-        raise _fail(RuntimeError(f"{_MISSING_EXTRA} ({e})")) from e
-    except TurnscribeError as e:
-        raise _fail(e) from e
     _report(out, summaries)
 
 
@@ -137,7 +140,7 @@ def prepare_corpus_command(
     seed: SeedOption = 0,
 ) -> None:
     """Your own recordings + reference transcripts (speaker, start, end, words) → training windows."""
-    try:
+    with _errors():
         from .data import DataPreparationError, WindowConfig, corpus_cuts, prepare_windows
 
         recordings = corpus_cuts(audio, ref)
@@ -157,10 +160,6 @@ def prepare_corpus_command(
             seed=seed,
             shard_size=shard_size,
         )
-    except ImportError as e:
-        raise _fail(RuntimeError(f"{_MISSING_EXTRA} ({e})")) from e
-    except TurnscribeError as e:
-        raise _fail(e) from e
     _report(out, summaries)
 
 
@@ -173,10 +172,8 @@ def extend_vocab_command(
     """Add the 8 speaker and 300 timestamp tokens (and missing prompt controls); idempotent."""
     from .vocab import extend_checkpoint
 
-    try:
+    with _errors():
         extension = extend_checkpoint(base, out, init=init, seed=seed)  # type: ignore[arg-type]
-    except TurnscribeError as e:
-        raise _fail(e) from e
     if extension.changed:
         typer.echo(
             f"{out}: {len(extension.added_tokens)} tokens added, rows {extension.rows_before} → "
@@ -194,14 +191,10 @@ def train_command(
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in output_dir.")] = False,
 ) -> None:
     """Fine-tune with the card's recipe (multi-GPU: `accelerate launch -m turnscribe train CONFIG`)."""
-    try:
+    with _errors():
         from .loop import load_config, train
 
         result = train(load_config(config, set_ or []), resume=resume)
-    except ImportError as e:
-        raise _fail(RuntimeError(f"{_MISSING_EXTRA} ({e})")) from e
-    except TurnscribeError as e:
-        raise _fail(e) from e
     typer.echo(
         f"{result.steps}/{result.total_steps} steps ({result.optimizer}, {result.seconds_per_step:.2f} s/step); "
         f"model: {result.model_dir} (turnscribe transcribe --model {result.model_dir} …)"
