@@ -45,7 +45,7 @@ from scipy.optimize import linear_sum_assignment
 
 from turnscribe.speakers.clustering import check_counts
 from turnscribe.speakers.embedders import Embedder
-from turnscribe.speakers.linking import embed_in_chunks, segment_clip
+from turnscribe.speakers.linking import SpeakerAssignment, embed_in_chunks, segment_clip
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
 
 MIN_CALIBRATION_PAIRS = 3
@@ -373,26 +373,21 @@ class SlotLinker:
     min_segment_s: float = 1.0  # a segment with less speech of its own is not embedded alone
     waiver: float = 0.5  # two slots of one window closer than waiver × threshold are one person after all
     _references: np.ndarray = field(init=False, repr=False)
-    _last_threshold: float | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
         clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in self.known_speakers.values()]
         self._references = embed_in_chunks(self.embedder, clips) if clips else np.zeros((0, 0), np.float32)
 
-    @property
-    def effective_threshold(self) -> float | None:
-        """The given threshold, or the one calibrated on the last recording linked (None before any)."""
-        return self.threshold if self.threshold is not None else self._last_threshold
-
-    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
+    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> SpeakerAssignment:
+        """Labels for one recording; its threshold (given, or calibrated on it) comes back with them."""
         if not segments:
-            return []
+            return SpeakerAssignment([], None)
         graph = slot_graph(segments)
         one_pass = len({w for w, _ in graph.slots}) == 1
         if one_pass and not self.known_speakers and self._count_fits(len(graph.slots)):
             # One decoder pass already numbered its speakers consistently; embeddings could only add errors.
-            return self._names(segments, graph.segment_slot, [])
+            return SpeakerAssignment(self._names(segments, graph.segment_slot, []), None)
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
@@ -409,9 +404,8 @@ class SlotLinker:
             min_speakers=self.min_speakers,
             max_speakers=self.max_speakers,
         )
-        self._last_threshold = linking.threshold
         labels = recheck_segments(linking.labels[graph.segment_slot], speech, linking)
-        return self._names(segments, labels, self._match_known(linking))
+        return SpeakerAssignment(self._names(segments, labels, self._match_known(linking)), linking.threshold)
 
     def _count_fits(self, count: int) -> bool:
         return (
