@@ -80,6 +80,18 @@ def test_must_link_never_joins_two_slots_of_one_window() -> None:
     assert labels[0] != labels[2]
 
 
+def test_a_must_link_that_the_voices_contradict_is_refused() -> None:
+    x, y = unit(1, 0, 0), unit(0, 1, 0)
+    near_x, near_y = at_distance(x, y, 0.02), at_distance(y, x, 0.02)
+    # Windows 0 and 1 each hear X and Y; a speaker error in the overlap linked window 0's X to window 1's Y.
+    graph = SlotGraph([(0, 0), (0, 1), (1, 0), (1, 1)], np.arange(4), [(0, 3)])
+    blurred = at_distance(x, y, 0.3)  # X's slot holds some of Y's words: 0.3 from Y's slot, under the threshold
+    embeddings = [blurred, y, near_x, near_y]
+    labels = link(graph, embeddings)
+    # Slot 0 sounds more like window 1's slot 2 (which the link declares someone else) than like slot 3.
+    assert labels[0] == labels[2] != labels[1] == labels[3]
+
+
 def test_a_segment_in_the_wrong_slot_moves_to_its_speaker() -> None:
     a, b = unit(1, 0, 0), unit(0, 1, 0)
     linking = Linking(np.zeros(2, dtype=np.int64), np.array([a, b]), threshold=0.4)

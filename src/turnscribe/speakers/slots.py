@@ -8,8 +8,10 @@ Inside one window the model has already told its speakers apart, so the unit of 
    less than `min_speech_s` of speech are "weak": they take part in no decision and are attached, at the end,
    to the nearest speaker not already talking in their window.
 2. Slots that stitch.py saw decode the same speech in two neighbouring windows (`also_seen_as`) are one
-   person (must-link), unless that would put two slots of one window together or their voices are farther
-   apart than the threshold (a speaker error inside one window makes the stitcher link two people).
+   person (must-link), unless that would put two slots of one window together, their voices are farther
+   apart than the threshold, or either slot sounds more like another slot of its partner's window than like
+   its partner (a speaker error inside one window makes the stitcher link two people). The closest pairs are
+   joined first, so that of two links that exclude each other the better one holds.
 3. Two slots of one window are different people (cannot-link), unless their embeddings are overwhelmingly
    close (under `waiver` × the threshold, also between groups of slots): then the model split one person, or
    put one person's words into another's slot, and they may be merged.
@@ -295,10 +297,23 @@ def link_slots(
     same_pairs, same = distances(np.array(graph.must_link, dtype=np.int64).reshape(-1, 2))
     if threshold is None:
         threshold = calibrate_threshold(same, different, fallback_threshold)
-    # A speaker error inside one window makes the stitcher link two people: voices that clearly differ veto it.
-    vetoed = {(a, b) for (a, b), d in zip(same_pairs.tolist(), same.tolist(), strict=True) if d >= threshold}
-    for a, b in graph.must_link:
-        if (a, b) not in vetoed:
+    # A speaker error inside one window makes the stitcher link two people. The voices veto such a link when
+    # they clearly differ, or when either slot sounds more like another slot of its partner's window (a person
+    # the link would declare different) than like its partner. Closest pairs join first, and a join never puts
+    # two slots of one window together: of two links that exclude each other, the better one holds.
+    distance_of = dict(zip(map(tuple, same_pairs.tolist()), same.tolist(), strict=True))
+
+    def contradicted(a: int, b: int, distance: float) -> bool:
+        for one, other in ((a, b), (b, a)):
+            rivals = [c for c in by_window[int(slot_window[other])] if c != other and strong[c]]
+            if rivals and np.min(1.0 - embeddings[rivals] @ embeddings[one]) < distance:
+                return True
+        return False
+
+    # Pairs with a weak slot have no trustworthy distance: they join last, where nothing contradicts them.
+    for a, b in sorted(graph.must_link, key=lambda pair: distance_of.get(pair, np.inf)):
+        distance = distance_of.get((a, b))
+        if distance is None or (distance < threshold and not contradicted(a, b, distance)):
             join(a, b)
 
     roots = np.array([disjoint[i] for i in range(n)])
