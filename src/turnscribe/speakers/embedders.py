@@ -93,6 +93,7 @@ class ResemblyzerEmbedder:
 
     # embed_utterance's defaults: 1.3 partials per second, a last partial kept when 75 % covered.
     RATE, MIN_COVERAGE = 1.3, 0.75
+    SILENT_PEAK = 1e-6
 
     def __init__(
         self,
@@ -128,8 +129,9 @@ class ResemblyzerEmbedder:
     def _prepare(self, clip: np.ndarray) -> np.ndarray:
         clip = np.asarray(clip, dtype=np.float32).reshape(-1)
         # Not preprocess_wav: its VAD trim can empty a short clip. Only its volume step matters here, because
-        # GE2E reads a linear (not log) mel spectrogram; a silent clip has no level to raise.
-        if np.any(clip):
+        # GE2E reads a linear (not log) mel spectrogram; a silent clip has no level to raise. "Silent" includes
+        # denormal dust (below -120 dBFS), whose float32 power rounds to zero and would be raised to infinity.
+        if np.max(np.abs(clip), initial=0.0) >= self.SILENT_PEAK:
             clip = self._normalize_volume(clip, self._target_dbfs, increase_only=True)
         # Short clips are left to resemblyzer's own zero padding (to one 1.6 s partial), even empty ones: on
         # espeak voices tiling them instead inflated same-voice distances (0.36 vs 0.19 mean at 0.6 s) and
