@@ -24,18 +24,22 @@ class Embedder(Protocol):
     default_threshold: float
 
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        """Mono float32 clips at SAMPLE_RATE -> (n, d) float32 with L2-normalised rows ((0, 0) when n = 0)."""
+        """Mono float32 clips at SAMPLE_RATE -> (n, d) float32 with L2-normalised rows ((0, 0) when n = 0).
+
+        Callers hand over many clips at once (up to about a thousand): an implementation should batch them into
+        few forward passes, each bounded in size, rather than run them one by one.
+        """
         ...
 
 
-def _tile_to(clip: np.ndarray, min_samples: int) -> np.ndarray:
-    """Repeat a short clip up to `min_samples`, so that padding does not enter time pooling as silent frames."""
+def _tile_to(clip: np.ndarray, length: int) -> np.ndarray:
+    """Repeat a shorter clip up to `length` samples, so that padding does not enter time pooling as silence."""
     clip = np.asarray(clip, dtype=np.float32).reshape(-1)
-    if len(clip) >= min_samples:
+    if len(clip) >= length:
         return clip
     if len(clip) == 0:
-        return np.zeros(min_samples, dtype=np.float32)
-    return np.tile(clip, -(-min_samples // len(clip)))[:min_samples]
+        return np.zeros(length, dtype=np.float32)
+    return np.tile(clip, -(-length // len(clip)))[:length]
 
 
 def _normalised_rows(rows: Sequence[np.ndarray]) -> np.ndarray:

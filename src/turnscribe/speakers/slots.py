@@ -384,7 +384,11 @@ class SlotLinker:
     max_speakers: int | None = None
     # Name → reference clip (mono float32, SAMPLE_RATE): speakers matching one are labelled with its name.
     known_speakers: Mapping[str, np.ndarray] = field(default_factory=dict)
-    min_speech_s: float = 1.0  # a slot with less speech than this is too short to decide anything by itself
+    # A slot with less speech than this is too short to decide anything by itself. 1.6 s is one resemblyzer
+    # partial: below it the clip is zero-padded, the padding dominates, and short slots of different people sit
+    # close together (at 1.0 s they formed a cluster of their own on 8-speaker meetings; 2.0 s left too little
+    # to link by and merged two speakers).
+    min_speech_s: float = 1.6
     min_segment_s: float = 1.0  # a segment with less speech of its own is not embedded alone
     waiver: float = 0.5  # two slots of one window closer than waiver × threshold are one person after all
     _references: np.ndarray = field(init=False, repr=False)
