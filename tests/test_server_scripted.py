@@ -13,7 +13,7 @@ import numpy as np
 
 from turnscribe import Pipeline
 from turnscribe.decoders import ScriptedDecoder
-from turnscribe.speakers.linking import relabel_by_first_appearance
+from turnscribe.speakers.linking import SpeakerAssignment, relabel_by_first_appearance
 from turnscribe.types import StitchedSegment, WindowSpan
 
 DELAY_ENV = "TURNSCRIBE_TEST_DECODE_DELAY"
@@ -28,8 +28,10 @@ def script(span: WindowSpan) -> str:
 class SlotLinker:
     """Labels by the model's window-local slot: no embedder to load, deterministic."""
 
-    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
-        return relabel_by_first_appearance([s.start for s in segments], [s.slot for s in segments])
+    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> SpeakerAssignment:
+        return SpeakerAssignment(
+            relabel_by_first_appearance([s.start for s in segments], [s.slot for s in segments]), None
+        )
 
 
 def scripted_pipeline() -> Pipeline:

@@ -80,6 +80,18 @@ def test_must_link_never_joins_two_slots_of_one_window() -> None:
     assert labels[0] != labels[2]
 
 
+def test_a_must_link_that_the_voices_contradict_is_refused() -> None:
+    x, y = unit(1, 0, 0), unit(0, 1, 0)
+    near_x, near_y = at_distance(x, y, 0.02), at_distance(y, x, 0.02)
+    # Windows 0 and 1 each hear X and Y; a speaker error in the overlap linked window 0's X to window 1's Y.
+    graph = SlotGraph([(0, 0), (0, 1), (1, 0), (1, 1)], np.arange(4), [(0, 3)])
+    blurred = at_distance(x, y, 0.3)  # X's slot holds some of Y's words: 0.3 from Y's slot, under the threshold
+    embeddings = [blurred, y, near_x, near_y]
+    labels = link(graph, embeddings)
+    # Slot 0 sounds more like window 1's slot 2 (which the link declares someone else) than like slot 3.
+    assert labels[0] == labels[2] != labels[1] == labels[3]
+
+
 def test_a_segment_in_the_wrong_slot_moves_to_its_speaker() -> None:
     a, b = unit(1, 0, 0), unit(0, 1, 0)
     linking = Linking(np.zeros(2, dtype=np.int64), np.array([a, b]), threshold=0.4)
@@ -198,7 +210,7 @@ def test_single_window_keeps_the_models_slots_without_embedding() -> None:
             raise AssertionError("a single window needs no embeddings")
 
     segments = [StitchedSegment(0.0, 2.0, "a", 0, 1), StitchedSegment(2.0, 4.0, "b", 0, 0)]
-    assert SlotLinker(NoEmbedding()).assign(segments, np.zeros(5 * SAMPLE_RATE, np.float32)) == [
+    assert SlotLinker(NoEmbedding()).assign(segments, np.zeros(5 * SAMPLE_RATE, np.float32)).labels == [
         "SPEAKER_00",
         "SPEAKER_01",
     ]
@@ -216,3 +228,47 @@ def test_pipeline_finds_the_speakers_where_the_baseline_over_counts() -> None:
     assert len(baseline.speakers) > 4
     der = [evaluate(meeting.turns, t, collars=(0.25,)).der(0.25) for t in (slots, baseline)]
     assert der[0] < 0.005 and der[0] <= der[1]
+
+
+class LoudnessSpreadEmbedder:
+    """The oracle's speaker, but voices sit apart in proportion to the clip's loudness (plus a shared component):
+    louder recordings spread their speakers wider, so each calibrates its own threshold."""
+
+    name, default_threshold = "loudness-spread", 0.3
+
+    def embed(self, clips):
+        level = np.array([np.sqrt(np.mean(np.square(c, dtype=np.float64))) if len(c) else 0.0 for c in clips])
+        vectors = OracleEmbedder().embed(clips) * level[:, None] + 0.1
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_each_transcript_carries_its_own_recordings_threshold() -> None:
+    turns = [
+        ReferenceTurn(1.0, 9.0, "bob", "one two three four five six"),
+        ReferenceTurn(9.5, 15.0, "alice", "seven eight nine ten eleven"),
+        ReferenceTurn(16.0, 27.0, "carol", "twelve thirteen fourteen fifteen"),
+        ReferenceTurn(29.0, 40.0, "alice", "sixteen seventeen eighteen nineteen"),
+        ReferenceTurn(41.0, 52.0, "bob", "twenty twenty-one twenty-two"),
+        ReferenceTurn(53.0, 60.0, "carol", "twenty-three twenty-four"),
+    ]
+    noise = np.random.default_rng(0).normal(size=62 * SAMPLE_RATE).astype(np.float32)
+    quiet, _ = tag_speakers(0.05 * noise, turns)
+    loud, _ = tag_speakers(0.4 * noise, turns)
+
+    def run(linker: SlotLinker, audio: np.ndarray):
+        return Pipeline(ReferenceDecoder(turns), linker).run(audio, sampling_rate=SAMPLE_RATE)
+
+    alone = {
+        name: run(SlotLinker(LoudnessSpreadEmbedder()), audio) for name, audio in (("quiet", quiet), ("loud", loud))
+    }
+    assert alone["quiet"].metadata.threshold < 0.1 < 0.3 < alone["loud"].metadata.threshold
+    # One linker shared by recordings, as the server shares one: each result keeps its own value, in any order.
+    shared = SlotLinker(LoudnessSpreadEmbedder())
+    first_quiet, then_loud, quiet_again = run(shared, quiet), run(shared, loud), run(shared, quiet)
+    assert first_quiet.metadata.threshold == quiet_again.metadata.threshold == alone["quiet"].metadata.threshold
+    assert then_loud.metadata.threshold == alone["loud"].metadata.threshold
+    assert first_quiet.metadata.to_dict()["threshold"] == alone["quiet"].metadata.threshold
+    assert len(first_quiet.speakers) == len(then_loud.speakers) == 3
+    # A given threshold is what every recording reports.
+    fixed = SlotLinker(LoudnessSpreadEmbedder(), threshold=0.2)
+    assert run(fixed, quiet).metadata.threshold == run(fixed, loud).metadata.threshold == 0.2

@@ -14,6 +14,7 @@ from turnscribe.evaluation.synthetic import have_espeak, synthesise
 from turnscribe.speakers import (
     ClusteringLinker,
     EmbedderError,
+    SpeakerAssignment,
     cluster_embeddings,
     embedder_names,
     load_embedder,
@@ -275,7 +276,7 @@ TURNS = [
 def test_clustering_linker_links_voices_across_windows(voices, resemblyzer) -> None:
     audio, segments, speakers = recording(voices, TURNS, window_s=8.0)
     assert len({s.window for s in segments}) >= 3
-    labels = ClusteringLinker(resemblyzer).assign(segments, audio)
+    labels = ClusteringLinker(resemblyzer).assign(segments, audio).labels
     # Voices come in as klatt3, annie-high, f4-low, storm.
     expected = {"klatt3": "SPEAKER_00", "annie-high": "SPEAKER_01", "f4-low": "SPEAKER_02", "storm": "SPEAKER_03"}
     assert labels == [expected[name] for name in speakers]
@@ -284,8 +285,8 @@ def test_clustering_linker_links_voices_across_windows(voices, resemblyzer) -> N
 @needs_espeak
 def test_clustering_linker_respects_num_speakers(voices, resemblyzer) -> None:
     audio, segments, _ = recording(voices, TURNS, window_s=8.0)
-    assert len(set(ClusteringLinker(resemblyzer, num_speakers=2).assign(segments, audio))) == 2
-    assert len(set(ClusteringLinker(resemblyzer, max_speakers=3).assign(segments, audio))) == 3
+    assert len(set(ClusteringLinker(resemblyzer, num_speakers=2).assign(segments, audio).labels)) == 2
+    assert len(set(ClusteringLinker(resemblyzer, max_speakers=3).assign(segments, audio).labels)) == 3
 
 
 class NoEmbedding:
@@ -306,10 +307,10 @@ def test_single_window_uses_the_models_slots() -> None:
     ]
     audio = np.zeros(3 * SAMPLE_RATE, np.float32)
     expected = ["SPEAKER_00", "SPEAKER_01", "SPEAKER_00"]
-    assert ClusteringLinker(NoEmbedding()).assign(segments, audio) == expected
+    assert ClusteringLinker(NoEmbedding()).assign(segments, audio) == SpeakerAssignment(expected, None)
     # Constraints the slots already meet change nothing.
-    assert ClusteringLinker(NoEmbedding(), min_speakers=2, max_speakers=2).assign(segments, audio) == expected
-    assert ClusteringLinker(NoEmbedding(), num_speakers=3).assign([], audio) == []
+    assert ClusteringLinker(NoEmbedding(), min_speakers=2, max_speakers=2).assign(segments, audio).labels == expected
+    assert ClusteringLinker(NoEmbedding(), num_speakers=3).assign([], audio).labels == []
     # Constraints the slots break force clustering.
     with pytest.raises(AssertionError, match="single window"):
         ClusteringLinker(NoEmbedding(), num_speakers=1).assign(segments, audio)
@@ -319,5 +320,5 @@ def test_single_window_uses_the_models_slots() -> None:
 def test_single_window_with_forced_count_still_clusters(voices, resemblyzer) -> None:
     audio, segments, speakers = recording(voices, TURNS[:4], window_s=60.0)
     assert {s.window for s in segments} == {0}
-    labels = ClusteringLinker(resemblyzer, num_speakers=1).assign(segments, audio)
+    labels = ClusteringLinker(resemblyzer, num_speakers=1).assign(segments, audio).labels
     assert labels == ["SPEAKER_00"] * len(speakers)

@@ -102,10 +102,11 @@ class Pipeline:
         timings["stitch"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        labels = self.speakers.assign(stitched, samples) if stitched else []
+        assignment = self.speakers.assign(stitched, samples)
+        labels = assignment.labels
         timings["speakers"] = time.perf_counter() - t0
-        # Known only after linking: the slot linker calibrates its threshold on each recording.
-        metadata.threshold = getattr(self.speakers, "effective_threshold", None)
+        # Known only after linking, and only for this recording: the slot linker calibrates it on each one.
+        metadata.threshold = assignment.threshold
 
         segments = [
             Segment(i, s.start, s.end, s.text, label) for i, (s, label) in enumerate(zip(stitched, labels, strict=True))

@@ -2,7 +2,12 @@
 
 from turnscribe.speakers.clustering import cluster_embeddings
 from turnscribe.speakers.embedders import Embedder, EmbedderError, embedder_names, load_embedder
-from turnscribe.speakers.linking import ClusteringLinker, SpeakerLinker, relabel_by_first_appearance
+from turnscribe.speakers.linking import (
+    ClusteringLinker,
+    SpeakerAssignment,
+    SpeakerLinker,
+    relabel_by_first_appearance,
+)
 from turnscribe.speakers.slots import SlotLinker
 
 __all__ = [
@@ -10,6 +15,7 @@ __all__ = [
     "Embedder",
     "EmbedderError",
     "SlotLinker",
+    "SpeakerAssignment",
     "SpeakerLinker",
     "cluster_embeddings",
     "embedder_names",

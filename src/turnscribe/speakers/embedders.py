@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,18 +24,22 @@ class Embedder(Protocol):
     default_threshold: float
 
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        """Mono float32 clips at SAMPLE_RATE -> (n, d) float32 with L2-normalised rows ((0, 0) when n = 0)."""
+        """Mono float32 clips at SAMPLE_RATE -> (n, d) float32 with L2-normalised rows ((0, 0) when n = 0).
+
+        Callers hand over many clips at once (up to about a thousand): an implementation should batch them into
+        few forward passes, each bounded in size, rather than run them one by one.
+        """
         ...
 
 
-def _tile_to(clip: np.ndarray, min_samples: int) -> np.ndarray:
-    """Repeat a short clip up to `min_samples`, so that padding does not enter time pooling as silent frames."""
+def _tile_to(clip: np.ndarray, length: int) -> np.ndarray:
+    """Repeat a shorter clip up to `length` samples, so that padding does not enter time pooling as silence."""
     clip = np.asarray(clip, dtype=np.float32).reshape(-1)
-    if len(clip) >= min_samples:
+    if len(clip) >= length:
         return clip
     if len(clip) == 0:
-        return np.zeros(min_samples, dtype=np.float32)
-    return np.tile(clip, -(-min_samples // len(clip)))[:min_samples]
+        return np.zeros(length, dtype=np.float32)
+    return np.tile(clip, -(-length // len(clip)))[:length]
 
 
 def _normalised_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
@@ -46,6 +51,36 @@ def _normalised_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise EmbedderError("the embedder returned a zero or non-finite vector for a clip")
     return matrix / norms
+
+
+def resolve_device(device: str) -> str:
+    """ "auto" is the first CUDA device when torch sees one, else the CPU; anything else is kept as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def length_buckets(lengths: Sequence[int], *, stretch: float, max_samples: int) -> list[list[int]]:
+    """Group clip indices for batched forward passes: clips of similar length, bounded in total size.
+
+    Clips are taken shortest first; a group takes the next clip while that clip is at most `stretch` times as
+    long as the group's shortest (each clip is then tiled up to the group's longest, so none grows by more than
+    that factor) and while the group, every clip at that longest length, stays within `max_samples`. A clip
+    longer than `max_samples` forms a group of its own.
+    """
+    groups: list[list[int]] = []
+    shortest = 0
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        length = lengths[i]
+        group = groups[-1] if groups else []
+        if group and length <= stretch * shortest and (len(group) + 1) * length <= max_samples:
+            group.append(i)
+        else:
+            groups.append([i])
+            shortest = length
+    return groups
 
 
 class ResemblyzerEmbedder:
@@ -60,39 +95,90 @@ class ResemblyzerEmbedder:
     # than synthetic ones, so the cut sits at the real-speech boundary, not at espeak's narrower gap.
     default_threshold = 0.3
 
-    def __init__(self, device: str = "cpu") -> None:
+    # embed_utterance's defaults: 1.3 partials per second, a last partial kept when 75 % covered.
+    RATE, MIN_COVERAGE = 1.3, 0.75
+    SILENT_PEAK = 1e-6
+
+    def __init__(
+        self,
+        device: str = "auto",
+        *,
+        # Partial utterances per forward pass: each is 160 mel frames (1.6 s), so 256 are 6.5 MB of input.
+        batch_partials: int = 256,
+    ) -> None:
         try:
             with warnings.catch_warnings():
                 # webrtcvad's pkg_resources deprecation notice is noise for our users, not theirs to fix.
                 warnings.simplefilter("ignore", UserWarning)
                 from resemblyzer import VoiceEncoder
-                from resemblyzer.audio import normalize_volume
+                from resemblyzer.audio import normalize_volume, wav_to_mel_spectrogram
                 from resemblyzer.hparams import audio_norm_target_dBFS
         except ImportError as exc:
             raise EmbedderError(
                 f"the resemblyzer embedder needs resemblyzer ({exc}); install it with "
                 "pip install resemblyzer 'setuptools<81' (webrtcvad still imports pkg_resources)"
             ) from exc
+        if batch_partials < 1:
+            raise EmbedderError(f"batch_partials must be at least 1, got {batch_partials}")
+        self.device = resolve_device(device)
         try:
-            self._encoder = VoiceEncoder(device=device, verbose=False)
+            self._encoder = VoiceEncoder(device=self.device, verbose=False)
         except (RuntimeError, AssertionError) as exc:
             raise EmbedderError(f"could not load resemblyzer on device {device!r}: {exc}; try --device cpu") from exc
+        self.batch_partials = batch_partials
         self._normalize_volume = normalize_volume
+        self._mel = wav_to_mel_spectrogram
         self._target_dbfs = audio_norm_target_dBFS
 
     def _prepare(self, clip: np.ndarray) -> np.ndarray:
         clip = np.asarray(clip, dtype=np.float32).reshape(-1)
         # Not preprocess_wav: its VAD trim can empty a short clip. Only its volume step matters here, because
-        # GE2E reads a linear (not log) mel spectrogram; a silent clip has no level to raise.
-        if np.any(clip):
+        # GE2E reads a linear (not log) mel spectrogram; a silent clip has no level to raise. "Silent" includes
+        # denormal dust (below -120 dBFS), whose float32 power rounds to zero and would be raised to infinity.
+        if np.max(np.abs(clip), initial=0.0) >= self.SILENT_PEAK:
             clip = self._normalize_volume(clip, self._target_dbfs, increase_only=True)
         # Short clips are left to resemblyzer's own zero padding (to one 1.6 s partial), even empty ones: on
         # espeak voices tiling them instead inflated same-voice distances (0.36 vs 0.19 mean at 0.6 s) and
         # separated voices worse.
         return clip.astype(np.float32)
 
+    def partials(self, clip: np.ndarray) -> np.ndarray:
+        """The (p, 160, 40) mel partials of one clip, exactly as VoiceEncoder.embed_utterance cuts them."""
+        wav = self._prepare(clip)
+        wav_slices, mel_slices = self._encoder.compute_partial_slices(len(wav), self.RATE, self.MIN_COVERAGE)
+        wav = np.pad(wav, (0, max(wav_slices[-1].stop - len(wav), 0)))
+        mel = self._mel(wav)
+        return np.stack([mel[s] for s in mel_slices])
+
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        return _normalised_rows([self._encoder.embed_utterance(self._prepare(c)) for c in clips])
+        """Every partial of every clip has the same shape, so partials of many clips share one forward pass.
+
+        The result equals embed_utterance clip by clip (the mean of a clip's partial embeddings) up to float
+        rounding; only batch_partials partials (plus the rest of one clip) are held at a time.
+        """
+        import torch
+
+        means: list[np.ndarray] = []
+        pending: list[np.ndarray] = []  # partials of the clips not yet forwarded, one array per clip
+
+        def forward() -> None:
+            with torch.inference_mode():
+                batch = torch.from_numpy(np.concatenate(pending)).to(self.device)
+                embedded = self._encoder(batch).float().cpu().numpy()
+            bounds = np.cumsum([0] + [len(p) for p in pending])
+            means.extend(embedded[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds))
+            pending.clear()
+
+        waiting = 0
+        for clip in clips:
+            pending.append(self.partials(clip))
+            waiting += len(pending[-1])
+            if waiting >= self.batch_partials:
+                forward()
+                waiting = 0
+        if pending:
+            forward()
+        return _normalised_rows(means)
 
 
 class ReDimNet2Embedder:
@@ -105,8 +191,12 @@ class ReDimNet2Embedder:
 
     def __init__(
         self,
-        device: str = "cpu",
+        device: str = "auto",
         *,
+        # Audio per forward pass, all clips of a batch counted at its longest clip's length.
+        batch_seconds: float = 120.0,
+        # Clips batched together differ in length by at most this factor (see length_buckets).
+        max_stretch: float = 1.1,
         hub_dir: str | None = None,
         repo: str = "PalabraAI/redimnet2",
         entry_point: str = "redimnet2",
@@ -117,6 +207,11 @@ class ReDimNet2Embedder:
     ) -> None:
         import torch
 
+        if batch_seconds * SAMPLE_RATE < 1 or max_stretch < 1:
+            raise EmbedderError(f"need batch_seconds > 0 and max_stretch >= 1, got {batch_seconds}, {max_stretch}")
+        self.batch_samples = round(batch_seconds * SAMPLE_RATE)
+        self.max_stretch = max_stretch
+        self.device = device = resolve_device(device)
         if hub_dir is not None:
             folder = Path(hub_dir).expanduser()
             if not (folder / "hubconf.py").is_file():
@@ -147,17 +242,25 @@ class ReDimNet2Embedder:
                 "--embedder-option hub_dir=/path/to/redimnet2 checkout (its weights must already be in the "
                 "torch hub cache, see TORCH_HOME), or use --embedder resemblyzer."
             ) from exc
-        self._device = device
 
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """Clips of similar length share a forward pass, each tiled up to the longest of its batch.
+
+        Tiled, not zero-padded: the model's time pooling averages over every frame, and repeated speech keeps
+        its statistics where silence would dilute them. A clip grows by at most max_stretch, which moves its
+        embedding only slightly from a clip-by-clip pass (tests bound the difference).
+        """
         import torch
 
-        rows = []
-        # Clip by clip: padding clips to a common length would change what the time pooling averages over.
+        lengths = [max(len(np.asarray(c).reshape(-1)), self.min_samples) for c in clips]
+        rows: list[np.ndarray] = [np.zeros(0, np.float32)] * len(clips)
         with torch.inference_mode():
-            for clip in clips:
-                wav = torch.from_numpy(_tile_to(clip, self.min_samples)).to(self._device)
-                rows.append(self._model(wav.unsqueeze(0)).float().cpu().numpy())
+            for group in length_buckets(lengths, stretch=self.max_stretch, max_samples=self.batch_samples):
+                longest = max(lengths[i] for i in group)
+                batch = np.stack([_tile_to(clips[i], longest) for i in group])
+                embedded = self._model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+                for i, row in zip(group, embedded, strict=True):
+                    rows[i] = row
         return _normalised_rows(rows)
 
 
@@ -171,15 +274,27 @@ def embedder_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_embedder(name: str, device: str = "cpu", **options: Any) -> Embedder:
-    """Build the embedder registered as `name`; `options` are its keyword settings (e.g. hub_dir for redimnet2)."""
+def load_embedder(name: str, device: str = "auto", **options: Any) -> Embedder:
+    """Build the embedder registered as `name`; `options` are its keyword settings (e.g. hub_dir for redimnet2).
+
+    `device`: "auto" (CUDA when torch sees a GPU, else CPU), "cpu", "cuda" or "cuda:N". Options given as
+    strings (the command line's KEY=VALUE) are converted to the type of the option's default.
+    """
     factory = _REGISTRY.get(name)
     if factory is None:
         raise EmbedderError(f"unknown embedder {name!r}; choose one of: {', '.join(embedder_names())}")
-    accepted = [p for p in inspect.signature(factory).parameters if p != "device"]
+    parameters = inspect.signature(factory).parameters
+    accepted = [p for p in parameters if p != "device"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise EmbedderError(
             f"embedder {name!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted) or 'none'}"
         )
+    for key, value in options.items():
+        default = parameters[key].default
+        if isinstance(value, str) and isinstance(default, int | float) and not isinstance(default, bool):
+            try:
+                options[key] = type(default)(value)
+            except ValueError as exc:
+                raise EmbedderError(f"embedder option {key}={value!r} must be a {type(default).__name__}") from exc
     return factory(device=device, **options)

@@ -12,12 +12,26 @@ from turnscribe.speakers.clustering import check_counts, cluster_embeddings
 from turnscribe.speakers.embedders import Embedder
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
 
-_EMBED_CHUNK = 64  # clips per embed() call: bounds memory on long files without losing batching
+# Clips per embed() call: bounds what an embedder that holds all its input at once may take. The built-in ones
+# batch forward passes within a call (bounded in size), and more clips per call lets them batch better.
+_EMBED_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class SpeakerAssignment:
+    """What linking one recording gave: a label per segment, and the cut it clustered at.
+
+    The threshold belongs to the recording, not to the linker: one linker serves many recordings (the server
+    shares one across requests), and a calibrated threshold differs from one recording to the next.
+    """
+
+    labels: list[str]  # one per segment, in the segments' order
+    threshold: float | None  # cosine-distance cut used for this recording; None where nothing was clustered
 
 
 class SpeakerLinker(Protocol):
-    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
-        """One speaker label per segment, in the segments' order."""
+    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> SpeakerAssignment:
+        """One speaker label per segment, in the segments' order, and the threshold used for this recording."""
         ...
 
 
@@ -66,13 +80,13 @@ class ClusteringLinker:
             and (self.max_speakers is None or count <= self.max_speakers)
         )
 
-    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
+    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> SpeakerAssignment:
         if not segments:
-            return []
+            return SpeakerAssignment([], None)
         starts = [s.start for s in segments]
         # One decoder pass already numbered its speakers consistently; embeddings could only add errors.
         if len({s.window for s in segments}) == 1 and self._slots_fit(len({s.slot for s in segments})):
-            return relabel_by_first_appearance(starts, [s.slot for s in segments])
+            return SpeakerAssignment(relabel_by_first_appearance(starts, [s.slot for s in segments]), None)
 
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
@@ -86,4 +100,4 @@ class ClusteringLinker:
             min_speakers=self.min_speakers,
             max_speakers=self.max_speakers,
         )
-        return relabel_by_first_appearance(starts, labels.tolist())
+        return SpeakerAssignment(relabel_by_first_appearance(starts, labels.tolist()), self.effective_threshold)

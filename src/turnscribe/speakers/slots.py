@@ -8,8 +8,10 @@ Inside one window the model has already told its speakers apart, so the unit of 
    less than `min_speech_s` of speech are "weak": they take part in no decision and are attached, at the end,
    to the nearest speaker not already talking in their window.
 2. Slots that stitch.py saw decode the same speech in two neighbouring windows (`also_seen_as`) are one
-   person (must-link), unless that would put two slots of one window together or their voices are farther
-   apart than the threshold (a speaker error inside one window makes the stitcher link two people).
+   person (must-link), unless that would put two slots of one window together, their voices are farther
+   apart than the threshold, or either slot sounds more like another slot of its partner's window than like
+   its partner (a speaker error inside one window makes the stitcher link two people). The closest pairs are
+   joined first, so that of two links that exclude each other the better one holds.
 3. Two slots of one window are different people (cannot-link), unless their embeddings are overwhelmingly
    close (under `waiver` × the threshold, also between groups of slots): then the model split one person, or
    put one person's words into another's slot, and they may be merged.
@@ -45,7 +47,7 @@ from scipy.optimize import linear_sum_assignment
 
 from turnscribe.speakers.clustering import check_counts
 from turnscribe.speakers.embedders import Embedder
-from turnscribe.speakers.linking import embed_in_chunks, segment_clip
+from turnscribe.speakers.linking import SpeakerAssignment, embed_in_chunks, segment_clip
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
 
 MIN_CALIBRATION_PAIRS = 3
@@ -295,10 +297,23 @@ def link_slots(
     same_pairs, same = distances(np.array(graph.must_link, dtype=np.int64).reshape(-1, 2))
     if threshold is None:
         threshold = calibrate_threshold(same, different, fallback_threshold)
-    # A speaker error inside one window makes the stitcher link two people: voices that clearly differ veto it.
-    vetoed = {(a, b) for (a, b), d in zip(same_pairs.tolist(), same.tolist(), strict=True) if d >= threshold}
-    for a, b in graph.must_link:
-        if (a, b) not in vetoed:
+    # A speaker error inside one window makes the stitcher link two people. The voices veto such a link when
+    # they clearly differ, or when either slot sounds more like another slot of its partner's window (a person
+    # the link would declare different) than like its partner. Closest pairs join first, and a join never puts
+    # two slots of one window together: of two links that exclude each other, the better one holds.
+    distance_of = dict(zip(map(tuple, same_pairs.tolist()), same.tolist(), strict=True))
+
+    def contradicted(a: int, b: int, distance: float) -> bool:
+        for one, other in ((a, b), (b, a)):
+            rivals = [c for c in by_window[int(slot_window[other])] if c != other and strong[c]]
+            if rivals and np.min(1.0 - embeddings[rivals] @ embeddings[one]) < distance:
+                return True
+        return False
+
+    # Pairs with a weak slot have no trustworthy distance: they join last, where nothing contradicts them.
+    for a, b in sorted(graph.must_link, key=lambda pair: distance_of.get(pair, np.inf)):
+        distance = distance_of.get((a, b))
+        if distance is None or (distance < threshold and not contradicted(a, b, distance)):
             join(a, b)
 
     roots = np.array([disjoint[i] for i in range(n)])
@@ -369,30 +384,29 @@ class SlotLinker:
     max_speakers: int | None = None
     # Name → reference clip (mono float32, SAMPLE_RATE): speakers matching one are labelled with its name.
     known_speakers: Mapping[str, np.ndarray] = field(default_factory=dict)
-    min_speech_s: float = 1.0  # a slot with less speech than this is too short to decide anything by itself
+    # A slot with less speech than this is too short to decide anything by itself. 1.6 s is one resemblyzer
+    # partial: below it the clip is zero-padded, the padding dominates, and short slots of different people sit
+    # close together (at 1.0 s they formed a cluster of their own on 8-speaker meetings; 2.0 s left too little
+    # to link by and merged two speakers).
+    min_speech_s: float = 1.6
     min_segment_s: float = 1.0  # a segment with less speech of its own is not embedded alone
     waiver: float = 0.5  # two slots of one window closer than waiver × threshold are one person after all
     _references: np.ndarray = field(init=False, repr=False)
-    _last_threshold: float | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
         clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in self.known_speakers.values()]
         self._references = embed_in_chunks(self.embedder, clips) if clips else np.zeros((0, 0), np.float32)
 
-    @property
-    def effective_threshold(self) -> float | None:
-        """The given threshold, or the one calibrated on the last recording linked (None before any)."""
-        return self.threshold if self.threshold is not None else self._last_threshold
-
-    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> list[str]:
+    def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> SpeakerAssignment:
+        """Labels for one recording; its threshold (given, or calibrated on it) comes back with them."""
         if not segments:
-            return []
+            return SpeakerAssignment([], None)
         graph = slot_graph(segments)
         one_pass = len({w for w, _ in graph.slots}) == 1
         if one_pass and not self.known_speakers and self._count_fits(len(graph.slots)):
             # One decoder pass already numbered its speakers consistently; embeddings could only add errors.
-            return self._names(segments, graph.segment_slot, [])
+            return SpeakerAssignment(self._names(segments, graph.segment_slot, []), None)
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
@@ -409,9 +423,8 @@ class SlotLinker:
             min_speakers=self.min_speakers,
             max_speakers=self.max_speakers,
         )
-        self._last_threshold = linking.threshold
         labels = recheck_segments(linking.labels[graph.segment_slot], speech, linking)
-        return self._names(segments, labels, self._match_known(linking))
+        return SpeakerAssignment(self._names(segments, labels, self._match_known(linking)), linking.threshold)
 
     def _count_fits(self, count: int) -> bool:
         return (
