@@ -17,7 +17,6 @@ one thread. How a batch is formed:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import os
@@ -286,12 +285,9 @@ def run_many(
 
     def one(index: int, audio: AudioInput) -> FileResult:
         source = str(audio) if isinstance(audio, str | os.PathLike) else f"<input {index}>"
-        # Each file gets its own linker copy: linkers remember per-recording state (the calibrated threshold).
+        # Linkers keep no per-recording state (the threshold travels with each assignment): one serves all files.
         run = Pipeline(
-            ScheduledDecoder(scheduler),
-            copy.copy(pipeline.speakers),
-            window_s=pipeline.window_s,
-            overlap_s=pipeline.overlap_s,
+            ScheduledDecoder(scheduler), pipeline.speakers, window_s=pipeline.window_s, overlap_s=pipeline.overlap_s
         )
         try:
             transcript = run.run(

@@ -3,7 +3,6 @@ can be cancelled, time out, report progress and hand out segments as soon as lat
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
@@ -146,8 +145,7 @@ class Engine:
     def linker_for(self, known_speakers: Mapping[str, np.ndarray] | None) -> SpeakerLinker:
         """The shared linker, or for a request with known speakers a copy that knows them (enrolled per request)."""
         if not known_speakers:
-            # A copy all the same: linkers keep per-recording state (the calibrated threshold).
-            return copy.copy(self.pipeline.speakers)
+            return self.pipeline.speakers
         self.check_known_speakers_supported()
         assert isinstance(self.pipeline.speakers, SlotLinker)
         return replace(self.pipeline.speakers, known_speakers=dict(known_speakers))
