@@ -32,12 +32,12 @@ from typing import Any
 import av
 import numpy as np
 
-from turnscribe import Pipeline, Transcript
+from turnscribe import LINKERS, Pipeline, Transcript
 from turnscribe.decoders.reference import ReferenceDecoder, ReferenceTurn
 from turnscribe.evaluation.synthetic import VOICES as SYNTHETIC_VOICES
 from turnscribe.evaluation.synthetic import synthesise
 from turnscribe.formats import extension, format_names, write
-from turnscribe.speakers import ClusteringLinker, load_embedder
+from turnscribe.speakers import ClusteringLinker, SlotLinker, load_embedder
 from turnscribe.types import SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,14 +162,16 @@ def diarization_error(turns: Sequence[ReferenceTurn], transcript: Transcript) ->
     return float(metric(reference, hypothesis, uem=Timeline([Segment(0, transcript.duration)])))
 
 
-def measure(audio: Path, turns_file: Path, threads: int | None) -> dict[str, Any]:
+def measure(audio: Path, turns_file: Path, threads: int | None, linker: str) -> dict[str, Any]:
     """Run in the child process: the pipeline and the writers on one file, then the DER of the result."""
     import torch
 
     if threads is not None:
         torch.set_num_threads(threads)
     turns = [ReferenceTurn(*row) for row in json.loads(turns_file.read_text())]
-    pipeline = Pipeline(ReferenceDecoder(turns), ClusteringLinker(load_embedder("resemblyzer")))
+    embedder = load_embedder("resemblyzer", device="cpu")
+    speakers = SlotLinker(embedder) if linker == "slots" else ClusteringLinker(embedder)
+    pipeline = Pipeline(ReferenceDecoder(turns), speakers)
     baseline_rss = peak_rss_mb()
     t0, cpu0 = time.perf_counter(), time.process_time()
     transcript = pipeline.run(audio, language="en", source=str(audio))
@@ -201,7 +203,12 @@ def measure(audio: Path, turns_file: Path, threads: int | None) -> dict[str, Any
 
 
 def run_size(
-    hours: float, voices: dict[str, list[tuple[np.ndarray, str]]], folder: Path, seed: int, threads: int | None
+    hours: float,
+    voices: dict[str, list[tuple[np.ndarray, str]]],
+    folder: Path,
+    seed: int,
+    threads: int | None,
+    linker: str,
 ) -> dict[str, Any]:
     audio, turns_file = folder / f"meeting-{hours:g}h.flac", folder / f"meeting-{hours:g}h.json"
     turns: list[ReferenceTurn] = []
@@ -213,7 +220,7 @@ def run_size(
         f"in {time.perf_counter() - t0:.1f} s; running the pipeline in a fresh process ...",
         flush=True,
     )
-    command = [sys.executable, __file__, "--measure", str(audio), str(turns_file)]
+    command = [sys.executable, __file__, "--measure", str(audio), str(turns_file), "--linker", linker]
     if threads is not None:
         command += ["--threads", str(threads)]
     child = subprocess.run(command, check=True, stdout=subprocess.PIPE)
@@ -306,18 +313,19 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="torch intra-op threads (default: torch's own choice, one per core)"
     )
+    parser.add_argument("--linker", choices=LINKERS, default="slots", help="speaker linker (default: the default's)")
     parser.add_argument("--update-readme", action="store_true", help="rewrite the README's pipeline_overhead block")
     parser.add_argument("--measure", nargs=2, type=Path, help=argparse.SUPPRESS)  # the child process's entry point
     args = parser.parse_args()
     if args.measure:
         audio, turns_file = args.measure
-        print(json.dumps(measure(audio, turns_file, args.threads)))
+        print(json.dumps(measure(audio, turns_file, args.threads, args.linker)))
         return
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pipeline_overhead-") as tmp:
         voices = synthesise_voices()
-        results = [run_size(h, voices, Path(tmp), args.seed, args.threads) for h in sorted(args.hours)]
+        results = [run_size(h, voices, Path(tmp), args.seed, args.threads, args.linker) for h in sorted(args.hours)]
     for r in results:
         formats = ", ".join(f"{k} {v / (r['duration'] / 3600):.2f}" for k, v in r["formats"].items())
         print(
@@ -325,7 +333,7 @@ def main() -> None:
             f"pipeline + formats wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s; "
             f"RSS after loading {r['baseline_rss_mb']:.0f} MB; formats s/h: {formats}"
         )
-    command = "--hours " + " ".join(f"{h:g}" for h in sorted(args.hours))
+    command = "--hours " + " ".join(f"{h:g}" for h in sorted(args.hours)) + f" --linker {args.linker}"
     if args.threads is not None:
         command += f" --threads {args.threads}"
     block = "\n".join(
@@ -334,8 +342,8 @@ def main() -> None:
             "",
             *[f"{line}  " for line in ratios(results)],
             f"Seconds per hour of audio for each stage except the model's forward pass (ReferenceDecoder as the "
-            f"model, resemblyzer embedder); CPU s/h: the pipeline process's CPU time for all of them; DER at "
-            f"collar 0. {machine(results)}; "
+            f"model, resemblyzer embedder, `{args.linker}` linker); CPU s/h: the pipeline process's CPU time for "
+            f"all of them; DER at collar 0. {machine(results)}; "
             f"`python benchmarks/pipeline_overhead.py {command}`.",
         ]
     )
