@@ -20,8 +20,10 @@ from turnscribe.speakers.slots import (
     SlotLinker,
     SlotSpeech,
     calibrate_threshold,
+    find_strays,
     link_slots,
     recheck_segments,
+    set_strays_aside,
     slot_graph,
 )
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
@@ -101,6 +103,51 @@ def test_a_segment_in_the_wrong_slot_moves_to_its_speaker() -> None:
     labels = recheck_segments(np.array([0, 0, 0, 1, 0]), speech, linking)
     # Moved: segment 1 (b's voice in a's slot). Kept: 2 (clearly a), 3 (0.3 from a: not clear enough), 4.
     assert labels.tolist() == [0, 1, 0, 1, 0]
+
+
+def segment(window: int, slot: int, start: float, also: tuple[tuple[int, int], ...] = ()) -> StitchedSegment:
+    return StitchedSegment(start, start + 3.0, "words", window, slot, also)
+
+
+def test_a_slot_holding_two_voices_sets_the_minority_aside() -> None:
+    a, b = unit(1, 0, 0), unit(0, 1, 0)
+    # Window 0: slot 0 holds two segments of a, one of b (the model's slot error; its speech is also decoded by
+    # window 1's slot 1) and a segment too short to embed alone; slot 1 is b. Window 1: slot 0 a, slot 1 b.
+    segments = [
+        segment(0, 0, 0.0),
+        segment(0, 0, 4.0),
+        segment(0, 0, 8.0, also=((1, 1),)),
+        segment(0, 0, 12.0),
+        segment(0, 1, 16.0),
+        segment(1, 0, 30.0),
+        segment(1, 1, 34.0),
+    ]
+    graph = slot_graph(segments)
+    vectors = np.array([a, at_distance(a, b, 0.05), b, np.zeros(3), b, a, b])
+    seconds = np.array([3.0, 3.0, 3.0, 0.0, 3.0, 3.0, 3.0])
+    blurred = unit(2, 1, 0)  # slot (0, 0) pooled over both voices
+    speech = SlotSpeech(vectors, seconds, np.array([blurred, b, a, b]), np.array([9.0, 3.0, 3.0, 3.0]))
+    strays = find_strays(graph, speech, threshold=0.4)
+    assert strays.tolist() == [False, False, True, False, False, False, False]
+    # Voices closer than the threshold are one group: nothing is set aside.
+    assert not find_strays(graph, speech, threshold=1.5).any()
+
+    cleaned_graph, cleaned, confused = set_strays_aside(segments, graph, speech, strays)
+    assert confused.tolist() == [True, False, False, False]
+    assert 1.0 - cleaned.slot_vectors[0] @ a < 0.02 and cleaned.slot_s[0] == 6.0  # pooled from a's segments only
+    np.testing.assert_array_equal(cleaned.slot_vectors[1:], speech.slot_vectors[1:])
+    assert graph.must_link == [(0, 3)] and cleaned_graph.must_link == []  # the stray's link is no evidence
+
+
+def test_a_confused_slot_loses_its_cannot_links() -> None:
+    a, b, elsewhere = unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)
+    # Window 0 has two slots of voice a, 0.3 apart: under the threshold, above the waiver. Slot 0 had a stray
+    # (another speaker's segment): the model mixed up speakers in that window, so its word that they are two
+    # people counts for nothing, and the voices decide.
+    embeddings = [a, at_distance(a, elsewhere, 0.3), b]
+    assert link(TWO_WINDOWS, embeddings)[0] != link(TWO_WINDOWS, embeddings)[1]
+    labels = link(TWO_WINDOWS, embeddings, confused=np.array([True, False, False]))
+    assert labels[0] == labels[1] != labels[2]
 
 
 def meeting_embeddings(meeting: SlotMeeting, graph: SlotGraph, same: float, apart: float) -> np.ndarray:

@@ -7,6 +7,12 @@ Inside one window the model has already told its speakers apart, so the unit of 
    it lasts `min_segment_s`; a slot's vector is the speech-weighted mean of those (`embed_slots`). Slots with
    less than `min_speech_s` of speech are "weak": they take part in no decision and are attached, at the end,
    to the nearest speaker not already talking in their window.
+   A slot whose segments embedded alone disagree holds two people (the model gave a segment another
+   speaker's slot of its window): its minority voices are strays (`find_strays`, average linkage of the
+   slot's segments cut at the threshold). They are set aside (`set_strays_aside`): the slot is pooled again
+   without them, their must-links are dropped, and the slot loses its cannot-links (the model mixed speakers
+   up in it, so its word that another slot of the window is someone else counts for nothing). Each stray
+   goes, at the end, to the speaker its own voice is nearest: it seeds no speaker of its own.
 2. Slots that stitch.py saw decode the same speech in two neighbouring windows (`also_seen_as`) are one
    person (must-link), unless that would put two slots of one window together, their voices are farther
    apart than the threshold, or either slot sounds more like another slot of its partner's window than like
@@ -27,8 +33,9 @@ begins for this embedder, these voices and this noise. Must-linked slots, known 
 keep the cut from falling below the point that best separates the two sets (they are neighbours in time, so
 closer than one person's slots far apart: halfway between the sets would cut too low). With fewer than
 `MIN_CALIBRATION_PAIRS` different pairs, or when the sets do not separate at all, the embedder's calibrated
-default is used. The cannot-links are what make a generous cut safe: two people who ever share a window are
-never merged.
+default is used. The threshold that finds strays is calibrated on the slots as decoded; the one that links is
+calibrated again on the slots without their strays (a mixed slot blurs both sets). The cannot-links are what
+make a generous cut safe: two people who ever share a window are never merged.
 
 Average linkage is computed from per-group weighted sums of unit embeddings (the mean cosine similarity of
 two groups is the dot product of their means), so no matrix over all segments or slots is ever built: long
@@ -42,7 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
-from scipy.cluster.hierarchy import DisjointSet
+from scipy.cluster.hierarchy import DisjointSet, fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 
 from turnscribe.speakers.clustering import check_counts
@@ -148,6 +155,60 @@ def embed_slots(
     return SlotSpeech(segment_vectors, segment_s, slot_vectors, np.asarray(weights.sum(axis=1)).ravel())
 
 
+def find_strays(graph: SlotGraph, speech: SlotSpeech, threshold: float) -> np.ndarray:
+    """Per segment: True where its own voice disagrees with the rest of its slot (a stray).
+
+    The model sometimes gives a segment another speaker's slot of its window; the slot then holds two people,
+    its pooled vector sits between them, and several such slots can even form a speaker of their own. The
+    segments of a slot that were embedded alone are grouped by average linkage cut at the threshold (the same
+    cut that tells two speakers apart); the group with the most speech is the slot's speaker, the others are
+    strays. Segments too short to embed alone cannot disagree and stay with their slot.
+    """
+    strays = np.zeros(len(graph.segment_slot), dtype=bool)
+    alone = np.flatnonzero(speech.segment_s > 0)
+    order = alone[np.argsort(graph.segment_slot[alone], kind="stable")]
+    for members in np.split(order, np.flatnonzero(np.diff(graph.segment_slot[order])) + 1):
+        if len(members) < 2:
+            continue
+        tree = linkage(speech.segment_vectors[members], method="average", metric="cosine")
+        groups = fcluster(tree, t=threshold, criterion="distance")
+        if groups.max() > 1:
+            main = np.bincount(groups, weights=speech.segment_s[members]).argmax()
+            strays[members[groups != main]] = True
+    return strays
+
+
+def set_strays_aside(
+    segments: Sequence[StitchedSegment], graph: SlotGraph, speech: SlotSpeech, strays: np.ndarray
+) -> tuple[SlotGraph, SlotSpeech, np.ndarray]:
+    """The slots without their strays: vectors pooled from the rest, no must-links through a stray.
+
+    Also returns which slots had strays ("confused"): the model mixed up speakers there, so their cannot-links
+    are no evidence either (the slot that lost a segment to one of them may well be the same person).
+    """
+    confused = np.zeros(len(graph.slots), dtype=bool)
+    confused[graph.segment_slot[strays]] = True
+    keep = (speech.segment_s > 0) & ~strays
+    # Confused slots had segments embedded alone, so their vectors were pooled from those alone: pool again.
+    pooled = sparse.csr_matrix(
+        (speech.segment_s[keep], (graph.segment_slot[keep], np.flatnonzero(keep))),
+        shape=(len(graph.slots), len(graph.segment_slot)),
+    )
+    sums = pooled[confused] @ speech.segment_vectors
+    slot_vectors, slot_s = speech.slot_vectors.copy(), speech.slot_s.copy()
+    slot_vectors[confused] = sums / np.linalg.norm(sums, axis=1, keepdims=True)
+    slot_s[confused] = np.asarray(pooled[confused].sum(axis=1)).ravel()
+    index = {slot: i for i, slot in enumerate(graph.slots)}
+    must_link = [
+        (index[(s.window, s.slot)], index[other])
+        for s, stray in zip(segments, strays.tolist(), strict=True)
+        if not stray
+        for other in s.also_seen_as
+    ]
+    cleaned = SlotSpeech(speech.segment_vectors, speech.segment_s, slot_vectors, slot_s)
+    return SlotGraph(graph.slots, graph.segment_slot, must_link), cleaned, confused
+
+
 def calibrate_threshold(same: np.ndarray, different: np.ndarray, fallback: float) -> float:
     """Where "different" starts in this recording: see the module docstring."""
     if len(different) < MIN_CALIBRATION_PAIRS:
@@ -163,6 +224,55 @@ def calibrate_threshold(same: np.ndarray, different: np.ndarray, fallback: float
     far = np.searchsorted(np.sort(different), candidates, side="right") / len(different)
     best = candidates[np.argmin(frr + far)]
     return max(start_of_different, float(best))
+
+
+def _slot_windows(graph: SlotGraph, confused: np.ndarray | None) -> np.ndarray:
+    """Each slot's window; a confused slot gets a window of its own, which voids its cannot-links."""
+    slot_window = np.array([w for w, _ in graph.slots], dtype=np.int64)
+    if confused is not None and confused.any():
+        slot_window[confused] = slot_window.max() + 1 + np.arange(int(confused.sum()))
+    return slot_window
+
+
+def _strong(speech_s: np.ndarray, min_speech_s: float) -> np.ndarray:
+    strong = speech_s >= min_speech_s
+    # Nothing long enough to trust more than the rest: use what there is.
+    return strong if strong.any() else np.ones(len(speech_s), dtype=bool)
+
+
+@dataclass(frozen=True)
+class _KnownPairs:
+    by_window: dict[int, list[int]]  # window → its slots
+    different: np.ndarray  # distances of strong slot pairs of one window (cannot-links)
+    same_pairs: np.ndarray  # (m, 2) strong must-linked slot pairs
+    same: np.ndarray  # their distances
+
+
+def _known_pairs(graph: SlotGraph, embeddings: np.ndarray, strong: np.ndarray, slot_window: np.ndarray) -> _KnownPairs:
+    def distances(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pairs = pairs[strong[pairs[:, 0]] & strong[pairs[:, 1]]]
+        return pairs, 1.0 - np.einsum("ij,ij->i", embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
+
+    by_window: dict[int, list[int]] = {}
+    for i, w in enumerate(slot_window.tolist()):
+        by_window.setdefault(w, []).append(i)
+    _, different = distances(
+        np.array(
+            [(a, b) for slots in by_window.values() for k, a in enumerate(slots) for b in slots[k + 1 :]],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+    )
+    same_pairs, same = distances(np.array(graph.must_link, dtype=np.int64).reshape(-1, 2))
+    return _KnownPairs(by_window, different, same_pairs, same)
+
+
+def recording_threshold(
+    graph: SlotGraph, embeddings: np.ndarray, speech_s: np.ndarray, *, min_speech_s: float, fallback_threshold: float
+) -> float:
+    """The threshold `link_slots` calibrates when none is given (module docstring), without clustering."""
+    slot_window = _slot_windows(graph, None)
+    pairs = _known_pairs(graph, embeddings, _strong(speech_s, min_speech_s), slot_window)
+    return calibrate_threshold(pairs.same, pairs.different, fallback_threshold)
 
 
 def _agglomerate(
@@ -259,16 +369,17 @@ def link_slots(
     num_speakers: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
+    confused: np.ndarray | None = None,
 ) -> Linking:
     """Cluster slots into speakers (module docstring).
 
     `embeddings`: (slots, d) unit rows (zero rows for slots with no audio); `speech_s`: seconds pooled per slot.
+    `confused`: (slots,) bool, slots known to have held two people's speech: the model mixed up speakers in
+    them, so their cannot-links are void (each is placed in a window of its own).
     """
     n = len(graph.slots)
-    slot_window = np.array([w for w, _ in graph.slots], dtype=np.int64)
-    strong = speech_s >= min_speech_s
-    if not strong.any():  # nothing long enough to trust more than the rest: use what there is
-        strong = np.ones(n, dtype=bool)
+    slot_window = _slot_windows(graph, confused)
+    strong = _strong(speech_s, min_speech_s)
 
     disjoint = DisjointSet(range(n))
     windows_of = {i: {int(slot_window[i])} for i in range(n)}
@@ -281,22 +392,10 @@ def link_slots(
         disjoint.merge(ra, rb)
         windows_of[disjoint[ra]] = joined
 
-    def distances(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pairs = pairs[strong[pairs[:, 0]] & strong[pairs[:, 1]]]
-        return pairs, 1.0 - np.einsum("ij,ij->i", embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
-
-    by_window: dict[int, list[int]] = {}
-    for i, w in enumerate(slot_window.tolist()):
-        by_window.setdefault(w, []).append(i)
-    _, different = distances(
-        np.array(
-            [(a, b) for slots in by_window.values() for k, a in enumerate(slots) for b in slots[k + 1 :]],
-            dtype=np.int64,
-        ).reshape(-1, 2)
-    )
-    same_pairs, same = distances(np.array(graph.must_link, dtype=np.int64).reshape(-1, 2))
+    pairs = _known_pairs(graph, embeddings, strong, slot_window)
+    by_window, same_pairs, same = pairs.by_window, pairs.same_pairs, pairs.same
     if threshold is None:
-        threshold = calibrate_threshold(same, different, fallback_threshold)
+        threshold = calibrate_threshold(same, pairs.different, fallback_threshold)
     # A speaker error inside one window makes the stitcher link two people. The voices veto such a link when
     # they clearly differ, or when either slot sounds more like another slot of its partner's window (a person
     # the link would declare different) than like its partner. Closest pairs join first, and a join never puts
@@ -411,19 +510,28 @@ class SlotLinker:
         if audio.ndim != 1:
             raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
         speech = embed_slots(segments, graph, audio, self.embedder, self.min_segment_s)
+        options = {"min_speech_s": self.min_speech_s, "fallback_threshold": self.embedder.default_threshold}
+        split_at = self.threshold
+        if split_at is None:
+            split_at = recording_threshold(graph, speech.slot_vectors, speech.slot_s, **options)
+        strays = find_strays(graph, speech, split_at)
+        graph, speech, confused = set_strays_aside(segments, graph, speech, strays)
         linking = link_slots(
             graph,
             speech.slot_vectors,
             speech.slot_s,
-            threshold=self.threshold,
-            fallback_threshold=self.embedder.default_threshold,
-            min_speech_s=self.min_speech_s,
+            threshold=self.threshold,  # None: calibrated again, on slots that now hold one person each
             waiver=self.waiver,
             num_speakers=self.num_speakers,
             min_speakers=self.min_speakers,
             max_speakers=self.max_speakers,
+            confused=confused,
+            **options,
         )
-        labels = recheck_segments(linking.labels[graph.segment_slot], speech, linking)
+        labels = linking.labels[graph.segment_slot]
+        # A stray seeds no speaker and is kept from none (its slot is what the model got wrong): its voice decides.
+        labels[strays] = (speech.segment_vectors[strays] @ linking.centroids.T).argmax(axis=1)
+        labels = recheck_segments(labels, speech, linking)
         return SpeakerAssignment(self._names(segments, labels, self._match_known(linking)), linking.threshold)
 
     def _count_fits(self, count: int) -> bool:
