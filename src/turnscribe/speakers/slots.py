@@ -119,6 +119,17 @@ class SlotSpeech:
     slot_s: np.ndarray  # (slots,) seconds behind each slot's vector
 
 
+def pool_slots(
+    n_slots: int, owner: np.ndarray, vectors: np.ndarray, seconds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each slot's unit vector, the speech-weighted mean of its clips' vectors (clip i belongs to slot owner[i]),
+    and the seconds behind it; zero rows for slots without clips."""
+    weights = sparse.csr_matrix((seconds, (owner, np.arange(len(owner)))), shape=(n_slots, len(owner)))
+    sums = weights @ vectors
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0), np.asarray(weights.sum(axis=1)).ravel()
+
+
 def embed_slots(
     segments: Sequence[StitchedSegment], graph: SlotGraph, audio: np.ndarray, embedder: Embedder, min_segment_s: float
 ) -> SlotSpeech:
@@ -146,13 +157,8 @@ def embed_slots(
     segment_vectors = np.zeros((len(segments), vectors.shape[1]))
     segment_s = np.zeros(len(segments))
     segment_vectors[alone], segment_s[alone] = vectors[: len(alone)], seconds[: len(alone)]
-    # Rows: slots; columns: embedded clips, weighted by their seconds.
     owner = np.concatenate([graph.segment_slot[alone], np.array([slot for slot, _ in rest], dtype=np.int64)])
-    weights = sparse.csr_matrix((seconds, (owner, np.arange(len(clips)))), shape=(len(graph.slots), len(clips)))
-    slot_sum = weights @ vectors
-    norms = np.linalg.norm(slot_sum, axis=1, keepdims=True)
-    slot_vectors = np.divide(slot_sum, norms, out=np.zeros_like(slot_sum), where=norms > 0)
-    return SlotSpeech(segment_vectors, segment_s, slot_vectors, np.asarray(weights.sum(axis=1)).ravel())
+    return SlotSpeech(segment_vectors, segment_s, *pool_slots(len(graph.slots), owner, vectors, seconds))
 
 
 def find_strays(graph: SlotGraph, speech: SlotSpeech, threshold: float) -> np.ndarray:
@@ -190,14 +196,11 @@ def set_strays_aside(
     confused[graph.segment_slot[strays]] = True
     keep = (speech.segment_s > 0) & ~strays
     # Confused slots had segments embedded alone, so their vectors were pooled from those alone: pool again.
-    pooled = sparse.csr_matrix(
-        (speech.segment_s[keep], (graph.segment_slot[keep], np.flatnonzero(keep))),
-        shape=(len(graph.slots), len(graph.segment_slot)),
+    vectors, seconds = pool_slots(
+        len(graph.slots), graph.segment_slot[keep], speech.segment_vectors[keep], speech.segment_s[keep]
     )
-    sums = pooled[confused] @ speech.segment_vectors
     slot_vectors, slot_s = speech.slot_vectors.copy(), speech.slot_s.copy()
-    slot_vectors[confused] = sums / np.linalg.norm(sums, axis=1, keepdims=True)
-    slot_s[confused] = np.asarray(pooled[confused].sum(axis=1)).ravel()
+    slot_vectors[confused], slot_s[confused] = vectors[confused], seconds[confused]
     index = {slot: i for i, slot in enumerate(graph.slots)}
     must_link = [
         (index[(s.window, s.slot)], index[other])
@@ -509,7 +512,11 @@ class SlotLinker:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise ValueError(f"audio must be mono (1-D) samples at {SAMPLE_RATE} Hz, got shape {audio.shape}")
-        speech = embed_slots(segments, graph, audio, self.embedder, self.min_segment_s)
+        return self.link(segments, graph, embed_slots(segments, graph, audio, self.embedder, self.min_segment_s))
+
+    def link(self, segments: Sequence[StitchedSegment], graph: SlotGraph, speech: SlotSpeech) -> SpeakerAssignment:
+        """Everything after the embeddings: strays, calibration, constrained linking, names
+        (benchmarks/linking_scale.py times this part on its own)."""
         options = {"min_speech_s": self.min_speech_s, "fallback_threshold": self.embedder.default_threshold}
         split_at = self.threshold
         if split_at is None:
