@@ -7,7 +7,6 @@ so padding is exercised too.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from transformers import CohereAsrConfig, LogitsProcessor
@@ -20,7 +19,7 @@ from turnscribe.decoders.transformers import (
     max_new_tokens_for,
     window_memory,
 )
-from turnscribe.types import SAMPLE_RATE, WindowSpan
+from turnscribe.random_model import noise_windows
 
 NEW_TOKENS = 40
 
@@ -36,14 +35,7 @@ class NoEndOfText(LogitsProcessor):
 
 @pytest.fixture(scope="module")
 def windows() -> list[WindowAudio]:
-    rng = np.random.default_rng(0)
-    lengths = [28.0, 7.5, 19.0]
-    return [
-        WindowAudio(
-            WindowSpan(i, 0, int(s * SAMPLE_RATE)), (0.1 * rng.standard_normal(int(s * SAMPLE_RATE))).astype(np.float32)
-        )
-        for i, s in enumerate(lengths)
-    ]
+    return noise_windows([28.0, 7.5, 19.0], level=0.1)
 
 
 def decoder(path, speed: SpeedOptions) -> TransformersDecoder:

@@ -9,14 +9,13 @@ logit vectors >= 0.99, and the top token of the raw logits the same in >= 90 % o
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from turnscribe.decoders.base import WindowAudio
 from turnscribe.decoders.transformers import SpeedOptions, TransformersDecoder
-from turnscribe.random_model import ForcedTokens, random_model, scripted_window
-from turnscribe.types import SAMPLE_RATE, WindowSpan
+from turnscribe.random_model import ForcedTokens, noise_windows, random_model, scripted_window
+from turnscribe.types import SAMPLE_RATE
 
 pytestmark = [
     pytest.mark.gpu,
@@ -33,14 +32,7 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def windows() -> list[WindowAudio]:
-    rng = np.random.default_rng(0)
-    return [
-        WindowAudio(
-            WindowSpan(i, 0, round(s * SAMPLE_RATE)),
-            (0.05 * rng.standard_normal(round(s * SAMPLE_RATE))).astype(np.float32),
-        )
-        for i, s in enumerate(LENGTHS)
-    ]
+    return noise_windows(LENGTHS)
 
 
 def forced_decoder(loaded, speed: SpeedOptions) -> TransformersDecoder:

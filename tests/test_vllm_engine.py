@@ -4,7 +4,6 @@ installed (the reason is shown); `pip install '.[vllm]' pytest` on a Linux machi
 
 import os
 
-import numpy as np
 import pytest
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed: pip install '.[vllm]' (Linux, NVIDIA GPU)")
@@ -12,7 +11,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed: pip install '.
 from turnscribe.decoders.base import WindowAudio  # noqa: E402
 from turnscribe.decoders.vllm import VllmDecoder, build_requests  # noqa: E402
 from turnscribe.parse import parse_window  # noqa: E402
-from turnscribe.types import SAMPLE_RATE, WindowSpan  # noqa: E402
+from turnscribe.random_model import noise_windows  # noqa: E402
 from turnscribe.vllm_plugin import DiarizedTranscriptionPlugin  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -20,14 +19,7 @@ CHECKPOINT = os.environ.get("TURNSCRIBE_VLLM_CHECKPOINT")
 
 
 def windows(*seconds: float) -> list[WindowAudio]:
-    rng = np.random.default_rng(0)
-    return [
-        WindowAudio(
-            WindowSpan(i, 0, round(s * SAMPLE_RATE)),
-            (0.1 * rng.standard_normal(round(s * SAMPLE_RATE))).astype(np.float32),
-        )
-        for i, s in enumerate(seconds)
-    ]
+    return noise_windows(seconds, level=0.1)
 
 
 def test_vllm_accepts_the_requests_turnscribe_builds():

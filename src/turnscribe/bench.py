@@ -217,8 +217,9 @@ def load(settings: BenchSettings) -> Bench:
 
 def _noise(seconds: float, seed: int) -> np.ndarray:
     """Audible (not skipped as silence), different in every clip; the forced output does not depend on it."""
-    rng = np.random.default_rng(seed)
-    return (0.05 * rng.standard_normal(round(seconds * SAMPLE_RATE))).astype(np.float32)
+    from .random_model import noise_windows
+
+    return noise_windows([seconds], seed=seed)[0].samples
 
 
 def _peak_gib(bench: Bench) -> float | None:

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
+from .decoders.base import WindowAudio
 from .prompt import LANGUAGES, SPEAKER_TOKENS, TIMESTAMP_TOKENS
+from .types import SAMPLE_RATE, WindowSpan
 
 Size = Literal["full", "tiny"]
 FULL_VOCAB = 16684  # the fine-tune's: 16,384 base tokens + 8 speaker + 300 timestamp tokens (model card)
@@ -181,3 +183,15 @@ class ForcedTokens(LogitsProcessor):
         step = min(input_ids.shape[1] - self.prompt_len, self.table.shape[1] - 1)
         forced = torch.full_like(scores, float("-inf"))
         return forced.scatter_(1, self.table[:, step : step + 1], 0.0)
+
+
+def noise_windows(seconds: Sequence[float], *, level: float = 0.05, seed: int = 0) -> list[WindowAudio]:
+    """Windows of audible white noise (never skipped as silence), one per length; forced outputs ignore the audio."""
+    rng = np.random.default_rng(seed)
+    return [
+        WindowAudio(
+            WindowSpan(i, 0, round(s * SAMPLE_RATE)),
+            (level * rng.standard_normal(round(s * SAMPLE_RATE))).astype(np.float32),
+        )
+        for i, s in enumerate(seconds)
+    ]
