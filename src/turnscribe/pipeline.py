@@ -50,6 +50,12 @@ def _batches(items: Sequence[WindowSpan], size: int) -> Iterator[Sequence[Window
         yield items[i : i + size]
 
 
+def _window_failed(index: int, error: Exception, repairs: list[Repair]) -> None:
+    """Record a window that failed even alone; the file goes on without it."""
+    log.warning("window %d failed: %s", index, error)
+    repairs.append(Repair("window_failed", f"{type(error).__name__}: {error}", index))
+
+
 class Pipeline:
     """The swappable parts (decoder, speaker linker) and the windowing, reusable across files."""
 
@@ -191,8 +197,7 @@ class Pipeline:
                     try:
                         raw = future.result()
                     except Exception as error:  # the scheduler already retried it alone: this window is lost
-                        log.warning("window %d failed: %s", span.index, error)
-                        repairs.append(Repair("window_failed", f"{type(error).__name__}: {error}", span.index))
+                        _window_failed(span.index, error, repairs)
                         raw = None
                 yield [(span, raw)]
         finally:  # stopped early (cancelled, timed out): free the model from this file's queued windows
@@ -211,10 +216,7 @@ class Pipeline:
             return list(outputs)
         except Exception as batch_error:  # a backend may raise anything (OOM, CUDA, HTTP): isolate it
             if len(windows) == 1:
-                log.warning("window %d failed: %s", windows[0].span.index, batch_error)
-                repairs.append(
-                    Repair("window_failed", f"{type(batch_error).__name__}: {batch_error}", windows[0].span.index)
-                )
+                _window_failed(windows[0].span.index, batch_error, repairs)
                 return [None]
             log.warning("batch of %d windows failed (%s); retrying one by one", len(windows), batch_error)
             return [out for w in windows for out in self._decode_batch([w], language, repairs)]

@@ -353,7 +353,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         check_model(engine, form.model)
         try:
             if form.known_speaker_names or form.known_speaker_references:
-                engine.check_known_speakers_supported()
+                engine.enrolling_linker()  # 400 before the upload is read, if it cannot
             return check_language(form.language or settings.default_language)
         except (ValueError, KnownSpeakersUnsupported) as e:
             raise as_api_error(e) from None

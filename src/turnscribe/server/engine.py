@@ -135,20 +135,20 @@ class Engine:
     def model_id(self) -> str:
         return self.pipeline.decoder.model_id
 
-    def check_known_speakers_supported(self) -> None:
+    def enrolling_linker(self) -> SlotLinker:
+        """The shared linker, if it can take known speakers (only the slots linker can)."""
         linker = self.pipeline.speakers
         if not isinstance(linker, SlotLinker):
             raise KnownSpeakersUnsupported(
                 f"known speakers need the 'slots' speaker linker; this server runs {type(linker).__name__}"
             )
+        return linker
 
     def linker_for(self, known_speakers: Mapping[str, np.ndarray] | None) -> SpeakerLinker:
         """The shared linker, or for a request with known speakers a copy that knows them (enrolled per request)."""
         if not known_speakers:
             return self.pipeline.speakers
-        self.check_known_speakers_supported()
-        assert isinstance(self.pipeline.speakers, SlotLinker)
-        return replace(self.pipeline.speakers, known_speakers=dict(known_speakers))
+        return replace(self.enrolling_linker(), known_speakers=dict(known_speakers))
 
     def start(self) -> None:
         self.scheduler.start()

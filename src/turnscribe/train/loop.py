@@ -21,7 +21,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
-from ..decoders.reference import ReferenceTurn
 from ..parse import parse_window
 from ..prompt import diarize_prompt_ids
 from ..types import SAMPLE_RATE, TurnscribeError, WindowSpan
@@ -273,10 +272,10 @@ def evaluate_windows(model: Any, processor: Any, cuts: Sequence[Any], *, step: i
 
 
 def _segments(session: str, stream: str, duration: float) -> list[dict[str, Any]]:
-    turns = [ReferenceTurn(s.start, s.end, f"slot{s.slot}", s.text) for s in parse_window(stream, duration).segments]
+    """SegLST rows of one window's token stream, speakers by slot (cpWER and DER are blind to the labels)."""
     return [
-        {"session_id": session, "speaker": t.speaker, "start_time": t.start, "end_time": t.end, "words": t.text}
-        for t in turns
+        {"session_id": session, "speaker": f"slot{s.slot}", "start_time": s.start, "end_time": s.end, "words": s.text}
+        for s in parse_window(stream, duration).segments
     ]
 
 
