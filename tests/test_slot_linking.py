@@ -210,6 +210,36 @@ def test_count_hints() -> None:
     assert len(set(link(three, np.eye(3), max_speakers=2).tolist())) == 2
 
 
+def test_a_speaker_with_little_speech_folds_into_its_nearest_speaker() -> None:
+    # A speaks in windows 0-3, B in windows 0-3 too; window 4 has one slot whose voice came out off A's
+    # (0.35 from A, over the threshold 0.3) with only 2 s of speech: a speaker of its own unless folded.
+    a, b = unit(1, 0, 0), unit(0, 1, 0)
+    off = at_distance(a, unit(0, 0, 1), 0.35)
+    slots = [(w, s) for w in range(4) for s in range(2)] + [(4, 0)]
+    graph = SlotGraph(slots, np.arange(len(slots)), [])
+    embeddings = np.array([a, b] * 4 + [off])
+    speech = np.array([5.0] * 8 + [2.0])
+
+    def labels(**options) -> np.ndarray:
+        return link_slots(graph, embeddings, speech, threshold=0.3, fallback_threshold=0.3, **options).labels
+
+    assert len(set(labels().tolist())) == 3  # folding off: three speakers
+    folded = labels(min_speaker_s=4.0)
+    assert len(set(folded.tolist())) == 2 and folded[8] == folded[0] != folded[1]
+    # Enough speech of its own, a count hint, or the model's word (a window shared with A) keep it apart.
+    assert len(set(labels(min_speaker_s=1.5).tolist())) == 3
+    assert len(set(labels(min_speaker_s=4.0, num_speakers=3).tolist())) == 3
+    assert len(set(labels(min_speaker_s=4.0, min_speakers=3).tolist())) == 3
+    shared = SlotGraph(slots[:-1] + [(3, 2)], graph.segment_slot, [])
+    kept = link_slots(shared, embeddings, speech, threshold=0.3, fallback_threshold=0.3, min_speaker_s=4.0).labels
+    assert len(set(kept.tolist())) == 3
+    # Farther than twice the threshold from everyone: a different person, however little they said.
+    far = embeddings.copy()
+    far[8] = unit(0, 0, 1)
+    alone = link_slots(graph, far, speech, threshold=0.3, fallback_threshold=0.3, min_speaker_s=4.0).labels
+    assert len(set(alone.tolist())) == 3
+
+
 def test_ten_hours_link_in_linear_memory() -> None:
     meeting = slot_meeting(10.0)
     graph = slot_graph(meeting.segments)

@@ -23,7 +23,8 @@ Inside one window the model has already told its speakers apart, so the unit of 
    put one person's words into another's slot, and they may be merged.
 4. Average-linkage agglomerative clustering over slot groups by cosine distance, never merging two groups
    that speak in the same window, merging while closer than the threshold, or to `num_speakers` / clamped into
-   `min_speakers`..`max_speakers` (a count hint beats the cannot-links if nothing else can reach it).
+   `min_speakers`..`max_speakers` (a count hint beats the cannot-links if nothing else can reach it). A speaker
+   with less than `min_speaker_s` of speech is then folded into its nearest speaker (`fold_small_speakers`).
 5. Segments embedded alone that sit clearly nearer another speaker than their slot's move there
    (`recheck_segments`): the model sometimes gives a segment the wrong slot of its window.
 
@@ -360,6 +361,46 @@ def _cluster(
     return _agglomerate(sums, weights, windows, threshold, overwhelming, num=num, low=low, high=high)
 
 
+def fold_small_speakers(
+    labels: np.ndarray,
+    sums: np.ndarray,
+    weights: np.ndarray,
+    windows: sparse.csr_matrix,
+    threshold: float,
+    *,
+    min_speaker_s: float,
+    keep_at_least: int,
+) -> np.ndarray:
+    """Fold speakers with less than `min_speaker_s` of speech into their nearest speaker; new labels 0..k-1.
+
+    In loud noise one slot whose pooled voice came out a little off can seed a speaker of its own, and short
+    slots then join it because their noisy vectors are alike. A speaker with that little evidence goes to the
+    nearest speaker (closer than twice the threshold) with whom it never shares a window; one that shares a
+    window with every candidate is a person of its own by the model's word, and stays. Smallest first.
+    """
+    k = int(labels.max()) + 1
+    members = sparse.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
+    speaker_sums, speaker_s = members @ sums, members @ weights
+    speaker_windows = ((members @ windows) > 0).toarray()
+    target = np.arange(k)
+    for small in np.argsort(speaker_s, kind="stable"):
+        alive = target == np.arange(k)
+        if speaker_s[small] >= min_speaker_s or alive.sum() <= keep_at_least:
+            break
+        units = speaker_sums / np.maximum(np.linalg.norm(speaker_sums, axis=1, keepdims=True), 1e-12)
+        distance = 1.0 - units @ units[small]
+        candidates = alive & ~(speaker_windows & speaker_windows[small]).any(axis=1) & (distance < 2 * threshold)
+        candidates[small] = False
+        if not candidates.any():
+            continue
+        into = np.flatnonzero(candidates)[distance[candidates].argmin()]
+        speaker_sums[into] += speaker_sums[small]
+        speaker_s[into] += speaker_s[small]
+        speaker_windows[into] |= speaker_windows[small]
+        target[target == small] = into
+    return np.unique(target[labels], return_inverse=True)[1].astype(np.int64)
+
+
 def link_slots(
     graph: SlotGraph,
     embeddings: np.ndarray,
@@ -368,6 +409,7 @@ def link_slots(
     threshold: float | None,
     fallback_threshold: float,
     min_speech_s: float = 1.0,
+    min_speaker_s: float = 0.0,
     waiver: float = 0.5,
     num_speakers: int | None = None,
     min_speakers: int | None = None,
@@ -440,6 +482,16 @@ def link_slots(
         low=min_speakers or 1,
         high=max_speakers,
     )
+    if num_speakers is None and min_speaker_s > 0:
+        labels[decided] = fold_small_speakers(
+            labels[decided],
+            sums[decided],
+            weights[decided],
+            incidence[decided],
+            threshold,
+            min_speaker_s=min_speaker_s,
+            keep_at_least=min_speakers or 1,
+        )
     members = sparse.csr_matrix((np.ones(len(decided)), (labels[decided], decided)), shape=(labels.max() + 1, n_groups))
     sums_of = members @ sums
     norms = np.linalg.norm(sums_of, axis=1, keepdims=True)
@@ -492,6 +544,9 @@ class SlotLinker:
     # to link by and merged two speakers).
     min_speech_s: float = 1.6
     min_segment_s: float = 1.0  # a segment with less speech of its own is not embedded alone
+    # A speaker found with less speech than this (in slots of min_speech_s or more) is folded into the nearest
+    # speaker it never shares a window with (`fold_small_speakers`); unused when num_speakers is given.
+    min_speaker_s: float = 4.0
     waiver: float = 0.5  # two slots of one window closer than waiver × threshold are one person after all
     _references: np.ndarray = field(init=False, repr=False)
 
@@ -533,6 +588,7 @@ class SlotLinker:
             min_speakers=self.min_speakers,
             max_speakers=self.max_speakers,
             confused=confused,
+            min_speaker_s=self.min_speaker_s,
             **options,
         )
         labels = linking.labels[graph.segment_slot]
