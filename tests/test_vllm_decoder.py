@@ -25,6 +25,7 @@ from turnscribe.decoders.vllm import (
     AsyncVllmDecoder,
     VllmDecoder,
     build_requests,
+    no_dither_overrides,
     output_text,
     servable_checkpoint,
 )
@@ -179,6 +180,13 @@ def test_only_fixed_original_layout_checkpoints_are_handed_to_vllm(tiny_original
     assert servable_checkpoint(path) == path
     with pytest.raises(CheckpointError, match="original-layout checkpoints only"):
         servable_checkpoint(tiny_native)
+
+
+def test_vllm_gets_the_checkpoints_preprocessor_with_dither_off(tiny_original):
+    """vLLM's Cohere ASR front end dithers unless told not to, and replaces a dict-valued config entry whole."""
+    preprocessor = json.loads((tiny_original / "config.json").read_text())["preprocessor"]
+    assert "dither" not in preprocessor
+    assert no_dither_overrides(tiny_original) == {"preprocessor": {**preprocessor, "dither": 0.0}}
 
 
 def test_backends_are_selected_by_name():

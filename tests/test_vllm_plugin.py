@@ -1,6 +1,6 @@
 """The vLLM endpoint plugin, without vLLM: a FastAPI app with a stand-in for vLLM's transcription route.
 
-The stand-in route has vLLM's shape (a form model whose response_format does not allow diarized_json), so these
+The stand-in route has vLLM 0.33's shape (a form model; diarized_json refused for this model), so these
 tests show what the plugin changes: diarized_json is answered by turnscribe on the engine client, everything else
 reaches the original handler with the request unchanged.
 """
@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 import numpy as np
 import pytest
 from fastapi import FastAPI, Form, UploadFile
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict
@@ -45,13 +46,13 @@ ARGS = Namespace(model="/models/diarize", served_model_name=["syvai/cohere-trans
 
 
 class VllmTranscriptionForm(BaseModel):
-    """vLLM's TranscriptionRequest, cut to what matters here: diarized_json is not an allowed format."""
+    """vLLM 0.33's TranscriptionRequest, cut to what matters here (its response formats, diarized_json included)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     file: UploadFile
     model: str | None = None
     language: str | None = None
-    response_format: Literal["json", "text", "srt", "verbose_json", "vtt"] = "json"
+    response_format: Literal["json", "text", "srt", "verbose_json", "vtt", "diarized_json"] = "json"
 
 
 def vllm_like_app() -> FastAPI:
@@ -60,6 +61,8 @@ def vllm_like_app() -> FastAPI:
     @app.post(TRANSCRIPTIONS_PATH)
     async def create_transcriptions(request: Annotated[VllmTranscriptionForm, Form()]):
         audio = await request.file.read()
+        if request.response_format == "diarized_json":  # vLLM 0.33 for a model without supports_diarized_transcription
+            return JSONResponse({"error": {"message": "Currently do not support diarized_json"}}, status_code=400)
         return {"handled_by": "vllm", "format": request.response_format, "bytes": len(audio), "model": request.model}
 
     @app.get("/health")
@@ -202,7 +205,7 @@ def test_without_an_engine_or_a_diarize_model_vllm_answers_as_before(caplog):
             client.portal.call(plugin.init_state, engine_client, app.state, ARGS)
             assert getattr(app.state, STATE_KEY) is None
             # vLLM's handler refuses diarized_json, as it would without the plugin.
-            assert post(client, wav_bytes(2), response_format="diarized_json").status_code == 422
+            assert post(client, wav_bytes(2), response_format="diarized_json").status_code == 400
     assert "diarized_json stays off" in caplog.text
 
 

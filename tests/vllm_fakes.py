@@ -1,4 +1,4 @@
-"""Stand-ins shaped like vLLM's documented objects (``LLM``, the async ``EngineClient``, ``RequestOutput``).
+"""Stand-ins shaped like vLLM 0.33's objects (``LLM``, the async ``EngineClient``, ``RequestOutput``).
 
 They record what turnscribe asks for and answer from a script: they test turnscribe's request construction and
 output handling, not vLLM.
@@ -48,19 +48,26 @@ class FakeLLM:
         return [RequestOutput([Completion(self.answer(p))]) for p in prompts]
 
 
+@dataclass
+class FakeRenderer:
+    tokenizer: Any
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+
 class FakeEngine:
-    """The async engine's shape: ``await get_tokenizer()``, and ``generate`` yielding cumulative outputs."""
+    """vLLM 0.33's ``EngineClient`` shape: ``renderer.get_tokenizer()``, and ``generate`` yielding cumulative
+    outputs."""
 
     def __init__(self, answer: Answer, steps: int = 3) -> None:
         self.answer = answer
         self.steps = steps
         self.tokenizer = build_tokenizer()
+        self.renderer = FakeRenderer(self.tokenizer)
         self.requests: list[tuple[dict[str, Any], Any, str]] = []
         self.in_flight = 0
         self.most_in_flight = 0
-
-    async def get_tokenizer(self) -> Any:
-        return self.tokenizer
 
     async def generate(self, prompt: dict[str, Any], sampling_params: Any, request_id: str):  # noqa: ANN201
         self.requests.append((prompt, sampling_params, request_id))

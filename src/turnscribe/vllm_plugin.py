@@ -1,17 +1,20 @@
 """A vLLM endpoint plugin: `vllm serve` answers ``response_format=diarized_json`` for this model, no vLLM file edited.
 
-vLLM's own ``/v1/audio/transcriptions`` cannot: its request model allows only json/text/srt/verbose_json/vtt, its
-Cohere ASR prompt ends in ``<|nodiarize|>`` whatever the request's ``prompt`` says, and it strips special tokens.
+vLLM's own ``/v1/audio/transcriptions`` cannot: vLLM 0.33's request model lists ``diarized_json``, but its handler
+refuses it (400) for a model without ``supports_diarized_transcription``, which its Cohere ASR model does not set;
+that model's prompt ends in ``<|nodiarize|>`` whatever the request's ``prompt`` says, and it strips special tokens.
 
-Mechanism: vLLM's documented endpoint-plugin API (vLLM >= 0.26; ``docs/design/endpoint_plugins.md``,
-``vllm.plugins.endpoint_plugins.interface.EndpointPlugin``). turnscribe's ``pyproject.toml`` registers
+Mechanism: vLLM's endpoint-plugin API (``vllm.plugins.endpoint_plugins.interface``, checked against vLLM 0.33.0's
+source). turnscribe's ``pyproject.toml`` registers
 ``turnscribe_diarized = "turnscribe.vllm_plugin:DiarizedTranscriptionPlugin"`` in the ``vllm.endpoint_plugins``
 group; that class is a zero-argument factory of an object with ``name``, ``required_tasks``, ``attach_router(app)``
-(phase A, in ``build_app``, before the engine exists) and ``async init_state(engine_client, state, args)`` (phase B,
-with the ``EngineClient``). vLLM loads endpoint plugins only when ``VLLM_PLUGINS`` names them (a comma-separated
-allowlist that also narrows the other plugin groups), so the launch is
-``VLLM_PLUGINS=turnscribe_diarized vllm serve DIR ...``. (``vllm.general_plugins`` is the wrong group for this: it
-runs in every engine process and has no access to the HTTP app.)
+(phase A, in ``build_app``, after the core routers and before the engine exists) and
+``async init_state(engine_client, state, args)`` (phase B, in ``init_app_state``, with the ``EngineClient``).
+``vllm.plugins.load_endpoint_plugins`` loads endpoint plugins only when ``VLLM_PLUGINS`` names them (a
+comma-separated allowlist that also narrows the other plugin groups) and the server's tasks include one of
+``required_tasks``, so the launch is ``VLLM_PLUGINS=turnscribe_diarized vllm serve DIR ...``.
+(``vllm.general_plugins`` is the wrong group for this: it runs in every engine process and has no access to the
+HTTP app.)
 
 What the plugin does: it registers ``POST /v1/audio/transcriptions`` ahead of vLLM's handler for that path.
 A request with ``response_format=diarized_json`` runs the turnscribe pipeline (28 s windows, the diarize prompt as
@@ -19,12 +22,14 @@ token ids, greedy with repetition penalty 1.2 and special tokens kept, parse, st
 server's engine through ``AsyncVllmDecoder``; every other request goes to vLLM's own handler with its body
 replayed unchanged, so vLLM behaves as before for everything else.
 
-Risks, stated for operators who allowlist it: the plugin shadows a core route (vLLM's docs warn about route
-shadowing; recent vLLM itself replaces a core route with a plugin route of the same path and method, older
-releases matched the first route, which is why the plugin puts its route first itself). A diarized request
-bypasses vLLM's request logging and load-aware counters for that route. It reads the whole upload into memory,
-as vLLM's own handler does. Only FastAPI/Starlette, ``EndpointPlugin`` and ``EngineClient.generate`` /
-``get_tokenizer`` are used, none of vLLM's serving internals.
+Risks, stated for operators who allowlist it: the plugin shadows a core route. vLLM 0.33's
+``attach_endpoint_plugins`` drops a core route that a plugin route *after* it replaces (same path and method);
+the plugin puts its route *before* vLLM's, so vLLM keeps both and ours matches first (older releases matched the
+first route, so the same order works there). A diarized request bypasses vLLM's request logging and load-aware
+counters for that route. It reads the whole upload into memory, with no size limit: vLLM's own handler refuses
+uploads over ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (25 by default), which would cut long recordings, the plugin's
+point, so put a limit in front of the server instead. Only FastAPI/Starlette, ``EndpointPlugin`` and the
+``EngineClient``'s ``renderer.get_tokenizer()`` and ``generate`` are used, none of vLLM's serving internals.
 """
 
 from __future__ import annotations

@@ -1,18 +1,26 @@
 """Decoder backend on vLLM's Python engine: the windows of a batch go to the engine together, which batches them.
 
-Only vLLM's documented inference API is used:
+Checked against vLLM 0.33.0's source (see the README's vLLM section for what ran); only its public API is used:
 
-* ``vllm.LLM(model=..., **engine_args)``; ``LLM.get_tokenizer()``; ``LLM.generate(prompts, sampling_params,
-  use_tqdm=False)`` with one ``SamplingParams`` per prompt, which returns one ``RequestOutput`` per prompt in prompt
-  order (``RequestOutput.outputs[0].text``).
+* ``vllm.LLM(model=..., trust_remote_code=..., hf_overrides=..., **engine_args)``; ``LLM.get_tokenizer()``;
+  ``LLM.generate(prompts, sampling_params, use_tqdm=False)`` with one ``SamplingParams`` per prompt, which returns
+  one ``RequestOutput`` per prompt in prompt order (``RequestOutput.outputs[0].text``).
 * ``vllm.inputs.TokensPrompt``: a TypedDict of ``prompt_token_ids`` and ``multi_modal_data``, audio given as
-  ``{"audio": (samples, sampling_rate)}`` — the shape of vLLM's encoder-decoder audio examples, and the one vLLM's own
-  Cohere ASR model builds for its (non-diarize) prompt. Being a TypedDict, it is a plain dict at run time.
+  ``{"audio": (samples, sampling_rate)}`` — what vLLM's own ``CohereAsrForConditionalGeneration.
+  get_generation_prompt`` builds for its (non-diarize) prompt. Its multimodal processor sets
+  ``skip_decoder_start_token``, so the ids reach the decoder exactly as given, and the audio becomes the encoder
+  input. Being a TypedDict, it is a plain dict at run time.
 * ``vllm.SamplingParams(temperature, repetition_penalty, skip_special_tokens, spaces_between_special_tokens,
   max_tokens)``.
-* The async engine for servers (``AsyncLLM``, the ``EngineClient`` that ``vllm serve`` hands to plugins):
-  ``await get_tokenizer()``, and ``generate(prompt, sampling_params, request_id)``, an async generator of
-  ``RequestOutput``s of which the last is the finished one.
+* The async engine for servers (``AsyncLLM``, the ``EngineClient`` that ``vllm serve`` hands to plugins): the
+  tokenizer from ``engine.renderer.get_tokenizer()`` (``renderer`` is an attribute of the ``EngineClient`` ABC;
+  ``get_tokenizer`` itself is not), and ``generate(prompt, sampling_params, request_id)``, an async generator of
+  ``RequestOutput``s of which the last is the finished one. (vLLM 0.33 logs once that raw prompts to the engine
+  are deprecated in favour of prompts rendered by ``engine.renderer``; it still accepts them.)
+
+vLLM's Cohere ASR feature extractor dithers its input (``preprocessor.dither``, 1e-5 unless the config says
+otherwise), so the same window would not give the same features twice; ``from_pretrained`` switches it off with
+``hf_overrides``, as the transformers backend does.
 
 vLLM is imported only when a decoder is built from a checkpoint; request building, token budgets and output
 extraction are plain functions, tested without vLLM.
@@ -21,7 +29,7 @@ extraction are plain functions, tested without vLLM.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -126,6 +134,13 @@ def servable_checkpoint(model: str | os.PathLike[str], revision: str | None = No
     return path
 
 
+def no_dither_overrides(path: Path) -> dict[str, Any]:
+    """``hf_overrides`` for ``vllm.LLM`` that switch the mel front end's dither off. vLLM replaces a dict-valued
+    config entry whole, so this is the checkpoint's own ``preprocessor`` with ``dither`` set to 0."""
+    preprocessor = json.loads((path / "config.json").read_text()).get("preprocessor", {})
+    return {"preprocessor": {**preprocessor, "dither": 0.0}}
+
+
 class _EngineRequests:
     """What both engines share: the diarize prompt from the engine's tokenizer, and the requests for a batch."""
 
@@ -192,6 +207,7 @@ class VllmDecoder(_EngineRequests):
         vllm = import_vllm()
         path = servable_checkpoint(model, revision)
         engine_args.setdefault("gpu_memory_utilization", GPU_MEMORY_UTILIZATION)
+        engine_args.setdefault("hf_overrides", no_dither_overrides(path))
         llm = vllm.LLM(model=str(path), trust_remote_code=trust_remote_code, **engine_args)
         return cls(llm, model_id=str(model), batch_size=batch_size, max_tokens=max_tokens)
 
@@ -235,9 +251,7 @@ class AsyncVllmDecoder(_EngineRequests):
     @classmethod
     async def for_engine(cls, engine: Any, *, model_id: str, **options: Any) -> AsyncVllmDecoder:
         """Bound to the running loop (the server's), with the engine's own tokenizer."""
-        tokenizer = engine.get_tokenizer()
-        if inspect.isawaitable(tokenizer):  # a coroutine on EngineClient; tolerate a plain method too
-            tokenizer = await tokenizer
+        tokenizer = engine.renderer.get_tokenizer()
         return cls(engine, tokenizer, asyncio.get_running_loop(), model_id=model_id, **options)
 
     async def generate(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
