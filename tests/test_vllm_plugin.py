@@ -34,6 +34,7 @@ from turnscribe.prompt import PromptTokenError, diarize_prompt_tokens
 from turnscribe.types import SAMPLE_RATE
 from turnscribe.vllm_plugin import (
     ENTRY_POINT,
+    MAX_UPLOAD_ENV,
     STATE_KEY,
     TRANSCRIPTIONS_PATH,
     DiarizedTranscriptionPlugin,
@@ -180,6 +181,20 @@ def test_requests_turnscribe_refuses_get_openai_errors(served):
     assert noise.status_code == 400 and noise.json()["error"]["code"] == "invalid_audio"
     missing = client.post(TRANSCRIPTIONS_PATH, data={"response_format": "diarized_json"})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+
+
+def test_uploads_over_the_limit_get_413_declared_or_chunked(served, engine, monkeypatch):
+    client, _, _ = served
+    monkeypatch.setenv(MAX_UPLOAD_ENV, str(200_000 / 2**20))  # 200 kB: 3 s of WAV fit, 10 s do not
+    assert post(client, wav_bytes(3), response_format="diarized_json").status_code == 200
+    declared = post(client, wav_bytes(10), response_format="diarized_json")
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == "file_too_large"
+    chunks = iter([wav_bytes(10)[i : i + 65536] for i in range(0, len(wav_bytes(10)), 65536)])
+    chunked = client.post(TRANSCRIPTIONS_PATH, content=chunks, headers={"content-type": "audio/wav"})
+    assert chunked.status_code == 413
+    # Over the limit is refused for vLLM's formats too: the body is read before the form is parsed.
+    assert post(client, wav_bytes(10), response_format="json").status_code == 413
+    assert len(engine.requests) == 1  # the 3 s upload's one window
 
 
 def test_concurrent_requests_share_the_engine_without_blocking_its_loop(served, engine):

@@ -26,9 +26,10 @@ Risks, stated for operators who allowlist it: the plugin shadows a core route. v
 ``attach_endpoint_plugins`` drops a core route that a plugin route *after* it replaces (same path and method);
 the plugin puts its route *before* vLLM's, so vLLM keeps both and ours matches first (older releases matched the
 first route, so the same order works there). A diarized request bypasses vLLM's request logging and load-aware
-counters for that route. It reads the whole upload into memory, with no size limit: vLLM's own handler refuses
-uploads over ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (25 by default), which would cut long recordings, the plugin's
-point, so put a limit in front of the server instead. Only FastAPI/Starlette, ``EndpointPlugin`` and the
+counters for that route. It reads the whole upload into memory, up to ``TURNSCRIBE_MAX_UPLOAD_MB`` (1024 by
+default, as ``turnscribe serve``; larger bodies get 413 at once from Content-Length, or as soon as a chunked body
+passes it): vLLM's own ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (25 by default) would cut long recordings, the plugin's
+point. Only FastAPI/Starlette, ``EndpointPlugin`` and the
 ``EngineClient``'s ``renderer.get_tokenizer()`` and ``generate`` are used, none of vLLM's serving internals.
 """
 
@@ -64,6 +65,8 @@ TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 DIARIZED_JSON = "diarized_json"
 STATE_KEY = "turnscribe_diarize"
 EMBEDDER_ENV = "TURNSCRIBE_EMBEDDER"
+MAX_UPLOAD_ENV = "TURNSCRIBE_MAX_UPLOAD_MB"
+DEFAULT_MAX_UPLOAD_MB = 1024
 
 
 class RequestError(Exception):
@@ -144,6 +147,41 @@ class DiarizeService:
 ServiceFactory = Callable[[Any, Any], Awaitable[DiarizeService]]
 
 
+def max_upload_bytes() -> int:
+    return int(float(os.environ.get(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB)) * 2**20)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 once it passes `limit` bytes (declared or streamed)."""
+    too_large = RequestError(
+        413, f"The upload exceeds the limit of {limit} bytes ({MAX_UPLOAD_ENV})", code="file_too_large", param="file"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that hands out `body` first, then the client's own messages (a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class ReplayedRequest(Response):
     """Hands the request, body included, to another route: vLLM's own handler for what turnscribe does not serve."""
 
@@ -153,16 +191,7 @@ class ReplayedRequest(Response):
         self.request_body = body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": self.request_body, "more_body": False}
-            return await receive()  # then the client's own messages (a disconnect)
-
-        await self.route.handle(scope, replay, send)
+        await self.route.handle(scope, replaying(self.request_body, receive), send)
 
 
 class DiarizedTranscriptionPlugin:
@@ -201,9 +230,12 @@ class DiarizedTranscriptionPlugin:
             log.warning("turnscribe: diarized_json stays off for this model: %s", e)
 
     async def create_transcription(self, raw_request: Request) -> Response:
-        body = await raw_request.body()  # read first: Starlette then parses the form from it, and it can be replayed
+        try:
+            body = await read_body(raw_request, max_upload_bytes())  # kept: it may be replayed to vLLM's route
+        except RequestError as e:
+            return e.response()
         service: DiarizeService | None = getattr(raw_request.app.state, STATE_KEY, None)
-        form = await raw_request.form()
+        form = await Request(raw_request.scope, replaying(body, raw_request.receive)).form()
         try:
             if service is None or not wants_diarized(form):
                 if self.fallback is None:
