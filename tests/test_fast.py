@@ -66,7 +66,7 @@ def test_compiled_static_cache_keeps_the_token_ids(tiny_native, windows, plain_i
     """torch.compile of the decoding step (what --fast does on CUDA), forced on the CPU; ~40 s of compiling."""
     fast = decoder(tiny_native, SpeedOptions(attention="sdpa", static_cache=True, compile=True))
     assert torch.equal(fast.generate_ids(windows, "en"), plain_ids)
-    assert hasattr(fast.model, "_compiled_call")  # generate() really compiled, it did not fall back
+    assert hasattr(fast.generating_model, "_compiled_call")  # generate() really compiled, no fall back
 
 
 def test_a_batch_gives_each_window_what_it_gets_alone(tiny_native, windows, plain_ids):

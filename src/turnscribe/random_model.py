@@ -131,13 +131,23 @@ def model_config(size: Size, tokenizer: Any) -> Any:
 
 
 def random_model(
-    size: Size, *, device: str = "cpu", dtype: Any = None, attention: str | None = None, seed: int = 0
+    size: Size,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    attention: str | None = None,
+    seed: int = 0,
+    encoder_layers: int | None = None,
 ) -> tuple[Any, Any]:
-    """(processor, model) with random weights, built directly on `device` in `dtype`, in eval mode."""
+    """(processor, model) with random weights, built directly on `device` in `dtype`, in eval mode.
+    `encoder_layers`: fewer conformer layers than `size` has (decoder benchmarks: the encoder's depth does not
+    change the decoder's work, its width and frame count do)."""
     from transformers import AutoModelForSpeechSeq2Seq, CohereAsrFeatureExtractor, CohereAsrProcessor
 
     tokenizer = build_tokenizer()
     config = model_config(size, tokenizer)
+    if encoder_layers is not None:
+        config.encoder_config.num_hidden_layers = encoder_layers
     torch.manual_seed(seed)
     options: dict[str, Any] = {"dtype": dtype or torch.float32}
     if attention:

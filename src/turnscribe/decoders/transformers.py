@@ -21,6 +21,7 @@ from ..checkpoint import (
 )
 from ..prompt import diarize_prompt_ids
 from ..types import SAMPLE_RATE
+from . import projection
 from .base import WindowAudio
 
 DEFAULT_MODEL = "syvai/cohere-transcribe-diarize"
@@ -38,16 +39,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """Opt-in speed-ups of the transformers backend. Each keeps the plain path's token ids (tests/test_fast.py).
+    """Speed-ups of the transformers backend. Each keeps the plain path's token ids (tests/test_fast.py).
 
     `generate()` already runs the encoder once per window: the decoder's cross-attention keys and values are
-    computed at the first step and cached.
+    computed at the first step and cached. `project_once` (on by default) does the same for the projection of
+    the encoder's output to the decoder's width, which transformers repeats at every step (see projection.py).
     """
 
     attention: str | None = None  # attn_implementation ("sdpa", "eager"); None: transformers' default (sdpa)
     static_cache: bool = False  # a preallocated KV cache (generate's cache_implementation="static")
     compile: bool = False  # torch.compile the decoding step (generate's auto-compile; needs static_cache)
     features_on_device: bool = False  # log-mel features computed on the model's device instead of the CPU
+    project_once: bool = True  # the encoder→decoder projection once per window, not at every step
 
     @classmethod
     def fast(cls, device: str) -> SpeedOptions:
@@ -154,6 +157,17 @@ class TransformersDecoder:
         if hasattr(self.processor.feature_extractor, "dither"):
             self.processor.feature_extractor.dither = 0.0
         self.prompt_ids = cache(self._prompt_ids)
+        self._view: projection.ProjectedView | None = None
+
+    @property
+    def generating_model(self) -> Any:
+        """The module whose generate() `generate` calls: with `project_once` a view of `model` (its weights, the
+        projection bypassed, see projection.py), else `model` itself."""
+        if not (self.speed.project_once and projection.supports(self.model)):
+            return self.model
+        if self._view is None or self._view.source is not self.model or not self._view.current():
+            self._view = projection.ProjectedView(self.model)
+        return self._view.module
 
     def _prompt_ids(self, language: str) -> tuple[int, ...]:
         tok = self.processor.tokenizer
@@ -217,10 +231,19 @@ class TransformersDecoder:
                 options["disable_compile"] = True  # generate() would compile on its own on a GPU
             elif not self.device.startswith("cuda"):
                 options["compile_config"] = _compile_everywhere()
+        model = self.generating_model
         with torch.inference_mode():
-            out = self.model.generate(
-                input_features=features["input_features"].to(self.device, self.dtype),
-                attention_mask=features["attention_mask"].to(self.device),
+            inputs: dict[str, Any] = {
+                "input_features": features["input_features"].to(self.device, self.dtype),
+                "attention_mask": features["attention_mask"].to(self.device),
+            }
+            if model is not self.model:
+                # The encoder and the projection once here; generate() then skips its own encoder call.
+                wanted_outputs = ("output_attentions", "output_hidden_states")
+                encoder_options = {k: v for k, v in generate_options.items() if k in wanted_outputs}
+                inputs = {"encoder_outputs": projection.encode_projected(self.model, **inputs, **encoder_options)}
+            out = model.generate(
+                **inputs,
                 decoder_input_ids=decoder_input_ids,
                 # The card's prompt starts with <|startofcontext|>; saying so stops generate() prepending
                 # the config's decoder_start_token_id in front of it.
