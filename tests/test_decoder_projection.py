@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LogitsProcessor
+from tiny_model import NoEndOfText
 
 from turnscribe.decoders import projection
 from turnscribe.decoders.base import WindowAudio
@@ -22,15 +22,6 @@ from turnscribe.random_model import noise_windows, random_model
 
 NEW_TOKENS = 24
 LENGTHS = [28.0, 7.5, 19.0, 12.0, 3.0]
-
-
-class NoEndOfText(LogitsProcessor):
-    def __init__(self, eos_id: int) -> None:
-        self.eos_id = eos_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores[:, self.eos_id] = -float("inf")
-        return scores
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CohereAsrConfig, LogitsProcessor
+from tiny_model import NoEndOfText
+from transformers import CohereAsrConfig
 
 from turnscribe.decoders.base import WindowAudio
 from turnscribe.decoders.transformers import (
@@ -22,15 +23,6 @@ from turnscribe.decoders.transformers import (
 from turnscribe.random_model import noise_windows
 
 NEW_TOKENS = 40
-
-
-class NoEndOfText(LogitsProcessor):
-    def __init__(self, eos_id: int) -> None:
-        self.eos_id = eos_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores[:, self.eos_id] = -float("inf")
-        return scores
 
 
 @pytest.fixture(scope="module")

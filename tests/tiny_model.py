@@ -161,3 +161,14 @@ class Script:
         texts = [self.outputs.popleft() for _ in windows]
         scripts = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
         return [ScriptedLogits(scripts, self.prompt_len, self.tokenizer.eos_token_id)]
+
+
+class NoEndOfText(LogitsProcessor):
+    """Keeps generate() from ending early: every window decodes the same number of steps (speed comparisons)."""
+
+    def __init__(self, eos_id: int) -> None:
+        self.eos_id = eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.eos_id] = -float("inf")
+        return scores
