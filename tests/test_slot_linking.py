@@ -82,6 +82,20 @@ def test_must_link_never_joins_two_slots_of_one_window() -> None:
     assert labels[0] != labels[2]
 
 
+def test_a_chain_of_must_links_through_short_slots_does_not_join_two_people() -> None:
+    a, b = unit(1, 0, 0), unit(0, 1, 0)
+    # Three windows: A (strong) – a short slot – B (strong). Each link has a short end, so no link can be
+    # vetoed by its own pair's voices; the groups they would join can.
+    graph = SlotGraph([(0, 0), (1, 0), (2, 0)], np.arange(3), [(0, 1), (1, 2)])
+    speech = np.array([5.0, 0.3, 5.0])
+    labels = link_slots(graph, np.array([a, b, b]), speech, threshold=0.5, fallback_threshold=0.3).labels
+    assert labels[0] != labels[2]
+    # The same chain between two recordings of one voice joins.
+    similar = at_distance(a, b, 0.1)
+    labels = link_slots(graph, np.array([a, b, similar]), speech, threshold=0.5, fallback_threshold=0.3).labels
+    assert labels[0] == labels[1] == labels[2]
+
+
 def test_a_must_link_that_the_voices_contradict_is_refused() -> None:
     x, y = unit(1, 0, 0), unit(0, 1, 0)
     near_x, near_y = at_distance(x, y, 0.02), at_distance(y, x, 0.02)

@@ -16,8 +16,10 @@ Inside one window the model has already told its speakers apart, so the unit of 
 2. Slots that stitch.py saw decode the same speech in two neighbouring windows (`also_seen_as`) are one
    person (must-link), unless that would put two slots of one window together, their voices are farther
    apart than the threshold, or either slot sounds more like another slot of its partner's window than like
-   its partner (a speaker error inside one window makes the stitcher link two people). The closest pairs are
-   joined first, so that of two links that exclude each other the better one holds.
+   its partner (a speaker error inside one window makes the stitcher link two people), or the pooled voices
+   of the two groups being joined are a threshold apart (a chain of links through short slots, each too
+   short to veto its own link, must not join two people). The closest pairs are joined first, so that of two
+   links that exclude each other the better one holds.
 3. Two slots of one window are different people (cannot-link), unless their embeddings are overwhelmingly
    close (under `waiver` × the threshold, also between groups of slots): then the model split one person, or
    put one person's words into another's slot, and they may be merged.
@@ -426,21 +428,35 @@ def link_slots(
     slot_window = _slot_windows(graph, confused)
     strong = _strong(speech_s, min_speech_s)
 
-    disjoint = DisjointSet(range(n))
-    windows_of = {i: {int(slot_window[i])} for i in range(n)}
-
-    def join(a: int, b: int) -> None:
-        ra, rb = disjoint[a], disjoint[b]
-        if ra == rb or windows_of[ra] & windows_of[rb]:
-            return
-        joined = windows_of.pop(ra) | windows_of.pop(rb)
-        disjoint.merge(ra, rb)
-        windows_of[disjoint[ra]] = joined
-
     pairs = _known_pairs(graph, embeddings, strong, slot_window)
     by_window, same_pairs, same = pairs.by_window, pairs.same_pairs, pairs.same
     if threshold is None:
         threshold = calibrate_threshold(same, pairs.different, fallback_threshold)
+    # Speech-weighted sums of unit embeddings (strong slots only): the group means that average linkage compares.
+    weight = np.where(strong, np.maximum(speech_s, 1e-3), 0.0)
+
+    disjoint = DisjointSet(range(n))
+    windows_of = {i: {int(slot_window[i])} for i in range(n)}
+    voice_of: dict[int, np.ndarray] = {}  # joined groups only: a lone slot's is weight × embedding
+
+    def voice(root: int) -> np.ndarray:
+        return voice_of[root] if root in voice_of else weight[root] * embeddings[root]
+
+    def join(a: int, b: int) -> None:
+        """Join two groups unless they share a window or their voices (both heard) are a threshold apart: a
+        chain of links through short slots, each too short to veto its link, must not join two people."""
+        ra, rb = disjoint[a], disjoint[b]
+        if ra == rb or windows_of[ra] & windows_of[rb]:
+            return
+        va, vb = voice(ra), voice(rb)
+        na, nb = np.linalg.norm(va), np.linalg.norm(vb)
+        if na > 0 and nb > 0 and 1.0 - (va @ vb) / (na * nb) >= threshold:
+            return
+        joined = windows_of.pop(ra) | windows_of.pop(rb)
+        voice_of.pop(ra, None), voice_of.pop(rb, None)
+        disjoint.merge(ra, rb)
+        windows_of[disjoint[ra]], voice_of[disjoint[ra]] = joined, va + vb
+
     # A speaker error inside one window makes the stitcher link two people. The voices veto such a link when
     # they clearly differ, or when either slot sounds more like another slot of its partner's window (a person
     # the link would declare different) than like its partner. Closest pairs join first, and a join never puts
@@ -464,8 +480,6 @@ def link_slots(
     _, first, group = np.unique(roots, return_index=True, return_inverse=True)
     group = np.argsort(np.argsort(first))[group]  # groups in order of first appearance: blocks are stretches of time
     n_groups = int(group.max()) + 1
-    # Speech-weighted sums of unit embeddings: the group means that weighted average linkage compares.
-    weight = np.where(strong, np.maximum(speech_s, 1e-3), 0.0)
     pooled = sparse.csr_matrix((weight, (group, np.arange(n))), shape=(n_groups, n))
     incidence = sparse.csr_matrix((np.ones(n), (group, slot_window)), shape=(n_groups, int(slot_window.max()) + 1))
     sums, weights = pooled @ embeddings, np.asarray(pooled.sum(axis=1)).ravel()
