@@ -252,6 +252,22 @@ def test_a_speaker_with_little_speech_folds_into_its_nearest_speaker() -> None:
     far[8] = unit(0, 0, 1)
     alone = link_slots(graph, far, speech, threshold=0.3, fallback_threshold=0.3, min_speaker_s=4.0).labels
     assert len(set(alone.tolist())) == 3
+    # An enrolled voice that matches it, better than it matches A: a known person who said little.
+    known = link_slots(
+        graph,
+        embeddings,
+        speech,
+        threshold=0.3,
+        fallback_threshold=0.3,
+        min_speaker_s=4.0,
+        references=np.array([b, at_distance(off, b, 0.05)]),
+    ).labels
+    assert len(set(known.tolist())) == 3
+    # One that matches A better (A's own enrollment) protects nothing.
+    enrolled_a = link_slots(
+        graph, embeddings, speech, threshold=0.3, fallback_threshold=0.3, min_speaker_s=4.0, references=np.array([a])
+    ).labels
+    assert len(set(enrolled_a.tolist())) == 2
 
 
 def test_ten_hours_link_in_linear_memory() -> None:

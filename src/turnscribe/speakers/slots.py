@@ -372,13 +372,16 @@ def fold_small_speakers(
     *,
     min_speaker_s: float,
     keep_at_least: int,
+    references: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fold speakers with less than `min_speaker_s` of speech into their nearest speaker; new labels 0..k-1.
 
     In loud noise one slot whose pooled voice came out a little off can seed a speaker of its own, and short
     slots then join it because their noisy vectors are alike. A speaker with that little evidence goes to the
     nearest speaker (closer than twice the threshold) with whom it never shares a window; one that shares a
-    window with every candidate is a person of its own by the model's word, and stays. Smallest first.
+    window with every candidate is a person of its own by the model's word, and stays, as does one that an
+    enrolled voice (`references`, unit rows) matches within the threshold and better than it matches the
+    speaker it would fold into: a known person who said little. Smallest first.
     """
     k = int(labels.max()) + 1
     members = sparse.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
@@ -396,6 +399,10 @@ def fold_small_speakers(
         if not candidates.any():
             continue
         into = np.flatnonzero(candidates)[distance[candidates].argmin()]
+        if references is not None and len(references):
+            to_small, to_into = 1.0 - references @ units[small], 1.0 - references @ units[into]
+            if ((to_small < threshold) & (to_small < to_into)).any():
+                continue
         speaker_sums[into] += speaker_sums[small]
         speaker_s[into] += speaker_s[small]
         speaker_windows[into] |= speaker_windows[small]
@@ -417,12 +424,14 @@ def link_slots(
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     confused: np.ndarray | None = None,
+    references: np.ndarray | None = None,
 ) -> Linking:
     """Cluster slots into speakers (module docstring).
 
     `embeddings`: (slots, d) unit rows (zero rows for slots with no audio); `speech_s`: seconds pooled per slot.
     `confused`: (slots,) bool, slots known to have held two people's speech: the model mixed up speakers in
-    them, so their cannot-links are void (each is placed in a window of its own).
+    them, so their cannot-links are void (each is placed in a window of its own). `references`: (k, d) unit
+    rows, enrolled voices: a small speaker one of them matches is not folded away.
     """
     n = len(graph.slots)
     slot_window = _slot_windows(graph, confused)
@@ -505,6 +514,7 @@ def link_slots(
             threshold,
             min_speaker_s=min_speaker_s,
             keep_at_least=min_speakers or 1,
+            references=references,
         )
     members = sparse.csr_matrix((np.ones(len(decided)), (labels[decided], decided)), shape=(labels.max() + 1, n_groups))
     sums_of = members @ sums
@@ -603,6 +613,7 @@ class SlotLinker:
             max_speakers=self.max_speakers,
             confused=confused,
             min_speaker_s=self.min_speaker_s,
+            references=self._references.astype(np.float64) if len(self._references) else None,
             **options,
         )
         labels = linking.labels[graph.segment_slot]
