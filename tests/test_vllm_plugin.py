@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Literal
 
+import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI, Form, UploadFile
@@ -41,6 +42,7 @@ from turnscribe.vllm_plugin import (
     DiarizeService,
     served_model_names,
 )
+from turnscribe.windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, plan_windows
 
 SCRIPT = "<|spltoken0|><|t:1.0|> Hello there. <|t:3.0|><|spltoken1|><|t:5.0|> General Kenobi. <|t:8.0|><|endoftext|>"
 ARGS = Namespace(model="/models/diarize", served_model_name=["syvai/cohere-transcribe-diarize"])
@@ -247,3 +249,73 @@ def test_diarized_json_matches_the_model_cards_response(served):
     assert {"task", "language", "duration", "text", "segments", "speakers", "usage"} <= set(body)
     assert body["text"] == "Hello there. General Kenobi."
     assert json.loads(json.dumps(body)) == body
+
+
+class GatedEngine(FakeEngine):
+    """Holds every request until the test opens the gate; `asked` is set by the first one."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda prompt: SCRIPT)
+        self.asked, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def generate(self, prompt, sampling_params, request_id):  # noqa: ANN201
+        self.asked.set()
+        await self.gate.wait()
+        async for output in super().generate(prompt, sampling_params, request_id):
+            yield output
+
+
+def test_a_client_that_disconnects_stops_its_run_after_the_batch_in_flight():
+    engine = GatedEngine()
+    app = vllm_like_app()
+    plugin = DiarizedTranscriptionPlugin(service_factory=scripted_service(engine))
+    plugin.attach_router(app)
+    upload = httpx.Request(
+        "POST",
+        f"http://test{TRANSCRIPTIONS_PATH}",
+        files={"file": ("meeting.wav", wav_bytes(150), "audio/wav")},
+        data={"response_format": "diarized_json"},
+    )
+    body = upload.read()
+    windows = len(plan_windows(150 * SAMPLE_RATE, DEFAULT_WINDOW_S, DEFAULT_OVERLAP_S))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": TRANSCRIPTIONS_PATH,
+        "raw_path": TRANSCRIPTIONS_PATH.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in upload.headers.items()],
+        "client": ("test", 1),
+        "server": ("test", 80),
+        "app": app,
+    }
+    sent: list[dict] = []
+
+    async def main() -> None:
+        await plugin.init_state(engine, app.state, ARGS)
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            await engine.asked.wait()  # the run has reached the engine: now the client hangs up
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        try:
+            await asyncio.wait_for(app(scope, receive, send), 10)
+        finally:
+            engine.gate.set()  # the batch in flight finishes; the run must then stop
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+        assert engine.in_flight == 0
+
+    asyncio.run(main())
+    assert sent[0]["status"] == 499
+    assert windows >= 6 and len(engine.requests) == 2  # one batch of 2 windows, not all of them

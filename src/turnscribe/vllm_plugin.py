@@ -29,8 +29,10 @@ first route, so the same order works there). A diarized request bypasses vLLM's 
 counters for that route. It reads the whole upload into memory, up to ``TURNSCRIBE_MAX_UPLOAD_MB`` (1024 by
 default, as ``turnscribe serve``; larger bodies get 413 at once from Content-Length, or as soon as a chunked body
 passes it): vLLM's own ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (25 by default) would cut long recordings, the plugin's
-point. Only FastAPI/Starlette, ``EndpointPlugin`` and the
-``EngineClient``'s ``renderer.get_tokenizer()`` and ``generate`` are used, none of vLLM's serving internals.
+point. A client that disconnects stops its run at the next batch of windows (64 windows, about 30 minutes of
+audio: the batch in flight is finished, nothing after it is sent to the engine). Only FastAPI/Starlette,
+``EndpointPlugin`` and the ``EngineClient``'s ``renderer.get_tokenizer()`` and ``generate`` are used, none of
+vLLM's serving internals.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +58,7 @@ from .audio import AudioError
 from .decoders.base import DecoderError
 from .decoders.vllm import AsyncVllmDecoder
 from .formats import render
+from .pipeline import ProgressEvent
 from .prompt import LanguageError, PromptTokenError, check_language
 from .types import Transcript
 
@@ -123,6 +127,10 @@ def served_model_names(args: Any) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its transcript was ready."""
+
+
 class DiarizeService:
     """The turnscribe pipeline on the server's engine; transcriptions run in worker threads, decoding on the loop."""
 
@@ -138,9 +146,15 @@ class DiarizeService:
         pipeline = await asyncio.to_thread(build_pipeline, decoder=decoder, embedder=embedder)
         return cls(pipeline, names)
 
-    async def transcribe(self, request: DiarizeRequest) -> Transcript:
+    async def transcribe(self, request: DiarizeRequest, stop: threading.Event | None = None) -> Transcript:
+        """The transcript; raises ClientGone at the next batch of windows once `stop` is set."""
+
+        def progress(_: ProgressEvent) -> None:
+            if stop is not None and stop.is_set():
+                raise ClientGone(request.filename)
+
         return await asyncio.to_thread(
-            self.pipeline.run, request.audio, language=request.language, source=request.filename
+            self.pipeline.run, request.audio, language=request.language, source=request.filename, progress=progress
         )
 
 
@@ -180,6 +194,29 @@ def replaying(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns when the client goes away: once the body is read, the next message the server gets is that."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_client_leaves(service: DiarizeService, request: DiarizeRequest, receive: Receive) -> Transcript:
+    """The transcript, or 499 (nginx's "client closed request") as soon as the client goes away; the run then
+    stops at its next batch of windows instead of keeping the engine busy for nobody."""
+    stop = threading.Event()
+    run = asyncio.ensure_future(service.transcribe(request, stop))
+    gone = asyncio.ensure_future(disconnected(receive))
+    try:
+        await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if run.done():
+        return run.result()
+    stop.set()
+    run.add_done_callback(lambda finished: finished.cancelled() or finished.exception())  # nobody awaits it
+    raise RequestError(499, "The client closed the request", code="client_closed")
 
 
 class ReplayedRequest(Response):
@@ -242,7 +279,7 @@ class DiarizedTranscriptionPlugin:
                     raise RequestError(404, "This server has no transcription handler", code="not_found")
                 return ReplayedRequest(self.fallback, body)
             request = await read_diarize_request(form, service.served_models)
-            transcript = await service.transcribe(request)
+            transcript = await unless_client_leaves(service, request, raw_request.receive)
         except RequestError as e:
             return e.response()
         except AudioError as e:
