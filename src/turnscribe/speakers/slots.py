@@ -10,9 +10,9 @@ Inside one window the model has already told its speakers apart, so the unit of 
    A slot whose segments embedded alone disagree holds two people (the model gave a segment another
    speaker's slot of its window): its minority voices are strays (`find_strays`, average linkage of the
    slot's segments cut at the threshold). They are set aside (`set_strays_aside`): the slot is pooled again
-   without them, their must-links are dropped, and the slot loses its cannot-links (the model mixed speakers
-   up in it, so its word that another slot of the window is someone else counts for nothing). Each stray
-   goes, at the end, to the speaker its own voice is nearest: it seeds no speaker of its own.
+   without them and their must-links are dropped; the slot keeps its cannot-links, since what is left of it is
+   one voice (voiding them lost the only evidence that kept two close voices apart). Each stray goes, at the
+   end, to the speaker its own voice is nearest: it seeds no speaker of its own.
 2. Slots that stitch.py saw decode the same speech in two neighbouring windows (`also_seen_as`) are one
    person (must-link), unless that would put two slots of one window together, their voices are farther
    apart than the threshold, or either slot sounds more like another slot of its partner's window than like
@@ -189,13 +189,9 @@ def find_strays(graph: SlotGraph, speech: SlotSpeech, threshold: float) -> np.nd
 
 def set_strays_aside(
     segments: Sequence[StitchedSegment], graph: SlotGraph, speech: SlotSpeech, strays: np.ndarray
-) -> tuple[SlotGraph, SlotSpeech, np.ndarray]:
-    """The slots without their strays: vectors pooled from the rest, no must-links through a stray.
-
-    Also returns which slots had strays ("confused"): the model mixed up speakers there, so their cannot-links
-    are no evidence either (the slot that lost a segment to one of them may well be the same person).
-    """
-    confused = np.zeros(len(graph.slots), dtype=bool)
+) -> tuple[SlotGraph, SlotSpeech]:
+    """The slots without their strays: vectors pooled from the rest, no must-links through a stray."""
+    confused = np.zeros(len(graph.slots), dtype=bool)  # slots that had strays
     confused[graph.segment_slot[strays]] = True
     keep = (speech.segment_s > 0) & ~strays
     # Confused slots had segments embedded alone, so their vectors were pooled from those alone: pool again.
@@ -212,7 +208,7 @@ def set_strays_aside(
         for other in s.also_seen_as
     ]
     cleaned = SlotSpeech(speech.segment_vectors, speech.segment_s, slot_vectors, slot_s)
-    return SlotGraph(graph.slots, graph.segment_slot, must_link), cleaned, confused
+    return SlotGraph(graph.slots, graph.segment_slot, must_link), cleaned
 
 
 def calibrate_threshold(same: np.ndarray, different: np.ndarray, fallback: float) -> float:
@@ -232,12 +228,8 @@ def calibrate_threshold(same: np.ndarray, different: np.ndarray, fallback: float
     return max(start_of_different, float(best))
 
 
-def _slot_windows(graph: SlotGraph, confused: np.ndarray | None) -> np.ndarray:
-    """Each slot's window; a confused slot gets a window of its own, which voids its cannot-links."""
-    slot_window = np.array([w for w, _ in graph.slots], dtype=np.int64)
-    if confused is not None and confused.any():
-        slot_window[confused] = slot_window.max() + 1 + np.arange(int(confused.sum()))
-    return slot_window
+def _slot_windows(graph: SlotGraph) -> np.ndarray:
+    return np.array([w for w, _ in graph.slots], dtype=np.int64)
 
 
 def _strong(speech_s: np.ndarray, min_speech_s: float) -> np.ndarray:
@@ -276,7 +268,7 @@ def recording_threshold(
     graph: SlotGraph, embeddings: np.ndarray, speech_s: np.ndarray, *, min_speech_s: float, fallback_threshold: float
 ) -> float:
     """The threshold `link_slots` calibrates when none is given (module docstring), without clustering."""
-    slot_window = _slot_windows(graph, None)
+    slot_window = _slot_windows(graph)
     pairs = _known_pairs(graph, embeddings, _strong(speech_s, min_speech_s), slot_window)
     return calibrate_threshold(pairs.same, pairs.different, fallback_threshold)
 
@@ -423,18 +415,15 @@ def link_slots(
     num_speakers: int | None = None,
     min_speakers: int | None = None,
     max_speakers: int | None = None,
-    confused: np.ndarray | None = None,
     references: np.ndarray | None = None,
 ) -> Linking:
     """Cluster slots into speakers (module docstring).
 
     `embeddings`: (slots, d) unit rows (zero rows for slots with no audio); `speech_s`: seconds pooled per slot.
-    `confused`: (slots,) bool, slots known to have held two people's speech: the model mixed up speakers in
-    them, so their cannot-links are void (each is placed in a window of its own). `references`: (k, d) unit
-    rows, enrolled voices: a small speaker one of them matches is not folded away.
+    `references`: (k, d) unit rows, enrolled voices: a small speaker one of them matches is not folded away.
     """
     n = len(graph.slots)
-    slot_window = _slot_windows(graph, confused)
+    slot_window = _slot_windows(graph)
     strong = _strong(speech_s, min_speech_s)
 
     pairs = _known_pairs(graph, embeddings, strong, slot_window)
@@ -601,7 +590,7 @@ class SlotLinker:
         if split_at is None:
             split_at = recording_threshold(graph, speech.slot_vectors, speech.slot_s, **options)
         strays = find_strays(graph, speech, split_at)
-        graph, speech, confused = set_strays_aside(segments, graph, speech, strays)
+        graph, speech = set_strays_aside(segments, graph, speech, strays)
         linking = link_slots(
             graph,
             speech.slot_vectors,
@@ -611,7 +600,6 @@ class SlotLinker:
             num_speakers=self.num_speakers,
             min_speakers=self.min_speakers,
             max_speakers=self.max_speakers,
-            confused=confused,
             min_speaker_s=self.min_speaker_s,
             references=self._references.astype(np.float64) if len(self._references) else None,
             **options,
