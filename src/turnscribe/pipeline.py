@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -43,6 +44,34 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+StopReason = Literal["cancelled", "timeout", "shutdown"]
+
+
+class RunStopped(Exception):
+    """A run stopped on request (cancel, shutdown) or because its deadline passed."""
+
+    def __init__(self, reason: StopReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class RunControl:
+    deadline: float | None = None  # time.monotonic() after which the run stops
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _reason: StopReason = "cancelled"
+
+    def stop(self, reason: StopReason) -> None:
+        self._reason = reason
+        self._stop.set()
+
+    def check(self) -> None:
+        if self._stop.is_set():
+            raise RunStopped(self._reason)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise RunStopped("timeout")
 
 
 def _batches(items: Sequence[WindowSpan], size: int) -> Iterator[Sequence[WindowSpan]]:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +57,7 @@ from .audio import AudioError
 from .decoders.base import DecoderError
 from .decoders.vllm import AsyncVllmDecoder
 from .formats import render
-from .pipeline import ProgressEvent
+from .pipeline import RunControl
 from .prompt import LanguageError, PromptTokenError, check_language
 from .types import Transcript
 
@@ -127,10 +126,6 @@ def served_model_names(args: Any) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
-class ClientGone(Exception):
-    """The client closed the connection before its transcript was ready."""
-
-
 class DiarizeService:
     """The turnscribe pipeline on the server's engine; transcriptions run in worker threads, decoding on the loop."""
 
@@ -146,13 +141,9 @@ class DiarizeService:
         pipeline = await asyncio.to_thread(build_pipeline, decoder=decoder, embedder=embedder)
         return cls(pipeline, names)
 
-    async def transcribe(self, request: DiarizeRequest, stop: threading.Event | None = None) -> Transcript:
-        """The transcript; raises ClientGone at the next batch of windows once `stop` is set."""
-
-        def progress(_: ProgressEvent) -> None:
-            if stop is not None and stop.is_set():
-                raise ClientGone(request.filename)
-
+    async def transcribe(self, request: DiarizeRequest, control: RunControl | None = None) -> Transcript:
+        """The transcript; raises RunStopped at the next batch of windows once `control` is stopped."""
+        progress = (lambda _: control.check()) if control is not None else None
         return await asyncio.to_thread(
             self.pipeline.run, request.audio, language=request.language, source=request.filename, progress=progress
         )
@@ -205,8 +196,8 @@ async def disconnected(receive: Receive) -> None:
 async def unless_client_leaves(service: DiarizeService, request: DiarizeRequest, receive: Receive) -> Transcript:
     """The transcript, or 499 (nginx's "client closed request") as soon as the client goes away; the run then
     stops at its next batch of windows instead of keeping the engine busy for nobody."""
-    stop = threading.Event()
-    run = asyncio.ensure_future(service.transcribe(request, stop))
+    control = RunControl()
+    run = asyncio.ensure_future(service.transcribe(request, control))
     gone = asyncio.ensure_future(disconnected(receive))
     try:
         await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -214,7 +205,7 @@ async def unless_client_leaves(service: DiarizeService, request: DiarizeRequest,
         gone.cancel()
     if run.done():
         return run.result()
-    stop.set()
+    control.stop("cancelled")
     run.add_done_callback(lambda finished: finished.cancelled() or finished.exception())  # nobody awaits it
     raise RequestError(499, "The client closed the request", code="client_closed")
 

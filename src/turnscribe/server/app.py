@@ -33,10 +33,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..formats import render
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, RunControl, RunStopped, StopReason
 from ..prompt import LANGUAGES, check_language
 from ..types import Transcript
-from .engine import Engine, KnownSpeakersUnsupported, RunControl, RunStopped, StopReason, StreamSegment, as_api_error
+from .engine import Engine, KnownSpeakersUnsupported, StreamSegment, as_api_error
 from .enrollment import read_known_speakers
 from .errors import APIError, KeyChecker, error_responses, install_error_handlers
 from .jobs import Job, JobRunner, JobStatus, JobStore, remove_file

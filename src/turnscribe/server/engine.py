@@ -9,15 +9,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..audio import AudioError, audio_duration, load_audio
 from ..parse import parse_window
-from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent
+from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent, RunControl, RunStopped
 from ..prompt import LanguageError, check_language
 from ..scheduler import BatchScheduler, ScheduledDecoder
 from ..speakers.linking import SpeakerLinker
@@ -31,7 +31,6 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-StopReason = Literal["cancelled", "timeout", "shutdown"]
 
 
 class AudioTooLong(TurnscribeError):
@@ -40,31 +39,6 @@ class AudioTooLong(TurnscribeError):
 
 class KnownSpeakersUnsupported(TurnscribeError):
     pass
-
-
-class RunStopped(Exception):
-    """A run stopped on request (cancel, shutdown) or because its deadline passed."""
-
-    def __init__(self, reason: StopReason) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class RunControl:
-    deadline: float | None = None  # time.monotonic() after which the run stops
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _reason: StopReason = "cancelled"
-
-    def stop(self, reason: StopReason) -> None:
-        self._reason = reason
-        self._stop.set()
-
-    def check(self) -> None:
-        if self._stop.is_set():
-            raise RunStopped(self._reason)
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise RunStopped("timeout")
 
 
 @dataclass(frozen=True)

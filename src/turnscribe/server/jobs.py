@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..pipeline import RunControl, RunStopped
 from ..types import Repair, Segment, Transcript, TranscriptMetadata, TurnscribeError
-from .engine import Engine, RunControl, RunStopped, as_api_error
+from .engine import Engine, as_api_error
 from .enrollment import read_known_speakers
 from .settings import ServerSettings
 

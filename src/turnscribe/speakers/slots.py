@@ -191,15 +191,15 @@ def set_strays_aside(
     segments: Sequence[StitchedSegment], graph: SlotGraph, speech: SlotSpeech, strays: np.ndarray
 ) -> tuple[SlotGraph, SlotSpeech]:
     """The slots without their strays: vectors pooled from the rest, no must-links through a stray."""
-    confused = np.zeros(len(graph.slots), dtype=bool)  # slots that had strays
-    confused[graph.segment_slot[strays]] = True
+    had_strays = np.zeros(len(graph.slots), dtype=bool)
+    had_strays[graph.segment_slot[strays]] = True
     keep = (speech.segment_s > 0) & ~strays
-    # Confused slots had segments embedded alone, so their vectors were pooled from those alone: pool again.
+    # Slots with strays had segments embedded alone, so their vectors were pooled from those alone: pool again.
     vectors, seconds = pool_slots(
         len(graph.slots), graph.segment_slot[keep], speech.segment_vectors[keep], speech.segment_s[keep]
     )
     slot_vectors, slot_s = speech.slot_vectors.copy(), speech.slot_s.copy()
-    slot_vectors[confused], slot_s[confused] = vectors[confused], seconds[confused]
+    slot_vectors[had_strays], slot_s[had_strays] = vectors[had_strays], seconds[had_strays]
     index = {slot: i for i, slot in enumerate(graph.slots)}
     must_link = [
         (index[(s.window, s.slot)], index[other])
