@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 import tracemalloc
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -330,3 +333,66 @@ def test_video_without_audio(tmp_path: Path) -> None:
         load_audio(path)
     with pytest.raises(AudioError, match="No audio stream"):
         audio_duration(path)
+
+
+@pytest.mark.parametrize("at_s", [0.5, 70.0])
+def test_nan_in_a_float_file_is_an_error(tmp_path: Path, at_s: float) -> None:
+    # Decoded samples are checked in blocks of 2**20 (65.5 s): a NaN in a full block (0.5 s) and one in the last,
+    # partial block (70 s), which only the final check sees.
+    samples = tone(TONE_HZ, 72.0, SAMPLE_RATE)
+    samples[int(at_s * SAMPLE_RATE)] = np.nan
+    path = encode(tmp_path / "float.wav", "pcm_f32le", samples[None], SAMPLE_RATE)
+    with pytest.raises(AudioError, match="float.wav contains NaN or infinite samples"):
+        load_audio(path)
+
+
+# --- decoding in worker processes -------------------------------------------------------------------------------
+# Loaders for AudioProcesses run in its workers, so they are module-level functions of this file.
+
+
+def worker_pid(source: object, sampling_rate: int | None) -> np.ndarray:
+    time.sleep(0.3)  # long enough that two loads at once overlap
+    return np.array([os.getpid()], np.float32)
+
+
+def dies_on_crash(source: object, sampling_rate: int | None) -> np.ndarray:
+    if "crash" in str(source):
+        os._exit(1)  # as a worker killed for memory would
+    time.sleep(0.3)  # still in flight when the crashing file kills the pool
+    return load_audio(source, sampling_rate)
+
+
+def test_audio_processes_decode_like_load_audio(media: Path, wav: Path) -> None:
+    with audio.AudioProcesses(2) as processes:
+        for name, *_ in FORMATS[:4]:
+            np.testing.assert_array_equal(processes.load(media / name), load_audio(media / name))
+        np.testing.assert_array_equal(processes.load(wav.read_bytes()), load_audio(wav))
+        samples = tone(TONE_HZ, 1.0, 8000)
+        np.testing.assert_array_equal(processes.load(samples, 8000), load_audio(samples, 8000))
+        # The worker's AudioError reaches the caller unchanged.
+        with pytest.raises(AudioError, match=r"No such file: .*missing\.wav"):
+            processes.load(media / "missing.wav")
+        with pytest.raises(AudioError, match="sampling_rate applies only to array"):
+            processes.load(wav, 16000)
+
+
+def test_audio_processes_decode_files_in_parallel_in_other_processes(wav: Path) -> None:
+    with audio.AudioProcesses(2, load=worker_pid) as processes, ThreadPoolExecutor(2) as threads:
+        pids = [int(p[0]) for p in threads.map(processes.load, [wav, wav])]
+        # Arrays are not sent to a worker: they are read where they are.
+        assert processes.load(np.zeros(4, np.float32), SAMPLE_RATE).tolist() == [0, 0, 0, 0]
+    assert os.getpid() not in pids
+    assert len(set(pids)) == 2  # the two loads overlapped, each in its own worker
+
+
+def test_a_dying_audio_process_loses_only_its_own_file(wav: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with audio.AudioProcesses(2, load=dies_on_crash) as processes, ThreadPoolExecutor(3) as threads:
+        good = threads.submit(processes.load, wav)
+        time.sleep(0.1)  # the good file is being decoded when the other one kills the pool
+        crash = threads.submit(processes.load, "crash.wav")
+        with pytest.raises(AudioError, match=r"process decoding crash\.wav died .* also when retried alone"):
+            crash.result(timeout=60)
+        np.testing.assert_array_equal(good.result(timeout=60), load_audio(wav))
+        # The pool was replaced: later files decode as before.
+        np.testing.assert_array_equal(processes.load(wav), load_audio(wav))
+    assert "died while reading" in caplog.text

@@ -124,6 +124,19 @@ def test_resemblyzer_batches_partials_across_clips_and_matches_embed_utterance(r
     assert shapes == [(sum(partials), 160, 40)]  # everything in one pass
 
 
+def test_resemblyzer_mel_front_end_equals_librosa(resemblyzer) -> None:
+    # The torch front end (runs on the encoder's device) against resemblyzer's own librosa one, on clips of every
+    # length including ones shorter than one FFT frame; relative to each clip's peak, float32 rounding only.
+    from resemblyzer.audio import wav_to_mel_spectrogram
+
+    for clip in CLIPS + [CLIPS[0][:100]]:
+        wav = resemblyzer._prepare(clip)
+        expected = wav_to_mel_spectrogram(wav)
+        got = resemblyzer.mel_spectrogram(wav).numpy()
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-5 * max(float(expected.max()), 1e-12))
+
+
 def test_resemblyzer_embeds_denormal_silence(resemblyzer) -> None:
     # What silence looks like after evaluation.oracle.tag_speakers: zeros with their lowest mantissa bits set.
     dust = np.full(SAMPLE_RATE, 3, np.uint32).view(np.float32)

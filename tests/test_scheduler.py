@@ -4,6 +4,7 @@ back-pressure, length bucketing; and `run_many`, which transcribes many files th
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_pipeline import FakeEmbedder, tone, write_wav
 
-from turnscribe import Pipeline
+from turnscribe import Pipeline, audio
 from turnscribe.decoders import ScriptedDecoder
 from turnscribe.decoders.base import WindowAudio
 from turnscribe.scheduler import BatchScheduler, ScheduledDecoder, SchedulerFull, run_many
@@ -222,8 +223,19 @@ def test_run_many_yields_every_file_and_shares_batches_across_files(tmp_path, mo
             seen.append(sorted({round(float(np.abs(w.samples).max()), 2) for w in windows}))
             return super().decode(windows, language)
 
+    started: list[int] = []
+
+    class RecordedProcesses(audio.AudioProcesses):
+        def __init__(self, processes: int) -> None:
+            started.append(processes)
+            super().__init__(processes)
+
+    monkeypatch.setattr(audio, "AudioProcesses", RecordedProcesses)
     pipeline = Pipeline(LevelRecording(script, batch_size=8), ClusteringLinker(FakeEmbedder()))
     results = list(run_many(pipeline, [*paths, broken], files_at_once=4))
+    # Files are decoded in worker processes: one per file at once, at most one per core (none with one core).
+    processes = min(4, os.cpu_count() or 1)
+    assert started == ([processes] if processes > 1 else [])
     assert sorted(r.index for r in results) == [0, 1, 2, 3]
     by_index = {r.index: r for r in results}
     assert by_index[3].transcript is None and by_index[3].error is not None

@@ -5,8 +5,15 @@ from __future__ import annotations
 import io
 import logging
 import math
+import multiprocessing
 import numbers
 import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from types import TracebackType
 from typing import BinaryIO, TypeAlias
 
 import av
@@ -17,11 +24,13 @@ from scipy.signal import resample_poly
 
 from turnscribe.types import SAMPLE_RATE, TurnscribeError
 
-__all__ = ["AudioError", "AudioInput", "audio_duration", "load_audio"]
+__all__ = ["AudioError", "AudioInput", "AudioLoader", "AudioProcesses", "audio_duration", "load_audio"]
 
 logger = logging.getLogger(__name__)
 
 AudioInput: TypeAlias = str | os.PathLike | bytes | BinaryIO | np.ndarray | torch.Tensor
+# What the pipeline calls to read its input: `load_audio` itself, or `AudioProcesses.load`.
+AudioLoader: TypeAlias = Callable[[AudioInput, "int | None"], np.ndarray]
 
 # Preallocation slack over the container's duration estimate: estimates (mp3 bitrate guesses, codec priming)
 # can be slightly short, and growing the buffer later is the slow path.
@@ -30,6 +39,8 @@ _MARGIN_SAMPLES = SAMPLE_RATE
 # Starting size when the container reports no duration (pipes, some streamed formats); grows from there.
 _UNKNOWN_CAPACITY = 60 * SAMPLE_RATE
 _GROWTH = 1.5
+# Decoded samples are checked for NaN/inf in blocks of this many (4 MB of float32, 1 MB of mask).
+_CHECK_BLOCK = 1 << 20
 
 # Errors PyAV raises for unreadable input; several FFmpegError subclasses are also OSError/ValueError,
 # and metadata or I/O problems surface as the plain builtins.
@@ -81,6 +92,82 @@ def audio_duration(source: str | os.PathLike) -> float | None:
     path = _checked_path(source)
     with _open(path, path) as container:
         return _estimated_seconds(container, _first_audio_stream(container, path))
+
+
+class AudioProcesses:
+    """Decode files in worker processes, so that several files decode at once on several cores.
+
+    PyAV holds the GIL while it decodes and resamples, so files read in threads take turns on one core (two
+    threads here were slower than one after the other) and stall every other Python thread meanwhile, such as
+    the one that drives the GPU. Arrays, tensors and open file objects are read in the calling process: there
+    is nothing to decode, or they cannot be sent to another process.
+
+    The workers start here, all at once, before the caller's threads get busy. On Linux they are forked, as
+    PyTorch's DataLoader workers are: they only run FFmpeg and never touch CUDA or torch's thread pools, and
+    "spawn" would re-run a user's unguarded script in every worker. Elsewhere they are spawned (the platform's
+    default; scripts then need the usual ``if __name__ == "__main__":``).
+
+    A worker that dies (out of memory on a huge file, a crash inside FFmpeg) breaks the pool for every file in
+    flight: each is retried once, alone in a process of its own, and only a file that kills that one too gets an
+    AudioError; later files get a fresh pool. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(self, processes: int, *, load: AudioLoader = load_audio) -> None:
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+        self.processes = processes
+        self._load = load  # runs in the workers: a module-level function, so that it can be pickled
+        self._context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._current_pool()
+
+    def load(self, source: AudioInput, sampling_rate: int | None = None) -> np.ndarray:
+        if not isinstance(source, (str, os.PathLike, bytes, bytearray)):
+            return load_audio(source, sampling_rate)
+        pool = self._current_pool()
+        try:
+            return pool.submit(self._load, source, sampling_rate).result()
+        except BrokenProcessPool:
+            self._discard(pool)
+            logger.warning("an audio decoding process died while reading %s; retrying it alone", _label(source))
+        # Alone in a process of its own, so that another file that kills its worker cannot take this one along.
+        try:
+            with ProcessPoolExecutor(1, mp_context=self._context) as alone:
+                return alone.submit(self._load, source, sampling_rate).result()
+        except BrokenProcessPool as error:
+            raise AudioError(
+                f"The process decoding {_label(source)} died (out of memory, or a crash in FFmpeg), also when "
+                "retried alone; the file was not read"
+            ) from error
+
+    def _current_pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self.processes, mp_context=self._context)
+                # The first task starts every worker (a forking pool starts them all at once).
+                self._pool.submit(int).result()
+            return self._pool
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:  # the first caller to see it broken drops it; the next load starts a fresh one
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> AudioProcesses:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def _label(source: object) -> str:
@@ -190,6 +277,7 @@ class _SampleBuffer:
     def __init__(self, capacity: int, label: str) -> None:
         self._buf = np.empty(capacity, dtype=np.float32)
         self._size = 0
+        self._checked = 0  # samples before this index are known finite
         self._label = label
 
     @property
@@ -198,19 +286,29 @@ class _SampleBuffer:
 
     def extend(self, frames: list[av.AudioFrame]) -> None:
         for frame in frames:
-            samples = frame.to_ndarray().reshape(-1)
-            # Float codecs (pcm_f32, some decoders on damaged input) can yield NaN/inf, which would poison
-            # every model downstream; checking per frame keeps the scan's memory small.
-            if not np.isfinite(samples).all():
-                raise AudioError(f"Audio in {self._label} contains NaN or infinite samples")
+            # The resampler's output is packed float32 mono, so its one plane holds the samples (then padding).
+            # Read straight from it: per-frame costs add up (an hour of mp3 is ~150,000 frames), and
+            # to_ndarray's reshaping cost more than the copy below.
+            samples = np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples)
             end = self._size + samples.size
             if end > self._buf.size:
                 # In-place realloc; safe with refcheck off because no view of the buffer is ever kept.
                 self._buf.resize(max(end, int(self._buf.size * _GROWTH)), refcheck=False)
             self._buf[self._size : end] = samples
             self._size = end
+            if self._size - self._checked >= _CHECK_BLOCK:
+                self._check_finite()
+
+    def _check_finite(self) -> None:
+        # Float codecs (pcm_f32, some decoders on damaged input) can yield NaN/inf, which would poison every model
+        # downstream. Checked in blocks: per frame was a large part of decoding time, the whole buffer at once
+        # would need a mask as large as the audio.
+        if not np.isfinite(self._buf[self._checked : self._size]).all():
+            raise AudioError(f"Audio in {self._label} contains NaN or infinite samples")
+        self._checked = self._size
 
     def finish(self) -> np.ndarray:
+        self._check_finite()
         # Shrinking in place releases the margin without copying, so the result owns exactly its samples.
         self._buf.resize(self._size, refcheck=False)
         return self._buf

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .audio import AudioInput, load_audio
+from .audio import AudioInput, AudioLoader, load_audio
 from .decoders.base import Decoder, DecoderError, StreamingDecoder, WindowAudio
 from .parse import parse_window
 from .prompt import check_language
@@ -86,7 +86,7 @@ def _window_failed(index: int, error: Exception, repairs: list[Repair]) -> None:
 
 
 class Pipeline:
-    """The swappable parts (decoder, speaker linker) and the windowing, reusable across files."""
+    """The swappable parts (decoder, speaker linker, audio loader) and the windowing, reusable across files."""
 
     def __init__(
         self,
@@ -95,12 +95,14 @@ class Pipeline:
         *,
         window_s: float = DEFAULT_WINDOW_S,
         overlap_s: float = DEFAULT_OVERLAP_S,
+        load: AudioLoader = load_audio,
     ) -> None:
         check_window(window_s, overlap_s)
         self.decoder = decoder
         self.speakers = speakers
         self.window_s = window_s
         self.overlap_s = overlap_s
+        self.load = load
 
     def run(
         self,
@@ -114,7 +116,7 @@ class Pipeline:
         language = check_language(language)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        samples = load_audio(audio, sampling_rate)
+        samples = self.load(audio, sampling_rate)
         timings["audio"] = time.perf_counter() - t0
         spans = plan_windows(len(samples), self.window_s, self.overlap_s)
         metadata = TranscriptMetadata(

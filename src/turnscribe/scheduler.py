@@ -23,8 +23,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -268,36 +269,54 @@ def run_many(
     language: str = "en",
     sampling_rate: int | None = None,
     files_at_once: int = 4,
+    audio_processes: int | None = None,
     max_pending: int = DEFAULT_MAX_PENDING,
     progress: ProgressCallback | None = None,
 ) -> Iterator[FileResult]:
     """Transcribe many inputs through one scheduler, yielding each result as it finishes (not in input order).
 
     Up to `files_at_once` files are read, windowed, stitched and linked at once, each in its own thread; their
-    windows share the decoder's batches. A file that fails yields its error; the others go on. Arrays and
-    tensors need `sampling_rate`.
+    windows share the decoder's batches. Files (paths, bytes) are decoded in `audio_processes` worker processes
+    (`AudioProcesses`; default: one per file at once, at most one per core; 0 decodes in the file's thread). A
+    file that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
     """
+    from .audio import AudioProcesses
     from .pipeline import Pipeline
 
     if files_at_once < 1:
         raise ValueError("files_at_once must be >= 1")
+    if audio_processes is None:
+        count = len(inputs) if isinstance(inputs, Sized) else files_at_once
+        audio_processes = min(files_at_once, count, os.cpu_count() or 1)
+        # One file at a time gains nothing from a process of its own, and pays for sending its samples back.
+        audio_processes = audio_processes if audio_processes > 1 else 0
+    audio = AudioProcesses(audio_processes) if audio_processes > 0 else None  # before any thread of ours starts
     scheduler = BatchScheduler(pipeline.decoder, max_pending=max_pending)
 
-    def one(index: int, audio: AudioInput) -> FileResult:
-        source = str(audio) if isinstance(audio, str | os.PathLike) else f"<input {index}>"
+    def one(index: int, source_audio: AudioInput) -> FileResult:
+        source = str(source_audio) if isinstance(source_audio, str | os.PathLike) else f"<input {index}>"
         # Linkers keep no per-recording state (the threshold travels with each assignment): one serves all files.
         run = Pipeline(
-            ScheduledDecoder(scheduler), pipeline.speakers, window_s=pipeline.window_s, overlap_s=pipeline.overlap_s
+            ScheduledDecoder(scheduler),
+            pipeline.speakers,
+            window_s=pipeline.window_s,
+            overlap_s=pipeline.overlap_s,
+            load=audio.load if audio else pipeline.load,
         )
         try:
             transcript = run.run(
-                audio, language=language, sampling_rate=sampling_rate, progress=progress, source=source
+                source_audio, language=language, sampling_rate=sampling_rate, progress=progress, source=source
             )
             return FileResult(index, source, transcript, None)
         except TurnscribeError as error:
             return FileResult(index, source, None, error)
 
-    with scheduler, ThreadPoolExecutor(files_at_once, thread_name_prefix="turnscribe-file") as pool:
+    # Closed in reverse: the file threads end before the scheduler stops and the audio processes go.
+    with (
+        audio or nullcontext(),
+        scheduler,
+        ThreadPoolExecutor(files_at_once, thread_name_prefix="turnscribe-file") as pool,
+    ):
         todo = iter(enumerate(inputs))
         # Start files only as earlier ones finish, so that a long input list is not read into memory at once.
         running = {pool.submit(one, i, a) for i, a in itertools.islice(todo, files_at_once)}

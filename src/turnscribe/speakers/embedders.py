@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from turnscribe.types import SAMPLE_RATE, TurnscribeError
 
@@ -57,8 +58,6 @@ def resolve_device(device: str) -> str:
     """ "auto" is the first CUDA device when torch sees one, else the CPU; anything else is kept as given."""
     if device != "auto":
         return device
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -110,9 +109,9 @@ class ResemblyzerEmbedder:
             with warnings.catch_warnings():
                 # webrtcvad's pkg_resources deprecation notice is noise for our users, not theirs to fix.
                 warnings.simplefilter("ignore", UserWarning)
-                from resemblyzer import VoiceEncoder
-                from resemblyzer.audio import normalize_volume, wav_to_mel_spectrogram
-                from resemblyzer.hparams import audio_norm_target_dBFS
+                from librosa.filters import mel as mel_filters
+                from resemblyzer import VoiceEncoder, hparams
+                from resemblyzer.audio import normalize_volume
         except ImportError as exc:
             raise EmbedderError(
                 f"the resemblyzer embedder needs resemblyzer ({exc}); install it with "
@@ -127,8 +126,15 @@ class ResemblyzerEmbedder:
             raise EmbedderError(f"could not load resemblyzer on device {device!r}: {exc}; try --device cpu") from exc
         self.batch_partials = batch_partials
         self._normalize_volume = normalize_volume
-        self._mel = wav_to_mel_spectrogram
-        self._target_dbfs = audio_norm_target_dBFS
+        self._target_dbfs = hparams.audio_norm_target_dBFS
+        # resemblyzer's wav_to_mel_spectrogram (librosa on the CPU) as torch on the encoder's device, so that on a
+        # GPU the front end does not leave the CPU as the bottleneck; tests hold the two equal. librosa still
+        # builds the filterbank, once here (its first import costs ~1.5 s, paid at load rather than per file).
+        self._n_fft = hparams.sampling_rate * hparams.mel_window_length // 1000
+        self._hop = hparams.sampling_rate * hparams.mel_window_step // 1000
+        basis = mel_filters(sr=hparams.sampling_rate, n_fft=self._n_fft, n_mels=hparams.mel_n_channels)
+        self._mel_basis = torch.from_numpy(basis).to(self.device)
+        self._window = torch.hann_window(self._n_fft, periodic=True, device=self.device)  # librosa's "hann"
 
     def _prepare(self, clip: np.ndarray) -> np.ndarray:
         clip = np.asarray(clip, dtype=np.float32).reshape(-1)
@@ -142,13 +148,28 @@ class ResemblyzerEmbedder:
         # separated voices worse.
         return clip.astype(np.float32)
 
-    def partials(self, clip: np.ndarray) -> np.ndarray:
+    def mel_spectrogram(self, wav: np.ndarray) -> torch.Tensor:
+        """(frames, 40) linear mel power on the embedder's device, as resemblyzer's wav_to_mel_spectrogram."""
+        samples = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(self.device)
+        # librosa.feature.melspectrogram's defaults: centred frames, zero padding, power 2.
+        spectrum = torch.stft(
+            samples,
+            n_fft=self._n_fft,
+            hop_length=self._hop,
+            window=self._window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        return (self._mel_basis @ spectrum.abs().square()).T
+
+    def partials(self, clip: np.ndarray) -> torch.Tensor:
         """The (p, 160, 40) mel partials of one clip, exactly as VoiceEncoder.embed_utterance cuts them."""
         wav = self._prepare(clip)
         wav_slices, mel_slices = self._encoder.compute_partial_slices(len(wav), self.RATE, self.MIN_COVERAGE)
         wav = np.pad(wav, (0, max(wav_slices[-1].stop - len(wav), 0)))
-        mel = self._mel(wav)
-        return np.stack([mel[s] for s in mel_slices])
+        mel = self.mel_spectrogram(wav)
+        return torch.stack([mel[s] for s in mel_slices])
 
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Every partial of every clip has the same shape, so partials of many clips share one forward pass.
@@ -156,28 +177,25 @@ class ResemblyzerEmbedder:
         The result equals embed_utterance clip by clip (the mean of a clip's partial embeddings) up to float
         rounding; only batch_partials partials (plus the rest of one clip) are held at a time.
         """
-        import torch
-
         means: list[np.ndarray] = []
-        pending: list[np.ndarray] = []  # partials of the clips not yet forwarded, one array per clip
+        pending: list[torch.Tensor] = []  # partials of the clips not yet forwarded, one tensor per clip
 
         def forward() -> None:
-            with torch.inference_mode():
-                batch = torch.from_numpy(np.concatenate(pending)).to(self.device)
-                embedded = self._encoder(batch).float().cpu().numpy()
+            embedded = self._encoder(torch.cat(pending)).float().cpu().numpy()
             bounds = np.cumsum([0] + [len(p) for p in pending])
             means.extend(embedded[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds))
             pending.clear()
 
-        waiting = 0
-        for clip in clips:
-            pending.append(self.partials(clip))
-            waiting += len(pending[-1])
-            if waiting >= self.batch_partials:
+        with torch.inference_mode():
+            waiting = 0
+            for clip in clips:
+                pending.append(self.partials(clip))
+                waiting += len(pending[-1])
+                if waiting >= self.batch_partials:
+                    forward()
+                    waiting = 0
+            if pending:
                 forward()
-                waiting = 0
-        if pending:
-            forward()
         return _normalised_rows(means)
 
 
@@ -205,8 +223,6 @@ class ReDimNet2Embedder:
         # The VoxBlink2 + VoxCeleb2 B6 is the card's "0.17 % EER" model.
         dataset: str = "vb2+vox2_v0",
     ) -> None:
-        import torch
-
         if batch_seconds * SAMPLE_RATE < 1 or max_stretch < 1:
             raise EmbedderError(f"need batch_seconds > 0 and max_stretch >= 1, got {batch_seconds}, {max_stretch}")
         self.batch_samples = round(batch_seconds * SAMPLE_RATE)
@@ -250,8 +266,6 @@ class ReDimNet2Embedder:
         its statistics where silence would dilute them. A clip grows by at most max_stretch, which moves its
         embedding only slightly from a clip-by-clip pass (tests bound the difference).
         """
-        import torch
-
         lengths = [max(len(np.asarray(c).reshape(-1)), self.min_samples) for c in clips]
         rows: list[np.ndarray] = [np.zeros(0, np.float32)] * len(clips)
         with torch.inference_mode():
