@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,30 @@ def test_run_many_yields_every_file_and_shares_batches_across_files(tmp_path, mo
         alone = pipeline.run(path, source=str(path))
         assert by_index[i].error is None and by_index[i].source == str(path)
         assert by_index[i].transcript.segments == alone.segments
+
+
+def test_run_many_reads_audio_ahead_of_the_files_in_flight(tmp_path, monkeypatch):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"f{i}.wav")
+        write_wav(paths[-1], tone(40) * (0.4 + 0.2 * i))
+    events: list[tuple[str, str]] = []
+
+    class RecordedProcesses(audio.AudioProcesses):
+        def load(self, source, sampling_rate=None):
+            events.append(("read", Path(source).name))
+            return super().load(source, sampling_rate)
+
+    monkeypatch.setattr(audio, "AudioProcesses", RecordedProcesses)
+    pipeline = Pipeline(ScriptedDecoder(script, batch_size=2), ClusteringLinker(FakeEmbedder()))
+    results = []
+    for result in run_many(pipeline, paths, files_at_once=1, audio_processes=2):
+        events.append(("done", Path(result.source).name))
+        results.append(result)
+    # With one file in flight, the next file's audio is read while the first is transcribed.
+    assert set(events[:2]) == {("read", "f0.wav"), ("read", "f1.wav")}
+    assert events.index(("read", "f1.wav")) < events.index(("done", "f0.wav"))
+    assert [e for e in events if e[0] == "done"] == [("done", f"f{i}.wav") for i in range(3)]
+    for result, path in zip(results, paths):
+        assert result.error is None
+        assert result.transcript.segments == pipeline.run(path).segments

@@ -112,19 +112,29 @@ def transcribe_many(
     *,
     language: str = "en",
     files_at_once: int = 4,
+    audio_processes: int | None = None,
     progress: ProgressCallback | None = None,
     **options: object,
 ) -> Iterator[FileResult]:
     """Transcribe many recordings with one model, yielding a `FileResult` per input as each finishes.
 
-    The windows of all files in flight share the model's batches (`turnscribe.scheduler`); a file that fails
-    yields its error and the others go on. `options` are those of `build_pipeline`.
+    The windows of all files in flight share the model's batches (`turnscribe.scheduler`); files are decoded
+    in `audio_processes` worker processes, ahead of the files in flight (default: one per core; 0: in the
+    files' threads). A file that fails yields its error and the others go on. `options` are those of
+    `build_pipeline`.
     """
     from .prompt import check_language
 
     check_language(language)
     pipeline = build_pipeline(**options)  # type: ignore[arg-type]
-    return run_many(pipeline, inputs, language=language, files_at_once=files_at_once, progress=progress)
+    return run_many(
+        pipeline,
+        inputs,
+        language=language,
+        files_at_once=files_at_once,
+        audio_processes=audio_processes,
+        progress=progress,
+    )
 
 
 __all__ = [

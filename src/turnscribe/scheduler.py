@@ -25,9 +25,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .decoders.base import Decoder, DecoderError, WindowAudio
 from .types import SAMPLE_RATE, Transcript, TurnscribeError
@@ -275,10 +277,11 @@ def run_many(
 ) -> Iterator[FileResult]:
     """Transcribe many inputs through one scheduler, yielding each result as it finishes (not in input order).
 
-    Up to `files_at_once` files are read, windowed, stitched and linked at once, each in its own thread; their
-    windows share the decoder's batches. Files (paths, bytes) are decoded in `audio_processes` worker processes
-    (`AudioProcesses`; default: one per file at once, at most one per core; 0 decodes in the file's thread). A
-    file that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
+    Up to `files_at_once` files are windowed, stitched and linked at once, each in its own thread; their windows
+    share the decoder's batches. Audio is decoded in `audio_processes` worker processes (`AudioProcesses`;
+    default: one per core, at most one per input; 0 decodes in each file's thread), for the files in flight and
+    as many files ahead of them, so that decoding keeps up with a fast GPU. A file that fails yields its error;
+    the others go on. Arrays and tensors need `sampling_rate`.
     """
     from .audio import AudioProcesses
     from .pipeline import Pipeline
@@ -286,14 +289,12 @@ def run_many(
     if files_at_once < 1:
         raise ValueError("files_at_once must be >= 1")
     if audio_processes is None:
-        count = len(inputs) if isinstance(inputs, Sized) else files_at_once
-        audio_processes = min(files_at_once, count, os.cpu_count() or 1)
+        count = len(inputs) if isinstance(inputs, Sized) else os.cpu_count() or 1
+        audio_processes = min(count, os.cpu_count() or 1)
         # One file at a time gains nothing from a process of its own, and pays for sending its samples back.
         audio_processes = audio_processes if audio_processes > 1 else 0
-    audio = AudioProcesses(audio_processes) if audio_processes > 0 else None  # before any thread of ours starts
-    scheduler = BatchScheduler(pipeline.decoder, max_pending=max_pending)
 
-    def one(index: int, source_audio: AudioInput) -> FileResult:
+    def one(index: int, source_audio: AudioInput, samples: Future[np.ndarray] | None) -> FileResult:
         source = str(source_audio) if isinstance(source_audio, str | os.PathLike) else f"<input {index}>"
         # Linkers keep no per-recording state (the threshold travels with each assignment): one serves all files.
         run = Pipeline(
@@ -301,7 +302,8 @@ def run_many(
             pipeline.speakers,
             window_s=pipeline.window_s,
             overlap_s=pipeline.overlap_s,
-            load=audio.load if audio else pipeline.load,
+            # Read ahead: the file's "audio" time is then only what it still had to wait for.
+            load=pipeline.load if samples is None else lambda _audio, _rate: samples.result(),
         )
         try:
             transcript = run.run(
@@ -311,22 +313,44 @@ def run_many(
         except TurnscribeError as error:
             return FileResult(index, source, None, error)
 
-    # Closed in reverse: the file threads end before the scheduler stops and the audio processes go.
-    with (
-        audio or nullcontext(),
-        scheduler,
-        ThreadPoolExecutor(files_at_once, thread_name_prefix="turnscribe-file") as pool,
-    ):
+    with ExitStack() as stack:
+        # Closed in reverse: the file threads end before the scheduler stops and the audio processes go; the
+        # processes start before any thread of ours does (see AudioProcesses).
+        audio = stack.enter_context(AudioProcesses(audio_processes)) if audio_processes else None
+        scheduler = stack.enter_context(BatchScheduler(pipeline.decoder, max_pending=max_pending))
+        files = stack.enter_context(ThreadPoolExecutor(files_at_once, thread_name_prefix="turnscribe-file"))
+        read: Callable[[AudioInput], Future[np.ndarray]] | None = None
+        if audio is not None:  # a thread per process, waiting on it, so that the reads ahead run while the files do
+            reads = stack.enter_context(ThreadPoolExecutor(audio_processes, thread_name_prefix="turnscribe-audio"))
+            load = audio.load
+
+            def read(source_audio: AudioInput) -> Future[np.ndarray]:
+                return reads.submit(load, source_audio, sampling_rate)
+
         todo = iter(enumerate(inputs))
-        # Start files only as earlier ones finish, so that a long input list is not read into memory at once.
-        running = {pool.submit(one, i, a) for i, a in itertools.islice(todo, files_at_once)}
+
+        def admit() -> tuple[int, AudioInput, Future[np.ndarray] | None] | None:
+            """The next input, its audio already being read when there are processes for it."""
+            if (nxt := next(todo, None)) is None:
+                return None
+            index, source_audio = nxt
+            return index, source_audio, read(source_audio) if read else None
+
+        # Inputs are admitted only as earlier ones finish, so that a long input list is not read at once.
+        admitted = deque(item for item in (admit() for _ in range(files_at_once + audio_processes)) if item)
+        running = {files.submit(one, *admitted.popleft()) for _ in range(min(files_at_once, len(admitted)))}
         try:
             while running:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for finished in done:
                     yield finished.result()
-                    if (nxt := next(todo, None)) is not None:
-                        running.add(pool.submit(one, *nxt))
+                    if item := admit():
+                        admitted.append(item)
+                    if admitted:
+                        running.add(files.submit(one, *admitted.popleft()))
         finally:
             for future in running:
                 future.cancel()
+            for _, _, samples in admitted:
+                if samples is not None:
+                    samples.cancel()
