@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 import tracemalloc
 import wave
@@ -396,3 +398,36 @@ def test_a_dying_audio_process_loses_only_its_own_file(wav: Path, caplog: pytest
         # The pool was replaced: later files decode as before.
         np.testing.assert_array_equal(processes.load(wav), load_audio(wav))
     assert "died while reading" in caplog.text
+
+
+def test_audio_processes_die_with_a_killed_parent(tmp_path: Path) -> None:
+    # A worker that outlived its parent would hold every descriptor forked into it (a server's database lock,
+    # its listening socket), so that the server could not restart; it also waits forever for work.
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_audio import worker_pid\n"
+        "from turnscribe.audio import AudioProcesses\n"
+        "processes = AudioProcesses(1, load=worker_pid)\n"
+        "print(int(processes.load('any.wav')[0]), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    assert alive(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(worker), f"audio worker {worker} outlived its killed parent"
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped by whoever adopted it counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")

@@ -124,6 +124,7 @@ def test_resemblyzer_batches_partials_across_clips_and_matches_embed_utterance(r
     assert shapes == [(sum(partials), 160, 40)]  # everything in one pass
 
 
+@pytest.mark.filterwarnings("ignore:n_fft=400 is too large:UserWarning")  # librosa, on the shortest clips
 def test_resemblyzer_mel_front_end_equals_librosa(resemblyzer) -> None:
     # The torch front end (runs on the encoder's device) against resemblyzer's own librosa one, on clips of every
     # length including ones shorter than one FFT frame; relative to each clip's peak, float32 rounding only.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import math
 import multiprocessing
 import numbers
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -117,7 +119,8 @@ class AudioProcesses:
             raise ValueError(f"processes must be at least 1, got {processes}")
         self.processes = processes
         self._load = load  # runs in the workers: a module-level function, so that it can be pickled
-        self._context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        self._forked = sys.platform == "linux"
+        self._context = multiprocessing.get_context("fork" if self._forked else "spawn")
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._current_pool()
@@ -133,7 +136,7 @@ class AudioProcesses:
             logger.warning("an audio decoding process died while reading %s; retrying it alone", _label(source))
         # Alone in a process of its own, so that another file that kills its worker cannot take this one along.
         try:
-            with ProcessPoolExecutor(1, mp_context=self._context) as alone:
+            with self._new_pool(1) as alone:
                 return alone.submit(self._load, source, sampling_rate).result()
         except BrokenProcessPool as error:
             raise AudioError(
@@ -144,10 +147,17 @@ class AudioProcesses:
     def _current_pool(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=self._context)
+                self._pool = self._new_pool(self.processes)
                 # The first task starts every worker (a forking pool starts them all at once).
                 self._pool.submit(int).result()
             return self._pool
+
+    def _new_pool(self, processes: int) -> ProcessPoolExecutor:
+        if not self._forked:
+            return ProcessPoolExecutor(processes, mp_context=self._context)
+        return ProcessPoolExecutor(
+            processes, mp_context=self._context, initializer=_die_with_parent, initargs=(os.getpid(),)
+        )
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -168,6 +178,25 @@ class AudioProcesses:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Initializer of a forked worker: be killed as soon as the parent dies, however it dies.
+
+    Workers would otherwise outlive a parent killed with SIGKILL (or by the OOM killer), waiting forever on
+    their task queue and holding every file descriptor forked into them: a server's database lock and listening
+    socket, so that the server could not restart. The kernel sends the signal when the thread that forked the
+    worker ends; the caller's long-lived thread creates the pool, and a worker lost early is retried (see
+    `AudioProcesses`).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        logger.warning("audio worker: prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
 
 
 def _label(source: object) -> str:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..audio import AudioError, audio_duration, load_audio
+from ..audio import AudioError, AudioProcesses, audio_duration, load_audio
 from ..parse import parse_window
 from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent, RunControl, RunStopped
 from ..prompt import LanguageError, check_language
@@ -101,6 +101,9 @@ class Engine:
         self.metrics = metrics
         self.scheduler = BatchScheduler(pipeline.decoder, on_batch=metrics.batch_windows.observe)
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="turnscribe-run")
+        # Uploads are decoded in processes (started with the engine): in the run threads PyAV would hold the GIL,
+        # one upload at a time, and stall the scheduler thread that drives the model.
+        self._audio: AudioProcesses | None = None
         self._lock = threading.Lock()
         self._waiting = 0
         self._running = 0
@@ -125,11 +128,15 @@ class Engine:
         return replace(self.enrolling_linker(), known_speakers=dict(known_speakers))
 
     def start(self) -> None:
+        if self.settings.workers > 1:
+            self._audio = AudioProcesses(self.settings.workers)
         self.scheduler.start()
 
     def stop(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.scheduler.stop()
+        if self._audio is not None:
+            self._audio.close()
 
     def submit(self, work: Callable[[], T]) -> Future[T]:
         """Run `work` on a worker, or refuse with 429 when the queue in front of the workers is full."""
@@ -197,7 +204,7 @@ class Engine:
         control.check()
         started = time.perf_counter()
         try:
-            samples = load_audio(path)
+            samples = self._audio.load(path) if self._audio is not None else load_audio(path)
         except AudioError as e:  # the message names the server's temporary file: name the upload instead
             raise AudioError(str(e).replace(str(path), source)) from None
         self._check_duration(len(samples) / SAMPLE_RATE, source)
