@@ -33,9 +33,13 @@ def test_bench_tiny_quick_reports_every_measurement(tmp_path):
     for stage in ("audio_decode", "encoder", "decoder", "embedder"):
         assert long_form["stages_s"][stage] > 0, stage
     assert long_form["stages_s"]["encoder"] < long_form["stages_s"]["decoder"] + long_form["stages_s"]["encoder"]
+    many = backend["many_files"]
+    assert many["files"] == 2 and many["file_s"] == 30 and not many["failed"] and many["throughput_x"] > 0
+    assert many["model_s"] > 0 and many["embedder_s"] > 0
     table = render(data)
     assert table in result.output and "RTX 3090 (model card)" in table and "249×" in table
     assert "| 1 min file, end to end |" in table and "| 4 concurrent |" in table
+    assert "| 2 × 30 s files at once, end to end (" in table
 
 
 def test_transcribe_fast_with_batch_size_from_memory(tiny_native, tmp_path):

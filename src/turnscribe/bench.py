@@ -7,7 +7,9 @@ What it measures, for each decoder backend present (today: transformers):
 * on CUDA, the largest batch of 28 s windows that fits (doubling until out of memory), straight through the
   decoder, and its throughput;
 * long-form files (10 minutes and 1 hour): × real time end to end (audio decode → windows → model → parse →
-  stitch → speaker embeddings → linking), with each stage's seconds and the peak GPU memory.
+  stitch → speaker embeddings → linking), with each stage's seconds and the peak GPU memory;
+* many files at once (8 of 10 minutes), end to end through `run_many`: FLAC at 44.1 kHz stereo, so that audio
+  decoding (in worker processes, one per core) costs what it costs on real recordings.
 
 With no `--model` it runs the full-size architecture with random weights (no download), forcing every window to
 emit a realistic stream in the diarize grammar of `tokens_per_28s` tokens (the real model writes about 180 for a
@@ -20,7 +22,9 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
+import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -56,6 +60,8 @@ class BenchSettings:
     clips_per_stream: int = 2  # each concurrent stream sends this many 28 s clips
     clip_s: float = 28.0
     long_form_s: tuple[float, ...] = (600.0, 3600.0)
+    many_files: int = 8  # 0: skip
+    many_files_s: float = 600.0
     tokens_per_28s: int = 180
     find_largest_batch: bool = True  # CUDA only
     embedder: str = "resemblyzer"
@@ -65,7 +71,15 @@ class BenchSettings:
     def quick(cls, **overrides: Any) -> BenchSettings:
         """A smoke run: few clips, one 1-minute file, no batch search."""
         return replace(
-            cls(concurrency=(1, 4), clips_per_stream=1, long_form_s=(60.0,), find_largest_batch=False), **overrides
+            cls(
+                concurrency=(1, 4),
+                clips_per_stream=1,
+                long_form_s=(60.0,),
+                many_files=2,
+                many_files_s=30.0,
+                find_largest_batch=False,
+            ),
+            **overrides,
         )
 
 
@@ -331,6 +345,48 @@ def measure_long_form(bench: Bench, seconds: float, folder: Path) -> dict[str, A
     }
 
 
+def _write_recording(path: Path, seconds: float, seed: int) -> None:
+    """Noise as a phone or recorder would store it (44.1 kHz stereo FLAC): decoding it means resampling too."""
+    import av
+
+    rate, rng = 44100, np.random.default_rng(seed)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("flac", rate=rate, layout="stereo")
+        for start in range(0, round(seconds * rate), rate):
+            block = min(rate, round(seconds * rate) - start)
+            frame = av.AudioFrame.from_ndarray(
+                (0.1 * rng.standard_normal((2, block))).astype(np.float32), format="fltp", layout="stereo"
+            )
+            frame.sample_rate, frame.pts = rate, start
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+
+
+def measure_many_files(bench: Bench, count: int, seconds: float, folder: Path) -> dict[str, Any]:
+    """`count` files of `seconds` at once through `run_many`, end to end; one file written, the rest copies."""
+    paths = [folder / f"file-{i}.flac" for i in range(count)]
+    _write_recording(paths[0], seconds, bench.settings.seed)
+    for path in paths[1:]:
+        shutil.copyfile(paths[0], path)
+    _reset_peak(bench)
+    t0 = time.perf_counter()
+    results = list(run_many(bench.pipeline, paths, files_at_once=count))
+    wall = time.perf_counter() - t0
+    for path in paths:
+        path.unlink()
+    return {
+        "files": count,
+        "file_s": seconds,
+        "audio_processes": min(count, os.cpu_count() or 1),  # run_many's default
+        "wall_s": wall,
+        "throughput_x": count * seconds / wall,
+        "model_s": bench.clock.model_s,
+        "embedder_s": bench.clock.embedder_s,
+        "peak_gpu_gib": _peak_gib(bench),
+        "failed": [str(r.error) for r in results if r.error is not None],
+    }
+
+
 def machine(cuda: bool) -> dict[str, Any]:
     import torch
     import transformers
@@ -364,6 +420,7 @@ def run(settings: BenchSettings, log: Any = print) -> dict[str, Any]:
         "clips": [],
         "largest_batch": None,
         "long_form": [],
+        "many_files": None,
     }
     for c in settings.concurrency:
         transformers_result["clips"].append(row := measure_clips(bench, c))
@@ -375,6 +432,10 @@ def run(settings: BenchSettings, log: Any = print) -> dict[str, Any]:
         for seconds in settings.long_form_s:
             transformers_result["long_form"].append(row := measure_long_form(bench, seconds, Path(tmp)))
             log(f"{seconds:g} s file: {row['real_time_x']:.0f}× real time")
+        if settings.many_files:
+            many = measure_many_files(bench, settings.many_files, settings.many_files_s, Path(tmp))
+            transformers_result["many_files"] = many
+            log(f"{settings.many_files} files of {settings.many_files_s:g} s: {many['throughput_x']:.0f}× real time")
     vllm = "installed, not yet benchmarked here" if importlib.util.find_spec("vllm") else "not installed"
     return {
         "machine": machine(bench.cuda),
@@ -413,6 +474,11 @@ def render(result: dict[str, Any]) -> str:
         for seconds in sorted(set(files) | set(MODEL_CARD_3090["long_form"])):
             card = MODEL_CARD_3090["long_form"].get(seconds, "–")
             lines.append(f"| {_duration(seconds)} file, end to end | {files.get(seconds, '–')} | {card} |")
+        if many := backend.get("many_files"):
+            lines.append(
+                f"| {many['files']} × {_duration(many['file_s'])} files at once, end to end "
+                f"({many['audio_processes']} audio processes) | {_x(many['throughput_x'])} | – |"
+            )
         stages = list(backend["long_form"][0]["stages_s"]) if backend["long_form"] else []
         if stages:
             lines += [
@@ -446,7 +512,9 @@ def _duration(seconds: float) -> str:
 def bench_command(
     model: Annotated[str | None, typer.Option(help="A checkpoint instead of random full-size weights.")] = None,
     tiny: Annotated[bool, typer.Option(help="A tiny random model (CPU smoke test).")] = False,
-    quick: Annotated[bool, typer.Option(help="Few clips, one 1-minute file, no batch search.")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="Few clips, one 1-minute file, two 30 s files at once, no batch search.")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     fast: Annotated[
         bool, typer.Option(help="The transformers backend's speed options (see --fast of transcribe).")
@@ -455,6 +523,9 @@ def bench_command(
     concurrency: Annotated[list[int] | None, typer.Option(help="Concurrent 28 s streams; repeatable.")] = None,
     long_form: Annotated[
         list[float] | None, typer.Option(help="Long-form file lengths in seconds; repeatable.")
+    ] = None,
+    many_files: Annotated[
+        int | None, typer.Option(min=0, help="Files at once in the many-files measurement (default 8; 0: skip).")
     ] = None,
     tokens_per_28s: Annotated[int, typer.Option(min=1, help="Forced tokens per 28 s window.")] = 180,
     embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = "resemblyzer",
@@ -475,6 +546,8 @@ def bench_command(
         overrides["concurrency"] = tuple(concurrency)
     if long_form:
         overrides["long_form_s"] = tuple(long_form)
+    if many_files is not None:
+        overrides["many_files"] = many_files
     result = run(replace(settings, **overrides), log=lambda line: typer.echo(line, err=True))
     text = json.dumps(result, indent=2)
     if json_path:
