@@ -5,11 +5,13 @@
 #   gpu-tests.txt                              pytest -m gpu (bf16 batched vs single-window; fast vs plain)
 #   bench.json / bench.txt / bench.log          `turnscribe bench`, full-size random model, plain path
 #   bench-fast.json / ...                       the same with --fast (static cache + torch.compile)
+#   audio-decode.txt                            benchmarks/audio_decode.py on this machine's cores (no GPU)
 #
-#   scripts/gpu_check.sh [tests|bench|bench-fast|all]...   (default: all)
+#   scripts/gpu_check.sh [tests|bench|bench-fast|audio|all]...   (default: all)
 #
-# Each step has its own time limit (seconds): TESTS_TIMEOUT, BENCH_TIMEOUT; BENCH_ARGS adds options to both
-# bench runs (e.g. "--concurrency 1 --concurrency 128 --long-form 3600"). A failing step does not stop the others.
+# Each step has its own time limit (seconds): TESTS_TIMEOUT, BENCH_TIMEOUT, AUDIO_TIMEOUT; BENCH_ARGS adds
+# options to both bench runs (e.g. "--concurrency 1 --concurrency 128 --long-form 3600 --many-files 16").
+# A failing step does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -64,5 +66,11 @@ if want bench-fast; then
   timeout "${BENCH_TIMEOUT:-540}" $PY -m turnscribe bench --device cuda --fast --json "$OUT/bench-fast.json" \
     ${BENCH_ARGS:-} > "$OUT/bench-fast.txt" 2> "$OUT/bench-fast.log" || status=1
   tail -25 "$OUT/bench-fast.txt"; tail -3 "$OUT/bench-fast.log"
+fi
+if want audio; then
+  echo "== audio decoding: threads vs processes"
+  timeout "${AUDIO_TIMEOUT:-180}" $PY benchmarks/audio_decode.py --files 8 --minutes 5 \
+    > "$OUT/audio-decode.txt" 2>&1 || status=1
+  tail -8 "$OUT/audio-decode.txt"
 fi
 exit $status
