@@ -60,7 +60,8 @@ def test_transcribe_writes_every_requested_format(tiny_native, clip, tmp_path):
     assert "done" in result.output
 
 
-def test_one_bad_file_does_not_stop_the_others(tiny_native, clip, tmp_path):
+@pytest.mark.parametrize("concurrency", [[], ["--files-at-once", "1", "--audio-processes", "0"]])
+def test_one_bad_file_does_not_stop_the_others(tiny_native, clip, tmp_path, concurrency):
     corrupt = tmp_path / "corrupt.mp3"
     corrupt.write_bytes(os.urandom(4096))
     empty = tmp_path / "empty.wav"
@@ -81,6 +82,7 @@ def test_one_bad_file_does_not_stop_the_others(tiny_native, clip, tmp_path):
         "txt",
         "-o",
         out,
+        *concurrency,
     )
     assert result.exit_code == 1
     assert sorted(p.name for p in out.iterdir()) == ["clip.txt"]
@@ -97,6 +99,8 @@ def test_one_bad_file_does_not_stop_the_others(tiny_native, clip, tmp_path):
         (["--format", "docx"], "unknown format 'docx'"),
         (["--window", "40"], "window must be in"),
         (["--overlap", "20"], "overlap must be in"),
+        (["--files-at-once", "0"], "--files-at-once"),
+        (["--audio-processes", "-1"], "--audio-processes"),
     ],
 )
 def test_bad_options_are_usage_errors(clip, tmp_path, args, message):

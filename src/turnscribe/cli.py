@@ -141,6 +141,13 @@ def transcribe(
         bool, typer.Option(help="Load the checkpoint with its own code instead of native transformers classes.")
     ] = False,
     backend: Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKENDS)}.")] = "transformers",
+    files_at_once: Annotated[
+        int, typer.Option(min=1, help="Files transcribed at once (their windows share the model's batches).")
+    ] = 4,
+    audio_processes: Annotated[
+        int | None,
+        typer.Option(min=0, help="Processes decoding audio, ahead of the files in flight (default: one per core)."),
+    ] = None,
 ) -> None:
     """Transcribe FILES with speaker labels and write the chosen formats to --output-dir."""
     formats = _parse_formats(format)
@@ -207,7 +214,15 @@ def transcribe(
                         window_tasks[event.source] = bar.add_task(f"  {Path(event.source).name}", total=event.total)
                     bar.update(window_tasks[event.source], completed=event.done, total=event.total)
 
-        for result in run_many(pipeline, todo, language=language, progress=on_progress):
+        results = run_many(
+            pipeline,
+            todo,
+            language=language,
+            files_at_once=files_at_once,
+            audio_processes=audio_processes,
+            progress=on_progress,
+        )
+        for result in results:
             path = todo[result.index]
             try:
                 if result.error is not None:
