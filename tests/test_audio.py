@@ -431,3 +431,105 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state not in ("Z", "X")
+
+
+# --- long files in pieces ---------------------------------------------------------------------------------------
+# (file name, encoder, rate, options): every codec decoded in pieces, then the ones that must not be.
+PIECEWISE = [
+    ("long.wav", "pcm_s16le", 44100, None),
+    ("long.flac", "flac", 44100, None),
+    ("long.mp3", "libmp3lame", 44100, None),
+    ("long.ogg", "vorbis", 44100, {"strict": "experimental"}),
+    ("long.opus", "libopus", 48000, None),
+]
+ONE_PASS = [
+    ("long.m4a", "aac", 44100, None),  # AAC's noise substitution decodes differently after a seek
+    ("long.webm", "libopus", 48000, None),  # millisecond timestamps cannot place a piece to the sample
+]
+LONG_S = 12.0
+
+
+@pytest.fixture(scope="module")
+def long_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("long")
+    for name, codec, rate, options in PIECEWISE + ONE_PASS:
+        # A warbling tone with a little noise: a piece out of place by one sample would not match.
+        t = np.arange(int(LONG_S * rate)) / rate
+        wave_ = 0.3 * np.sin(2 * np.pi * (300 + 40 * np.sin(2 * np.pi * 0.5 * t)) * t)
+        noise = 0.01 * np.random.default_rng(0).standard_normal(len(t))
+        mono = (wave_ + noise).astype(np.float32)
+        encode(folder / name, codec, np.stack([mono, 0.5 * mono]), rate, options=options)
+    return folder
+
+
+@pytest.mark.parametrize("name", [entry[0] for entry in PIECEWISE])
+def test_pieces_join_up_exactly_with_one_pass(long_media: Path, name: str) -> None:
+    path = long_media / name
+    whole = load_audio(path)
+    starts = [0, 40_000, 95_111, 150_000]  # arbitrary sample positions, not on any frame boundary
+    pieces = [audio.decode_piece(str(path), a, b) for a, b in zip(starts, [*starts[1:], None])]
+    np.testing.assert_array_equal(np.concatenate([samples for samples, _ in pieces]), whole)
+    for start, (_, check) in zip(starts[1:], pieces[1:]):
+        np.testing.assert_array_equal(check, whole[start - len(check) : start])
+    assert len(pieces[0][1]) == 0 and all(len(check) == SAMPLE_RATE // 4 for _, check in pieces[1:])
+
+
+@pytest.mark.parametrize("name", [entry[0] for entry in PIECEWISE + ONE_PASS])
+def test_audio_processes_decode_long_files_in_pieces_where_they_join_up(
+    long_media: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="turnscribe.audio")
+    with audio.AudioProcesses(2, min_piece_s=LONG_S / 4) as processes:
+        samples = processes.load(long_media / name)
+        assert processes._reserved == 0  # the shared memory went back
+    np.testing.assert_array_equal(samples, load_audio(long_media / name))
+    in_pieces = "decoded in 2 pieces" in caplog.text
+    assert in_pieces == (name in [entry[0] for entry in PIECEWISE]), caplog.text
+
+
+def test_pieces_that_do_not_join_up_are_decoded_in_one_pass(
+    long_media: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every piece but the first placed one sample late (the workers are forked after the patch, so they see it).
+    aligned = audio._aligned
+    monkeypatch.setattr(audio, "_aligned", lambda *args: (lambda frame, at: (frame, at + (at > 0)))(*aligned(*args)))
+    caplog.set_level(logging.INFO, logger="turnscribe.audio")
+    with audio.AudioProcesses(2, min_piece_s=LONG_S / 4) as processes:
+        samples = processes.load(long_media / "long.flac")
+    np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
+    assert "do not join up" in caplog.text and "decoded in 2 pieces" not in caplog.text
+
+
+def test_a_piece_that_cannot_be_placed_falls_back_to_one_pass(
+    long_media: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unplaceable(*args: object) -> None:
+        raise audio._NotSplittable("frames without timestamps")
+
+    monkeypatch.setattr(audio, "_aligned", unplaceable)
+    caplog.set_level(logging.INFO, logger="turnscribe.audio")
+    with audio.AudioProcesses(2, min_piece_s=LONG_S / 4) as processes:
+        samples = processes.load(long_media / "long.mp3")
+    np.testing.assert_array_equal(samples, load_audio(long_media / "long.mp3"))
+    assert "decoding in one pass (frames without timestamps)" in caplog.text
+
+
+def test_a_short_duration_estimate_still_gives_every_sample(long_media: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The last piece runs past the shared buffer sized from the estimate; what does not fit comes back with it.
+    monkeypatch.setattr(audio, "_estimated_seconds", lambda container, stream: LONG_S * 0.8)
+    with audio.AudioProcesses(2, min_piece_s=LONG_S / 4) as processes:
+        samples = processes.load(long_media / "long.flac")
+    np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
+
+
+def test_too_little_shared_memory_means_one_pass(
+    long_media: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Docker's default /dev/shm is 64 MB: a piece written past it would kill its worker with SIGBUS.
+    monkeypatch.setattr(audio, "_free_shared_memory", lambda: 1_000_000)
+    caplog.set_level(logging.INFO, logger="turnscribe.audio")
+    with audio.AudioProcesses(2, min_piece_s=LONG_S / 4) as processes:
+        samples = processes.load(long_media / "long.flac")
+        assert processes._reserved == 0
+    np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
+    assert "too little free shared memory" in caplog.text

@@ -9,12 +9,16 @@ import math
 import multiprocessing
 import numbers
 import os
+import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from fractions import Fraction
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
 from types import TracebackType
 from typing import BinaryIO, TypeAlias
 
@@ -109,20 +113,32 @@ class AudioProcesses:
     "spawn" would re-run a user's unguarded script in every worker. Elsewhere they are spawned (the platform's
     default; scripts then need the usual ``if __name__ == "__main__":``).
 
+    A file of at least two `min_piece_s` is decoded in pieces, one per process, so that one long recording uses
+    every core too. Only where pieces provably join up with one pass over the file: codecs tested to decode
+    identically after a seek (PCM, FLAC, mp3, Vorbis, Opus; not AAC, whose noise substitution differs), and
+    timestamps fine enough to place a piece to the sample (not WebM/Matroska's milliseconds). Each piece's first
+    quarter second is also decoded by the piece before it; if the two differ, or a piece fails, the file is
+    decoded in one pass instead.
+
     A worker that dies (out of memory on a huge file, a crash inside FFmpeg) breaks the pool for every file in
     flight: each is retried once, alone in a process of its own, and only a file that kills that one too gets an
     AudioError; later files get a fresh pool. Use as a context manager, or call `close()`.
     """
 
-    def __init__(self, processes: int, *, load: AudioLoader = load_audio) -> None:
+    def __init__(self, processes: int, *, load: AudioLoader = load_audio, min_piece_s: float = 60.0) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
         self.processes = processes
+        self.min_piece_s = min_piece_s
         self._load = load  # runs in the workers: a module-level function, so that it can be pickled
         self._forked = sys.platform == "linux"
         self._context = multiprocessing.get_context("fork" if self._forked else "spawn")
+        # The workers' shared memory (see _in_pieces) must be tracked by this process's resource tracker: started
+        # later, each forked worker would start one of its own, which warns about, and unlinks, what it saw.
+        resource_tracker.ensure_running()
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
+        self._reserved = 0  # bytes of shared memory held by pieces in flight
         self._current_pool()
 
     def load(self, source: AudioInput, sampling_rate: int | None = None) -> np.ndarray:
@@ -130,6 +146,8 @@ class AudioProcesses:
             return load_audio(source, sampling_rate)
         pool = self._current_pool()
         try:
+            if (samples := self._in_pieces(pool, source, sampling_rate)) is not None:
+                return samples
             return pool.submit(self._load, source, sampling_rate).result()
         except BrokenProcessPool:
             self._discard(pool)
@@ -143,6 +161,58 @@ class AudioProcesses:
                 f"The process decoding {_label(source)} died (out of memory, or a crash in FFmpeg), also when "
                 "retried alone; the file was not read"
             ) from error
+
+    def _in_pieces(self, pool: ProcessPoolExecutor, source: AudioInput, sampling_rate: int | None) -> np.ndarray | None:
+        """The file decoded in pieces, or None where it cannot be (see the class docstring)."""
+        if self.processes < 2 or sampling_rate is not None or not isinstance(source, (str, os.PathLike)):
+            return None
+        path = os.fsdecode(source)
+        try:
+            seconds = _splittable_seconds(path)
+        except AudioError:
+            return None  # the one-pass decode says what is wrong with it
+        count = min(self.processes, int((seconds or 0) // self.min_piece_s))
+        if count < 2 or seconds is None:
+            return None
+        starts = [round(seconds * SAMPLE_RATE * i / count) for i in range(count)]
+        stops: list[int | None] = [*starts[1:], None]  # the last piece runs to the end, whatever the estimate said
+        # The pieces come back through shared memory: through the pool's pipes, an hour of samples took longer
+        # to unpickle in this process than the pieces took to decode.
+        capacity = math.ceil(seconds * SAMPLE_RATE * _ESTIMATE_MARGIN) + _MARGIN_SAMPLES
+        if not self._reserve(capacity * 4):
+            logger.info("%s: decoding in one pass (too little free shared memory for it in pieces)", path)
+            return None
+        memory = SharedMemory(create=True, size=capacity * 4)
+        try:
+            futures = [
+                pool.submit(_decode_piece_into, path, start, stop, memory.name, capacity)
+                for start, stop in zip(starts, stops)
+            ]
+            wait(futures)  # every worker is done with the memory before it goes
+            try:
+                pieces = [future.result() for future in futures]
+            except (_NotSplittable, AudioError) as error:
+                logger.info("%s: decoding in one pass (%s)", path, error)
+                return None
+            return _joined(path, memory, capacity, starts, pieces)
+        finally:
+            memory.close()
+            memory.unlink()
+            with self._lock:
+                self._reserved -= capacity * 4
+
+    def _reserve(self, size: int) -> bool:
+        """Room for `size` bytes of shared memory, counting what this instance's other loads hold.
+
+        Shared memory is allocated as it is written: where it runs out (Docker gives /dev/shm 64 MB by default),
+        the writing worker is killed with SIGBUS. Half of what is free is used at most, to leave room for others.
+        """
+        with self._lock:
+            free = _free_shared_memory()
+            if free is not None and self._reserved + size > free // 2:
+                return False
+            self._reserved += size
+            return True
 
     def _current_pool(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -272,32 +342,223 @@ def _decode(container: av.container.InputContainer, stream: av.audio.stream.Audi
     seconds = _estimated_seconds(container, stream)
     capacity = _UNKNOWN_CAPACITY if seconds is None else math.ceil(seconds * SAMPLE_RATE * _ESTIMATE_MARGIN)
     out = _SampleBuffer(capacity + _MARGIN_SAMPLES, label)
+    frames = _Frames(container, stream)
     resampler: av.AudioResampler | None = None
     setup: tuple[str, str, int] | None = None
-    skipped = 0
-    for packet in container.demux(stream):
-        try:
-            frames = packet.decode()
-        except av.error.InvalidDataError:
-            skipped += 1
-            continue
-        for frame in frames:
-            # The resampler is fixed to its first frame's format; some streams (e.g. HE-AAC, concatenated
-            # recordings) change rate or channel layout midway, so start a fresh one when that happens.
-            frame_setup = (frame.format.name, frame.layout.name, frame.sample_rate)
-            if resampler is None or frame_setup != setup:
-                if resampler is not None:
-                    out.extend(resampler.resample(None))
-                resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-                setup = frame_setup
-            out.extend(resampler.resample(frame))
+    for frame in frames:
+        # The resampler is fixed to its first frame's format; some streams (e.g. HE-AAC, concatenated
+        # recordings) change rate or channel layout midway, so start a fresh one when that happens.
+        if resampler is None or _setup(frame) != setup:
+            if resampler is not None:
+                out.extend(resampler.resample(None))
+            resampler, setup = _resampler(), _setup(frame)
+        out.extend(resampler.resample(frame))
     if resampler is not None:
         out.extend(resampler.resample(None))
-    if skipped:
-        if out.size == 0:
-            raise AudioError(f"Cannot decode audio in {label}: no packet of its audio stream could be decoded")
-        logger.warning("%s: skipped %d undecodable audio packet(s)", label, skipped)
+    frames.report(label, decoded=out.size)
     return out.finish()
+
+
+class _Frames:
+    """The stream's decoded frames. Undecodable packets are skipped, as the ffmpeg command line does, and counted."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> None:
+        self._container, self._stream = container, stream
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[av.AudioFrame]:
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                self.skipped += 1
+                continue
+            yield from frames
+
+    def report(self, label: str, decoded: int) -> None:
+        if not self.skipped:
+            return
+        if decoded == 0:
+            raise AudioError(f"Cannot decode audio in {label}: no packet of its audio stream could be decoded")
+        logger.warning("%s: skipped %d undecodable audio packet(s)", label, self.skipped)
+
+
+def _setup(frame: av.AudioFrame) -> tuple[str, str, int]:
+    return frame.format.name, frame.layout.name, frame.sample_rate
+
+
+def _resampler() -> av.AudioResampler:
+    return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+
+
+def _samples(frame: av.AudioFrame) -> np.ndarray:
+    """A resampled frame's samples, read in place (packed float32 mono: its one plane holds them, then padding).
+
+    Per-frame costs add up (an hour of mp3 is ~150,000 frames), and to_ndarray's reshaping cost more than the copy
+    into the sample buffer.
+    """
+    return np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples)
+
+
+class _NotSplittable(Exception):
+    """The file's pieces cannot be lined up sample for sample with one pass over it: decode it in one pass."""
+
+
+# Decoding a long file in pieces (AudioProcesses): each piece is decoded from this far before its start, so that
+# the decoder (mp3's bit reservoir, AAC's overlapping transform, Opus's pre-roll) and the resampler have settled
+# by its first sample; and it also returns this much audio from before its start, which the previous piece
+# decoded as its end: the two must agree, or the file is decoded in one pass after all.
+_SEEK_MARGIN_S = 1.0
+_CHECK_SAMPLES = SAMPLE_RATE // 4
+_CHECK_TOLERANCE = 1e-4
+# Codecs whose pieces were tested to join up exactly with one pass (tests/test_audio.py), besides pcm_*.
+_PIECEWISE_CODECS = frozenset({"flac", "mp3", "mp3float", "vorbis", "opus", "libopus"})
+
+
+def decode_piece(path: str, start: int, stop: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Output samples [start, stop) of a file (stop None: to its end), and the _CHECK_SAMPLES before `start`.
+
+    Positions are in 16 kHz samples from the stream's first sample, as one pass over the file counts them. The
+    piece is found by seeking, and placed by its first frame's timestamp; that frame is cut to the first input
+    sample where the input and output sample grids meet (every 441 samples at 44.1 kHz), so the resampler works
+    in the same phase as in one pass, and the output equals it once the margin has passed. Raises _NotSplittable
+    where that does not hold (no timestamps, the format changing midway, a piece ending early).
+    """
+    label = _checked_path(path)
+    with _open(label, label) as container:
+        stream = _first_audio_stream(container, label)
+        try:
+            return _decode_piece(container, stream, label, start, stop)
+        except _DECODE_ERRORS as e:
+            raise AudioError(f"Cannot decode audio in {label}: {_reason(e)}") from e
+
+
+def _decode_piece(
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    label: str,
+    start: int,
+    stop: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    time_base = stream.time_base
+    if time_base is None:
+        raise _NotSplittable("the stream has no time base")
+    check = min(start, _CHECK_SAMPLES)
+    keep = start - check  # first output sample kept
+    if start > 0:
+        seconds = max(0.0, start / SAMPLE_RATE - _SEEK_MARGIN_S)
+        container.seek(round(seconds / time_base) + (stream.start_time or 0), stream=stream, backward=True)
+    capacity = (stop if stop is not None else start + 600 * SAMPLE_RATE) - keep + _MARGIN_SAMPLES
+    out = _SampleBuffer(capacity, label)
+    frames = _Frames(container, stream)
+    resampler = _resampler()
+    setup: tuple[str, str, int] | None = None
+    position = 0  # output index of the resampler's next sample
+    for frame in frames:
+        if setup is None:
+            setup = _setup(frame)
+            frame, position = _aligned(frame, stream.start_time or 0, time_base)
+            if position > keep:
+                raise _NotSplittable(f"seeking landed after the piece's start ({position} > {keep})")
+        elif _setup(frame) != setup:
+            raise _NotSplittable("the audio format changes midway")
+        for resampled in resampler.resample(frame):
+            samples = _samples(resampled)
+            first, end = max(keep - position, 0), len(samples) if stop is None else min(len(samples), stop - position)
+            if end > first:
+                out.append(samples[first:end])
+            position += len(samples)
+        if stop is not None and position >= stop:
+            break
+    else:  # the end of the file: the resampler's tail belongs to the last piece
+        for resampled in resampler.resample(None):
+            out.append(_samples(resampled))
+    frames.report(label, decoded=out.size)
+    if stop is not None and out.size < stop - keep:
+        raise _NotSplittable(f"the file ended before the piece did ({keep + out.size} < {stop})")
+    samples = out.finish()
+    return samples[check:], samples[:check].copy()  # a view: no second copy of the piece
+
+
+def _free_shared_memory() -> int | None:
+    """Free bytes where POSIX shared memory lives on Linux; None where it is not a size-limited filesystem."""
+    return shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else None
+
+
+def _joined(
+    path: str, memory: SharedMemory, capacity: int, starts: list[int], pieces: list[tuple[int, np.ndarray, np.ndarray]]
+) -> np.ndarray | None:
+    """The pieces in shared memory as one array, or None if a piece's check samples disagree with the one before."""
+    shared = np.ndarray((capacity,), dtype=np.float32, buffer=memory.buf)
+    for start, (_, check, _) in zip(starts[1:], pieces[1:]):
+        before = shared[start - len(check) : start]
+        if len(check) != _CHECK_SAMPLES or np.max(np.abs(before - check)) > _CHECK_TOLERANCE:
+            logger.info("%s: decoding in one pass (pieces do not join up)", path)
+            return None
+    end, _, overflow = pieces[-1]
+    kept = min(end, capacity)
+    samples = np.empty(kept + len(overflow), dtype=np.float32)
+    samples[:kept] = shared[:kept]
+    samples[kept:] = overflow
+    logger.debug("%s: decoded in %d pieces", path, len(pieces))
+    return samples
+
+
+def _decode_piece_into(
+    path: str, start: int, stop: int | None, memory_name: str, capacity: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Worker: decode a piece into the shared output at its place; return where it ends, its check samples, and
+    what did not fit (the last piece, when the duration estimate was short)."""
+    samples, check = decode_piece(path, start, stop)
+    end = start + len(samples)
+    memory = SharedMemory(name=memory_name)
+    try:
+        shared = np.ndarray((capacity,), dtype=np.float32, buffer=memory.buf)
+        fits = max(0, min(end, capacity) - start)
+        shared[start : start + fits] = samples[:fits]
+        del shared
+        return end, check, samples[fits:].copy()
+    finally:
+        memory.close()
+
+
+def _splittable_seconds(path: str) -> float | None:
+    """The duration of a file whose pieces can be lined up (see AudioProcesses), else None."""
+    path = _checked_path(path)
+    with _open(path, path) as container:
+        stream = _first_audio_stream(container, path)
+        codec, rate = stream.codec_context.name, stream.codec_context.sample_rate
+        if not (codec.startswith("pcm_") or codec in _PIECEWISE_CODECS):
+            return None
+        if stream.time_base is None or not rate or stream.time_base > Fraction(1, rate):
+            return None
+        return _estimated_seconds(container, stream)
+
+
+def _aligned(frame: av.AudioFrame, start_time: int, time_base: Fraction) -> tuple[av.AudioFrame, int]:
+    """The first frame of a piece, cut to where the input and output sample grids meet, and that output position."""
+    if frame.pts is None:
+        raise _NotSplittable("frames without timestamps")
+    rate = frame.sample_rate
+    index = round((frame.pts - start_time) * time_base * rate)  # input sample of this frame
+    grid = math.gcd(rate, SAMPLE_RATE)
+    in_step, out_step = rate // grid, SAMPLE_RATE // grid
+    cut = -index % in_step
+    if index < 0 or cut >= frame.samples:
+        raise _NotSplittable(f"cannot align a piece starting at input sample {index}")
+    if cut:
+        channels = len(frame.layout.channels)
+        data = frame.to_ndarray()
+        data = data[:, cut:] if frame.format.is_planar else data[:, cut * channels :]
+        # The frame's own sample format and dtype, which the stubs do not tie together.
+        aligned = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(data),  # type: ignore[arg-type]
+            format=frame.format.name,
+            layout=frame.layout,
+        )
+        aligned.sample_rate = rate
+        frame = aligned
+    return frame, (index + cut) // in_step * out_step
 
 
 class _SampleBuffer:
@@ -315,18 +576,17 @@ class _SampleBuffer:
 
     def extend(self, frames: list[av.AudioFrame]) -> None:
         for frame in frames:
-            # The resampler's output is packed float32 mono, so its one plane holds the samples (then padding).
-            # Read straight from it: per-frame costs add up (an hour of mp3 is ~150,000 frames), and
-            # to_ndarray's reshaping cost more than the copy below.
-            samples = np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples)
-            end = self._size + samples.size
-            if end > self._buf.size:
-                # In-place realloc; safe with refcheck off because no view of the buffer is ever kept.
-                self._buf.resize(max(end, int(self._buf.size * _GROWTH)), refcheck=False)
-            self._buf[self._size : end] = samples
-            self._size = end
-            if self._size - self._checked >= _CHECK_BLOCK:
-                self._check_finite()
+            self.append(_samples(frame))
+
+    def append(self, samples: np.ndarray) -> None:
+        end = self._size + samples.size
+        if end > self._buf.size:
+            # In-place realloc; safe with refcheck off because no view of the buffer is ever kept.
+            self._buf.resize(max(end, int(self._buf.size * _GROWTH)), refcheck=False)
+        self._buf[self._size : end] = samples
+        self._size = end
+        if self._size - self._checked >= _CHECK_BLOCK:
+            self._check_finite()
 
     def _check_finite(self) -> None:
         # Float codecs (pcm_f32, some decoders on damaged input) can yield NaN/inf, which would poison every model

@@ -146,7 +146,11 @@ def transcribe(
     ] = 4,
     audio_processes: Annotated[
         int | None,
-        typer.Option(min=0, help="Processes decoding audio, ahead of the files in flight (default: one per core)."),
+        typer.Option(
+            min=0,
+            help="Processes decoding audio ahead of the files in flight, a long file in pieces across them "
+            "(default: one per core).",
+        ),
     ] = None,
 ) -> None:
     """Transcribe FILES with speaker labels and write the chosen formats to --output-dir."""

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -279,9 +279,9 @@ def run_many(
 
     Up to `files_at_once` files are windowed, stitched and linked at once, each in its own thread; their windows
     share the decoder's batches. Audio is decoded in `audio_processes` worker processes (`AudioProcesses`;
-    default: one per core, at most one per input; 0 decodes in each file's thread), for the files in flight and
-    as many files ahead of them, so that decoding keeps up with a fast GPU. A file that fails yields its error;
-    the others go on. Arrays and tensors need `sampling_rate`.
+    default: one per core; 0 decodes in each file's thread), for the files in flight and as many files ahead of
+    them, a long file in pieces across the processes, so that decoding keeps up with a fast GPU. A file that
+    fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
     """
     from .audio import AudioProcesses
     from .pipeline import Pipeline
@@ -289,10 +289,9 @@ def run_many(
     if files_at_once < 1:
         raise ValueError("files_at_once must be >= 1")
     if audio_processes is None:
-        count = len(inputs) if isinstance(inputs, Sized) else os.cpu_count() or 1
-        audio_processes = min(count, os.cpu_count() or 1)
-        # One file at a time gains nothing from a process of its own, and pays for sending its samples back.
-        audio_processes = audio_processes if audio_processes > 1 else 0
+        # One per core, even for one file: a long one is decoded in pieces across them (see AudioProcesses).
+        cores = os.cpu_count() or 1
+        audio_processes = cores if cores > 1 else 0
 
     def one(index: int, source_audio: AudioInput, samples: Future[np.ndarray] | None) -> FileResult:
         source = str(source_audio) if isinstance(source_audio, str | os.PathLike) else f"<input {index}>"
