@@ -1,5 +1,6 @@
 """Decoding many files at once: in the files' own threads against worker processes (`AudioProcesses`, what
-`run_many` uses), side by side in one run, and how much a busy Python thread is slowed meanwhile.
+`run_many` uses); one long file in one pass against in pieces across the processes; side by side in one run, and
+how much a busy Python thread is slowed meanwhile.
 
 The busy thread runs small torch operations in a loop, as the thread that drives a GPU does (each decoding step
 launches many small kernels from Python): its rate during each arm, against its rate alone, shows how much the
@@ -118,22 +119,34 @@ def main() -> None:
             f"{time.perf_counter() - t0:.1f} s; {args.files} copies decoded at once"
         )
         files = [first] + [shutil.copy(first, Path(tmp) / f"recording-{i}{suffix}") for i in range(1, args.files)]
-        audio_s = args.files * len(load_audio(first)) / 16000
+        file_s = len(load_audio(first)) / 16000
 
-        workers = min(args.files, os.cpu_count() or 1)
+        workers = os.cpu_count() or 1  # run_many's default
         t0 = time.perf_counter()
         processes = AudioProcesses(workers)
         startup = time.perf_counter() - t0
-        arms: dict[str, Callable[[], object]] = {
-            "one after another (one thread)": lambda: [load_audio(f) for f in files],
-            f"{args.files} threads (before)": lambda: in_threads(load_audio, files),
-            f"{args.files} threads → {workers} processes (now)": lambda: in_threads(processes.load, files),
+        # name -> (arm, seconds of audio it decodes)
+        arms: dict[str, tuple[Callable[[], object], float]] = {
+            f"{args.files} files, one after another (one thread)": (
+                lambda: [load_audio(f) for f in files],
+                args.files * file_s,
+            ),
+            f"{args.files} files in {args.files} threads (before)": (
+                lambda: in_threads(load_audio, files),
+                args.files * file_s,
+            ),
+            f"{args.files} files, {args.files} threads → {workers} processes (now)": (
+                lambda: in_threads(processes.load, files),
+                args.files * file_s,
+            ),
+            "1 file in one pass": (lambda: load_audio(first), file_s),
+            f"1 file in pieces across {workers} processes (now)": (lambda: processes.load(first), file_s),
         }
         idle = idle_rate()
         best: dict[str, tuple[float, float]] = {}
         with processes:
             for _ in range(args.repeats):
-                for name, arm in arms.items():
+                for name, (arm, _) in arms.items():
                     wall, rate = timed(arm, busy=True)
                     if name not in best or wall < best[name][0]:
                         best[name] = (wall, rate or 0.0)
@@ -143,13 +156,17 @@ def main() -> None:
     lines = [
         "| decoding | wall s | × real time | busy thread's rate meanwhile |",
         "|---|---:|---:|---:|",
-        *(f"| {n} | {best[n][0]:.2f} | {audio_s / best[n][0]:.0f}× | {100 * best[n][1] / idle:.0f} % |" for n in names),
+        *(
+            f"| {n} | {best[n][0]:.2f} | {arms[n][1] / best[n][0]:.0f}× | {100 * best[n][1] / idle:.0f} % |"
+            for n in names
+        ),
         "",
         f"Processes vs threads: **{best[names[1]][0] / best[names[2]][0]:.2f}×** as fast, and the busy thread keeps "
         f"{100 * best[names[2]][1] / idle:.0f} % of its rate instead of {100 * best[names[1]][1] / idle:.0f} %; "
-        f"threads vs one after another: {best[names[0]][0] / best[names[1]][0]:.2f}×. "
+        f"threads vs one after another: {best[names[0]][0] / best[names[1]][0]:.2f}×; one file in pieces vs one "
+        f"pass: **{best[names[3]][0] / best[names[4]][0]:.2f}×**. "
         f"{args.files} files of {args.minutes:g} min ({args.codec}, {RATE} Hz stereo → 16 kHz mono), "
-        f"{audio_s / 60:.0f} min of audio per run, best of {args.repeats} alternating runs; worker start-up "
+        f"best of {args.repeats} alternating runs, each with a busy thread running; worker start-up "
         f"{startup:.2f} s once (not counted). Busy thread: small torch operations in a Python loop "
         f"({idle:,.0f} per second alone). {machine()}, Python {platform.python_version()}, torch "
         f"{torch.__version__}, {datetime.date.today().isoformat()}; `python benchmarks/audio_decode.py "
