@@ -95,3 +95,16 @@ def test_resemblyzer_on_the_gpu_matches_the_cpu():
     on_cpu = load_embedder("resemblyzer", device="cpu").embed(CLIPS)
     assert on_gpu.shape == on_cpu.shape
     assert float(np.max(1 - np.sum(on_gpu * on_cpu, axis=1))) < 1e-3
+
+
+def test_features_on_the_gpu_match_the_cpu(loaded, windows):
+    # On by default on CUDA (SpeedOptions.features_on_device): the same log-mel as on the CPU, up to FFT rounding
+    # and the extractor's dither (1e-5 of noise from the device's generator, far below these windows' level).
+    decoder = TransformersDecoder("random-full", device="cuda", batch_size=8, loaded=loaded)
+    extract = decoder.processor.feature_extractor
+    clips = [w.samples for w in windows]
+    options = {"sampling_rate": SAMPLE_RATE, "return_tensors": "pt", "padding": "longest"}
+    on_gpu = extract(clips, device="cuda", **options)["input_features"].cpu()
+    on_cpu = extract(clips, device="cpu", **options)["input_features"]
+    assert on_gpu.shape == on_cpu.shape
+    assert float((on_gpu - on_cpu).abs().max()) < 1e-3

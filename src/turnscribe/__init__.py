@@ -55,7 +55,7 @@ def build_pipeline(
 
     `batch_size=None`: as many windows per batch as fit in free GPU memory (4 on the CPU; the vLLM backend
     batches by itself). `fast`: the transformers backend's speed-ups (`SpeedOptions.fast`: SDPA; on CUDA also
-    GPU features, a static KV cache and a compiled decoding step), which keep the token ids of the plain path.
+    a static KV cache and a compiled decoding step), which keep the token ids of the plain path.
 
     `linker`: "slots" (default: links the model's per-window speakers under constraints, threshold calibrated
     per recording) or "baseline" (the model card's recipe: every segment clustered at a fixed threshold).

@@ -133,7 +133,7 @@ def transcribe(
     ] = 4,
     fast: Annotated[
         bool,
-        typer.Option(help="Speed-ups that keep the same output: SDPA; on CUDA GPU features, static cache, compile."),
+        typer.Option(help="Speed-ups that keep the same output: SDPA; on CUDA a static cache and a compiled step."),
     ] = False,
     window: Annotated[float, typer.Option(help="Window length in seconds (at most 30).")] = DEFAULT_WINDOW_S,
     overlap: Annotated[float, typer.Option(help="Overlap between windows in seconds.")] = DEFAULT_OVERLAP_S,
