@@ -533,3 +533,15 @@ def test_too_little_shared_memory_means_one_pass(
         assert processes._reserved == 0
     np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
     assert "too little free shared memory" in caplog.text
+
+
+def test_pieces_meeting_in_silence_are_not_trusted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A misplaced piece would match its neighbour in digital silence: there the file is decoded in one pass.
+    samples = tone(TONE_HZ, LONG_S, 44100)
+    samples[int(5.5 * 44100) : int(6.5 * 44100)] = 0.0  # around the cut at 6 s
+    path = encode(tmp_path / "gap.flac", "flac", samples[None], 44100)
+    caplog.set_level(logging.INFO, logger="turnscribe.audio")
+    with audio.AudioProcesses(2, min_piece_s=LONG_S / 2) as processes:
+        decoded = processes.load(path)
+    np.testing.assert_array_equal(decoded, load_audio(path))
+    assert "too quiet where pieces meet" in caplog.text

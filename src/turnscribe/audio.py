@@ -117,8 +117,8 @@ class AudioProcesses:
     every core too. Only where pieces provably join up with one pass over the file: codecs tested to decode
     identically after a seek (PCM, FLAC, mp3, Vorbis, Opus; not AAC, whose noise substitution differs), and
     timestamps fine enough to place a piece to the sample (not WebM/Matroska's milliseconds). Each piece's first
-    quarter second is also decoded by the piece before it; if the two differ, or a piece fails, the file is
-    decoded in one pass instead.
+    quarter second is also decoded by the piece before it; if the two differ or are too quiet to tell, or a piece
+    fails, the file is decoded in one pass instead.
 
     A worker that dies (out of memory on a huge file, a crash inside FFmpeg) breaks the pool for every file in
     flight: each is retried once, alone in a process of its own, and only a file that kills that one too gets an
@@ -411,6 +411,7 @@ class _NotSplittable(Exception):
 _SEEK_MARGIN_S = 1.0
 _CHECK_SAMPLES = SAMPLE_RATE // 4
 _CHECK_TOLERANCE = 1e-4
+_CHECK_PEAK = 1e-3  # -60 dBFS: a room's noise floor is louder; digital silence and fades are not
 # Codecs whose pieces were tested to join up exactly with one pass (tests/test_audio.py), besides pcm_*.
 _PIECEWISE_CODECS = frozenset({"flac", "mp3", "mp3float", "vorbis", "opus", "libopus"})
 
@@ -494,6 +495,10 @@ def _joined(
         before = shared[start - len(check) : start]
         if len(check) != _CHECK_SAMPLES or np.max(np.abs(before - check)) > _CHECK_TOLERANCE:
             logger.info("%s: decoding in one pass (pieces do not join up)", path)
+            return None
+        # Near-silence would match a misplaced piece too: what cannot be checked is not trusted.
+        if np.max(np.abs(before)) < _CHECK_PEAK:
+            logger.info("%s: decoding in one pass (too quiet where pieces meet to check them)", path)
             return None
     end, _, overflow = pieces[-1]
     kept = min(end, capacity)
