@@ -10,6 +10,7 @@ import importlib
 import io
 import json
 import logging
+import os
 import wave
 from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ from tiny_model import build_tokenizer
 from vllm_fakes import FakeEngine
 
 from turnscribe import Pipeline
+from turnscribe.audio import AudioProcesses, load_audio
+from turnscribe.decoders import ScriptedDecoder
 from turnscribe.decoders.vllm import AsyncVllmDecoder
 from turnscribe.prompt import PromptTokenError, diarize_prompt_tokens
 from turnscribe.types import SAMPLE_RATE
@@ -319,3 +322,15 @@ def test_a_client_that_disconnects_stops_its_run_after_the_batch_in_flight():
     asyncio.run(main())
     assert sent[0]["status"] == 499
     assert windows >= 6 and len(engine.requests) == 2  # one batch of 2 windows, not all of them
+
+
+def test_uploads_are_decoded_in_audio_processes():
+    # In the server's threads PyAV would hold the GIL, stalling vLLM's event loop; 0 keeps decoding in the thread.
+    service = DiarizeService(Pipeline(ScriptedDecoder(lambda span: ""), SlotLinker()), ["m"])
+    processes = service.pipeline.load.__self__
+    assert isinstance(processes, AudioProcesses) and processes.processes == (os.cpu_count() or 1)
+    upload = wav_bytes(2.0)
+    np.testing.assert_array_equal(service.pipeline.load(upload, None), load_audio(upload))
+    processes.close()
+    alone = DiarizeService(Pipeline(ScriptedDecoder(lambda span: ""), SlotLinker()), ["m"], audio_processes=0)
+    assert alone.pipeline.load is load_audio

@@ -53,7 +53,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from . import DEFAULT_EMBEDDER, Pipeline, build_pipeline
-from .audio import AudioError
+from .audio import AudioError, AudioProcesses
 from .decoders.base import DecoderError
 from .decoders.vllm import AsyncVllmDecoder
 from .formats import render
@@ -127,11 +127,18 @@ def served_model_names(args: Any) -> list[str]:
 
 
 class DiarizeService:
-    """The turnscribe pipeline on the server's engine; transcriptions run in worker threads, decoding on the loop."""
+    """The turnscribe pipeline on the server's engine; transcriptions run in worker threads, decoding on the loop.
 
-    def __init__(self, pipeline: Pipeline, served_models: Sequence[str]) -> None:
+    Uploads are decoded in `AudioProcesses` (one per core): in the transcription threads PyAV would hold the GIL
+    and stall vLLM's API server, whose event loop also streams every other request's output.
+    """
+
+    def __init__(self, pipeline: Pipeline, served_models: Sequence[str], audio_processes: int | None = None) -> None:
         self.pipeline = pipeline
         self.served_models = list(served_models)
+        processes = (os.cpu_count() or 1) if audio_processes is None else audio_processes
+        if processes > 0:
+            self.pipeline.load = AudioProcesses(processes).load
 
     @classmethod
     async def start(cls, engine_client: Any, args: Any) -> DiarizeService:
