@@ -191,7 +191,9 @@ class AudioProcesses:
             wait(futures)  # every worker is done with the memory before it goes
             try:
                 pieces = [future.result() for future in futures]
-            except (_NotSplittable, AudioError) as error:
+            except BrokenProcessPool:
+                raise  # a worker died: load() retries the file alone
+            except Exception as error:  # _NotSplittable, AudioError, or anything else: one pass will tell
                 logger.info("%s: decoding in one pass (%s)", path, error)
                 return None
             return _joined(path, memory, capacity, starts, pieces)
