@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -128,8 +129,9 @@ class Engine:
         return replace(self.enrolling_linker(), known_speakers=dict(known_speakers))
 
     def start(self) -> None:
-        if self.settings.workers > 1:
-            self._audio = AudioProcesses(self.settings.workers)
+        cores = os.cpu_count() or 1
+        if cores > 1:  # one process per core: a long upload is decoded in pieces across them
+            self._audio = AudioProcesses(cores)
         self.scheduler.start()
 
     def stop(self) -> None:
