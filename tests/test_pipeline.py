@@ -226,3 +226,29 @@ def test_build_pipeline_wires_options(tiny_native):
     pipeline = build_pipeline(model=tiny_native, device="cpu", batch_size=3, num_speakers=2, window_s=20, overlap_s=1)
     assert pipeline.decoder.batch_size == 3 and pipeline.window_s == 20
     assert pipeline.speakers.num_speakers == 2
+
+
+def test_transcribe_a_file_end_to_end_with_the_tiny_model(tiny_native, tmp_path, monkeypatch):
+    """turnscribe.transcribe: checkpoint loading, decoding, speakers; a path is decoded in worker processes."""
+    from turnscribe import audio, transcribe
+
+    path = tmp_path / "meeting.wav"
+    write_wav(path, tone(40.0))
+    started: list[int] = []
+
+    class RecordedProcesses(audio.AudioProcesses):
+        def __init__(self, processes: int) -> None:
+            started.append(processes)
+            super().__init__(processes)
+
+    monkeypatch.setattr(audio, "AudioProcesses", RecordedProcesses)
+    options = {"model": str(tiny_native), "device": "cpu", "language": "en"}
+    got = transcribe(path, audio_processes=2, **options)
+    assert started == [2]
+    assert got.duration == pytest.approx(40.0) and got.metadata.windows == 2
+    assert got.segments  # the random model says something in every window; parsed with repairs
+    assert got.metadata.model == str(tiny_native) and got.metadata.embedder == "resemblyzer"
+    # The same transcript decoded in this thread, and from the samples themselves.
+    assert transcribe(path, audio_processes=0, **options).segments == got.segments
+    assert transcribe(tone(40.0), sampling_rate=SAMPLE_RATE, **options).segments == got.segments
+    assert started == [2]

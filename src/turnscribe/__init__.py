@@ -93,18 +93,28 @@ def transcribe(
     language: str = "en",
     sampling_rate: int | None = None,
     progress: ProgressCallback | None = None,
+    audio_processes: int | None = None,
     **options: object,
 ) -> Transcript:
     """Transcribe one recording (path, bytes, numpy array or torch tensor) with speaker labels.
 
     `options` are those of `build_pipeline` (model, decoder, embedder, threshold, num_speakers, …).
-    Arrays and tensors need `sampling_rate`.
+    Arrays and tensors need `sampling_rate`. A file given by its path is decoded in `audio_processes` worker
+    processes (default: one per core; 0: in this thread), a long one in pieces across them (`AudioProcesses`).
     """
+    import os
+
+    from .audio import AudioProcesses
     from .prompt import check_language
 
     check_language(language)  # fail before loading a 2 B-parameter model
     pipeline = build_pipeline(**options)  # type: ignore[arg-type]
-    return pipeline.run(audio, language=language, sampling_rate=sampling_rate, progress=progress)
+    processes = (os.cpu_count() or 1) if audio_processes is None else audio_processes
+    if processes < 2 or not isinstance(audio, (str, os.PathLike)):
+        return pipeline.run(audio, language=language, sampling_rate=sampling_rate, progress=progress)
+    with AudioProcesses(processes) as decoding:
+        pipeline.load = decoding.load
+        return pipeline.run(audio, language=language, sampling_rate=sampling_rate, progress=progress)
 
 
 def transcribe_many(
