@@ -104,13 +104,13 @@ def transcribe(
     """
     import os
 
-    from .audio import AudioProcesses
+    from .audio import AudioProcesses, audio_process_count
     from .prompt import check_language
 
     check_language(language)  # fail before loading a 2 B-parameter model
     pipeline = build_pipeline(**options)  # type: ignore[arg-type]
-    processes = (os.cpu_count() or 1) if audio_processes is None else audio_processes
-    if processes < 2 or not isinstance(audio, (str, os.PathLike)):
+    processes = audio_process_count(audio_processes)
+    if processes < 2 or not isinstance(audio, (str, os.PathLike)):  # one process would only add a copy
         return pipeline.run(audio, language=language, sampling_rate=sampling_rate, progress=progress)
     with AudioProcesses(processes) as decoding:
         pipeline.load = decoding.load

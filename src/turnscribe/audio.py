@@ -30,7 +30,15 @@ from scipy.signal import resample_poly
 
 from turnscribe.types import SAMPLE_RATE, TurnscribeError
 
-__all__ = ["AudioError", "AudioInput", "AudioLoader", "AudioProcesses", "audio_duration", "load_audio"]
+__all__ = [
+    "AudioError",
+    "AudioInput",
+    "AudioLoader",
+    "AudioProcesses",
+    "audio_duration",
+    "audio_process_count",
+    "load_audio",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +106,14 @@ def audio_duration(source: str | os.PathLike) -> float | None:
     path = _checked_path(source)
     with _open(path, path) as container:
         return _estimated_seconds(container, _first_audio_stream(container, path))
+
+
+def audio_process_count(requested: int | None = None) -> int:
+    """`requested`, or the default number of audio processes: one per core, none on a single core."""
+    if requested is not None:
+        return requested
+    cores = os.cpu_count() or 1
+    return cores if cores > 1 else 0
 
 
 class AudioProcesses:

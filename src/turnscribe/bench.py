@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
-import os
 import platform
 import shutil
 import tempfile
@@ -37,6 +36,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from .audio import audio_process_count
 from .decoders.base import WindowAudio
 from .pipeline import Pipeline
 from .scheduler import run_many
@@ -377,7 +377,7 @@ def measure_many_files(bench: Bench, count: int, seconds: float, folder: Path) -
     return {
         "files": count,
         "file_s": seconds,
-        "audio_processes": os.cpu_count() or 1,  # run_many's default
+        "audio_processes": audio_process_count(),  # run_many's default
         "wall_s": wall,
         "throughput_x": count * seconds / wall,
         "model_s": bench.clock.model_s,

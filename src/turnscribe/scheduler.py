@@ -283,15 +283,13 @@ def run_many(
     them, a long file in pieces across the processes, so that decoding keeps up with a fast GPU. A file that
     fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
     """
-    from .audio import AudioProcesses
+    from .audio import AudioProcesses, audio_process_count
     from .pipeline import Pipeline
 
     if files_at_once < 1:
         raise ValueError("files_at_once must be >= 1")
-    if audio_processes is None:
-        # One per core, even for one file: a long one is decoded in pieces across them (see AudioProcesses).
-        cores = os.cpu_count() or 1
-        audio_processes = cores if cores > 1 else 0
+    # One per core by default, even for one file: a long one is decoded in pieces across them.
+    audio_processes = audio_process_count(audio_processes)
 
     def one(index: int, source_audio: AudioInput, samples: Future[np.ndarray] | None) -> FileResult:
         source = str(source_audio) if isinstance(source_audio, str | os.PathLike) else f"<input {index}>"

@@ -53,7 +53,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from . import DEFAULT_EMBEDDER, Pipeline, build_pipeline
-from .audio import AudioError, AudioProcesses
+from .audio import AudioError, AudioProcesses, audio_process_count
 from .decoders.base import DecoderError
 from .decoders.vllm import AsyncVllmDecoder
 from .formats import render
@@ -136,8 +136,7 @@ class DiarizeService:
     def __init__(self, pipeline: Pipeline, served_models: Sequence[str], audio_processes: int | None = None) -> None:
         self.pipeline = pipeline
         self.served_models = list(served_models)
-        processes = (os.cpu_count() or 1) if audio_processes is None else audio_processes
-        if processes > 0:
+        if (processes := audio_process_count(audio_processes)) > 0:
             self.pipeline.load = AudioProcesses(processes).load
 
     @classmethod

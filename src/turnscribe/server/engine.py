@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..audio import AudioError, AudioProcesses, audio_duration, load_audio
+from ..audio import AudioError, AudioProcesses, audio_duration, audio_process_count, load_audio
 from ..parse import parse_window
 from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent, RunControl, RunStopped
 from ..prompt import LanguageError, check_language
@@ -129,9 +128,8 @@ class Engine:
         return replace(self.enrolling_linker(), known_speakers=dict(known_speakers))
 
     def start(self) -> None:
-        cores = os.cpu_count() or 1
-        if cores > 1:  # one process per core: a long upload is decoded in pieces across them
-            self._audio = AudioProcesses(cores)
+        if (processes := audio_process_count()) > 0:  # one per core: a long upload is decoded in pieces across them
+            self._audio = AudioProcesses(processes)
         self.scheduler.start()
 
     def stop(self) -> None:
