@@ -149,9 +149,11 @@ class AudioProcesses:
         self._load = load  # runs in the workers: a module-level function, so that it can be pickled
         self._forked = sys.platform == "linux"
         self._context = multiprocessing.get_context("fork" if self._forked else "spawn")
-        # The workers' shared memory (see _in_pieces) must be tracked by this process's resource tracker: started
-        # later, each forked worker would start one of its own, which warns about, and unlinks, what it saw.
-        resource_tracker.ensure_running()
+        if self._forked:
+            # The workers' shared memory (see _in_pieces) must be tracked by this process's resource tracker:
+            # started later, each forked worker would start one of its own, which warns about, and unlinks, what it
+            # saw. (Spawned workers are handed the parent's tracker, started then if need be.)
+            resource_tracker.ensure_running()
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._reserved = 0  # bytes of shared memory held by pieces in flight
