@@ -177,3 +177,33 @@ def test_known_speaker_names_label_the_transcript(tiny_native, clip, tmp_path):
     assert json.loads((out / "clip.json").read_text())["duration"] == pytest.approx(3.0)
     bad = run("transcribe", clip, "--model", tiny_native, "--device", "cpu", "--linker", "magic", "-o", out)
     assert bad.exit_code == 2 and "Unknown linker 'magic'" in flat(bad)
+
+
+# What the [server] extra brings; the base install (the README's run command) has none of them.
+SERVER_EXTRA = ["fastapi", "uvicorn", "starlette", "multipart", "python_multipart", "prometheus_client"]
+
+
+def without_server_extra(*args: object) -> subprocess.CompletedProcess[str]:
+    """The CLI in a fresh interpreter where importing any of the server extra's modules fails."""
+    script = (
+        "import sys\n"
+        f"for name in {SERVER_EXTRA!r}: sys.modules[name] = None  # import fails, as if not installed\n"
+        "from turnscribe.cli import app\n"
+        "app(sys.argv[1:], prog_name='turnscribe')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
+        timeout=300,
+    )
+
+
+def test_transcribe_runs_without_the_server_extra(tiny_native, clip, tmp_path):
+    out = tmp_path / "out"
+    proc = without_server_extra("transcribe", clip, "--model", tiny_native, "--device", "cpu", "-f", "txt", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "clip.txt").is_file()
+    serve = without_server_extra("serve", "--port", "0")
+    assert serve.returncode == 2 and "pip install 'turnscribe[server]'" in " ".join(serve.stderr.split())

@@ -64,9 +64,14 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve OpenAI's /v1/audio/transcriptions (and durable jobs) over HTTP."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .app import create_app
+        from .app import create_app
+    except ImportError as e:
+        raise typer.BadParameter(
+            f"the server needs the [server] extra ({e.name} is missing): pip install 'turnscribe[server]'"
+        ) from e
 
     keys = tuple(k for k in (api_key or []) if k)
     if not keys and host not in LOOPBACK_HOSTS:
