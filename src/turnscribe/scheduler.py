@@ -279,9 +279,9 @@ def run_many(
 
     Up to `files_at_once` files are windowed, stitched and linked at once, each in its own thread; their windows
     share the decoder's batches. Audio is decoded in `audio_processes` worker processes (`AudioProcesses`;
-    default: one per core; 0 decodes in each file's thread), for the files in flight and as many files ahead of
-    them, a long file in pieces across the processes, so that decoding keeps up with a fast GPU. A file that
-    fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
+    default: one per core, up to 16; 0 decodes in each file's thread), for the files in flight and as many files
+    ahead of them, a long file in pieces across the processes, so that decoding keeps up with a fast GPU. A file
+    that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
     """
     from .audio import AudioProcesses, audio_process_count
     from .pipeline import Pipeline
@@ -333,8 +333,10 @@ def run_many(
             index, source_audio = nxt
             return index, source_audio, read(source_audio) if read else None
 
-        # Inputs are admitted only as earlier ones finish, so that a long input list is not read at once.
-        admitted = deque(item for item in (admit() for _ in range(files_at_once + audio_processes)) if item)
+        # Inputs are admitted only as earlier ones finish, so that a long input list is not read at once: the files
+        # in flight and, with audio processes, as many again being read ahead (at most twice files_at_once held).
+        ahead = files_at_once if audio_processes else 0
+        admitted = deque(item for item in (admit() for _ in range(files_at_once + ahead)) if item)
         running = {files.submit(one, *admitted.popleft()) for _ in range(min(files_at_once, len(admitted)))}
         try:
             while running:
