@@ -545,3 +545,18 @@ def test_pieces_meeting_in_silence_are_not_trusted(tmp_path: Path, caplog: pytes
         decoded = processes.load(path)
     np.testing.assert_array_equal(decoded, load_audio(path))
     assert "too quiet where pieces meet" in caplog.text
+
+
+def test_no_shared_memory_means_one_pass(
+    long_media: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("/dev/shm")
+
+    monkeypatch.setattr(audio, "SharedMemory", unavailable)
+    caplog.set_level(logging.INFO, logger="turnscribe.audio")
+    with audio.AudioProcesses(2, min_piece_s=LONG_S / 4) as processes:
+        samples = processes.load(long_media / "long.flac")
+        assert processes._reserved == 0
+    np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
+    assert "no shared memory" in caplog.text

@@ -30,7 +30,7 @@ from tiny_model import build_tokenizer
 from vllm_fakes import FakeEngine
 
 from turnscribe import Pipeline
-from turnscribe.audio import AudioProcesses, audio_process_count, load_audio
+from turnscribe.audio import AudioProcesses, load_audio
 from turnscribe.decoders import ScriptedDecoder
 from turnscribe.decoders.vllm import AsyncVllmDecoder
 from turnscribe.prompt import PromptTokenError, diarize_prompt_tokens
@@ -325,9 +325,9 @@ def test_a_client_that_disconnects_stops_its_run_after_the_batch_in_flight():
 
 def test_uploads_are_decoded_in_audio_processes():
     # In the server's threads PyAV would hold the GIL, stalling vLLM's event loop; 0 keeps decoding in the thread.
-    service = DiarizeService(Pipeline(ScriptedDecoder(lambda span: ""), SlotLinker()), ["m"])
+    service = DiarizeService(Pipeline(ScriptedDecoder(lambda span: ""), SlotLinker()), ["m"], audio_processes=2)
     processes = service.pipeline.load.__self__
-    assert isinstance(processes, AudioProcesses) and processes.processes == audio_process_count()
+    assert isinstance(processes, AudioProcesses) and processes.processes == 2
     upload = wav_bytes(2.0)
     np.testing.assert_array_equal(service.pipeline.load(upload, None), load_audio(upload))
     processes.close()

@@ -204,7 +204,12 @@ class AudioProcesses:
         if not self._reserve(capacity * 4):
             logger.info("%s: decoding in one pass (too little free shared memory for it in pieces)", path)
             return None
-        memory = SharedMemory(create=True, size=capacity * 4)
+        try:
+            memory = SharedMemory(create=True, size=capacity * 4)
+        except OSError as error:  # no /dev/shm, or it is full
+            self._release(capacity * 4)
+            logger.info("%s: decoding in one pass (no shared memory: %s)", path, error)
+            return None
         try:
             futures = [
                 pool.submit(_decode_piece_into, path, start, stop, memory.name, capacity)
@@ -222,8 +227,11 @@ class AudioProcesses:
         finally:
             memory.close()
             memory.unlink()
-            with self._lock:
-                self._reserved -= capacity * 4
+            self._release(capacity * 4)
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._reserved -= size
 
     def _reserve(self, size: int) -> bool:
         """Room for `size` bytes of shared memory, counting what this instance's other loads hold.
