@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks for a machine with PyTorch (CUDA) and transformers preinstalled and no network, with turnscribe
-# installed from this checkout by `pip install --no-deps -e .`. Writes everything to $OUT (default ./gpu-out):
+# GPU checks for a machine with PyTorch (CUDA) and transformers preinstalled and no network. turnscribe runs from
+# this checkout (src/ on PYTHONPATH); what else it needs comes from .whl/ when present (scripts/gpu_wheels.sh
+# makes it elsewhere; it is installed into /tmp/site). Writes everything to $OUT (default ./gpu-out):
 #   versions.txt, nvidia-smi.txt, missing.txt   what is there
 #   gpu-tests.txt                              pytest -m gpu (bf16 batched vs single-window; fast vs plain)
 #   bench.json / bench.txt / bench.log          `turnscribe bench`, full-size random model, plain path
@@ -15,8 +16,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    > "$OUT/wheels.txt" 2>&1 || echo "installing .whl/ failed: see $OUT/wheels.txt"
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(all)
 want() { for s in "${steps[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
@@ -33,7 +40,8 @@ PYEOF
 $PY - > "$OUT/missing.txt" 2>&1 <<'PYEOF'
 import importlib.util
 needed = ["turnscribe", "numpy", "scipy", "av", "typer", "rich", "pyannote.core", "pyannote.metrics", "meeteval",
-          "srt", "webvtt", "praatio", "resemblyzer", "webrtcvad", "pytest", "hypothesis", "safetensors", "tokenizers"]
+          "srt", "webvtt", "praatio", "resemblyzer", "webrtcvad", "librosa", "soundfile", "soxr", "pytest",
+          "hypothesis", "safetensors", "tokenizers"]
 missing = []
 for name in needed:
     try:

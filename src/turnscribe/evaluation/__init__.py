@@ -1,13 +1,22 @@
-"""Evaluation: scoring against a reference, synthetic meetings with ground truth, and an oracle embedder."""
+"""Evaluation: scoring against a reference, synthetic meetings with ground truth, and an oracle embedder.
 
-from .metrics import (
-    DiarizationScores,
-    EvaluationError,
-    EvaluationResult,
-    WordErrorScores,
-    evaluate,
-    load_segments,
-)
+The scorers (pyannote.metrics, meeteval, pandas) are imported on first use, not by `turnscribe`'s CLI at start.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .metrics import (
+        DiarizationScores,
+        EvaluationError,
+        EvaluationResult,
+        WordErrorScores,
+        evaluate,
+        load_segments,
+    )
 
 __all__ = [
     "DiarizationScores",
@@ -17,3 +26,9 @@ __all__ = [
     "evaluate",
     "load_segments",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module(".metrics", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

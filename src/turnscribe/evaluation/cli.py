@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .metrics import DEFAULT_NORMALIZER, TCP_COLLAR, EvaluationError, EvaluationResult, evaluate
+from .conventions import DEFAULT_NORMALIZER, TCP_COLLAR
+
+if TYPE_CHECKING:
+    from .metrics import EvaluationResult
 
 OUTPUTS = ("table", "json")
 
@@ -49,6 +52,8 @@ def eval_command(
     ] = DEFAULT_NORMALIZER,
 ) -> None:
     """Score HYP against REF: DER and JER (collar 0 and 0.25 s, overlap scored), cpWER and tcpWER."""
+    from .metrics import EvaluationError, evaluate
+
     if output not in OUTPUTS:
         raise typer.BadParameter(f"choose one of {', '.join(OUTPUTS)}", param_hint="--format")
     try:

@@ -23,13 +23,8 @@ from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
 from ..decoders.reference import ReferenceTurn
 from ..formats import to_seglst
 from ..types import Transcript, TurnscribeError
+from .conventions import COLLARS, DEFAULT_NORMALIZER, TCP_COLLAR
 
-COLLARS = (0.0, 0.25)
-"""Seconds on either side of each reference boundary left unscored (NIST md-eval / dscore convention)."""
-TCP_COLLAR = 5.0
-"""tcpWER's collar: how far (s) a hypothesis word may sit from its reference word's time; meeteval's suggested 5 s."""
-DEFAULT_NORMALIZER = "lower,rm(.?!,)"
-"""meeteval text normalizer: the model writes case and punctuation, references often do not."""
 FORMATS = ("rttm", "stm", "seglst")
 
 Source: TypeAlias = "str | os.PathLike[str] | Transcript | SegLST | Sequence[ReferenceTurn]"
