@@ -25,3 +25,19 @@ def tiny_original(tmp_path_factory) -> Path:
     from tiny_model import build_checkpoint
 
     return build_checkpoint(tmp_path_factory.mktemp("tiny-original"), "original")
+
+
+@pytest.fixture()
+def audio_processes_started(monkeypatch) -> list[int]:
+    """The process count of every AudioProcesses started while the test runs."""
+    from turnscribe import audio
+
+    started: list[int] = []
+
+    class RecordedProcesses(audio.AudioProcesses):
+        def __init__(self, processes: int, **options) -> None:
+            started.append(processes)
+            super().__init__(processes, **options)
+
+    monkeypatch.setattr(audio, "AudioProcesses", RecordedProcesses)
+    return started

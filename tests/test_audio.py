@@ -522,19 +522,6 @@ def test_a_short_duration_estimate_still_gives_every_sample(long_media: Path, mo
     np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
 
 
-def test_too_little_shared_memory_means_one_pass(
-    long_media: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Docker's default /dev/shm is 64 MB: a piece written past it would kill its worker with SIGBUS.
-    monkeypatch.setattr(audio, "_free_shared_memory", lambda: 1_000_000)
-    caplog.set_level(logging.INFO, logger="turnscribe.audio")
-    with audio.AudioProcesses(2, min_piece_s=LONG_S / 4) as processes:
-        samples = processes.load(long_media / "long.flac")
-        assert processes._reserved == 0
-    np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
-    assert "too little free shared memory" in caplog.text
-
-
 def test_pieces_meeting_in_silence_are_not_trusted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A misplaced piece would match its neighbour in digital silence: there the file is decoded in one pass.
     samples = tone(TONE_HZ, LONG_S, 44100)
@@ -547,16 +534,26 @@ def test_pieces_meeting_in_silence_are_not_trusted(tmp_path: Path, caplog: pytes
     assert "too quiet where pieces meet" in caplog.text
 
 
-def test_no_shared_memory_means_one_pass(
-    long_media: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    def unavailable(*args: object, **kwargs: object) -> None:
-        raise FileNotFoundError("/dev/shm")
+def no_shared_memory(*args: object, **kwargs: object) -> None:
+    raise FileNotFoundError("/dev/shm")
 
-    monkeypatch.setattr(audio, "SharedMemory", unavailable)
+
+@pytest.mark.parametrize(
+    ("name", "replacement", "message"),
+    [
+        # Docker's default /dev/shm is 64 MB: a piece written past it would kill its worker with SIGBUS.
+        ("_free_shared_memory", lambda: 1_000_000, "too little free shared memory"),
+        ("SharedMemory", no_shared_memory, "no shared memory"),
+    ],
+    ids=["too-little", "none"],
+)
+def test_without_room_in_shared_memory_a_long_file_is_decoded_in_one_pass(
+    long_media: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name, replacement, message
+) -> None:
+    monkeypatch.setattr(audio, name, replacement)
     caplog.set_level(logging.INFO, logger="turnscribe.audio")
     with audio.AudioProcesses(2, min_piece_s=LONG_S / 4) as processes:
         samples = processes.load(long_media / "long.flac")
         assert processes._reserved == 0
     np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
-    assert "no shared memory" in caplog.text
+    assert message in caplog.text

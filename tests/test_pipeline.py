@@ -228,20 +228,13 @@ def test_build_pipeline_wires_options(tiny_native):
     assert pipeline.speakers.num_speakers == 2
 
 
-def test_transcribe_a_file_end_to_end_with_the_tiny_model(tiny_native, tmp_path, monkeypatch):
+def test_transcribe_a_file_end_to_end_with_the_tiny_model(tiny_native, tmp_path, audio_processes_started):
     """turnscribe.transcribe: checkpoint loading, decoding, speakers; a path is decoded in worker processes."""
-    from turnscribe import audio, transcribe
+    from turnscribe import transcribe
 
     path = tmp_path / "meeting.wav"
     write_wav(path, tone(40.0))
-    started: list[int] = []
-
-    class RecordedProcesses(audio.AudioProcesses):
-        def __init__(self, processes: int) -> None:
-            started.append(processes)
-            super().__init__(processes)
-
-    monkeypatch.setattr(audio, "AudioProcesses", RecordedProcesses)
+    started = audio_processes_started
     options = {"model": str(tiny_native), "device": "cpu", "language": "en"}
     got = transcribe(path, audio_processes=2, **options)
     assert started == [2]

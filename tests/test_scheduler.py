@@ -198,7 +198,7 @@ def test_a_scheduled_pipeline_gives_the_plain_pipelines_transcript_with_progress
     assert sorted(decoder.outputs) == list(range(6))
 
 
-def test_run_many_yields_every_file_and_shares_batches_across_files(tmp_path, monkeypatch):
+def test_run_many_yields_every_file_and_shares_batches_across_files(tmp_path, monkeypatch, audio_processes_started):
     paths = []
     for i, seconds in enumerate([70, 30, 5]):
         paths.append(tmp_path / f"f{i}.wav")
@@ -224,19 +224,11 @@ def test_run_many_yields_every_file_and_shares_batches_across_files(tmp_path, mo
             seen.append(sorted({round(float(np.abs(w.samples).max()), 2) for w in windows}))
             return super().decode(windows, language)
 
-    started: list[int] = []
-
-    class RecordedProcesses(audio.AudioProcesses):
-        def __init__(self, processes: int) -> None:
-            started.append(processes)
-            super().__init__(processes)
-
-    monkeypatch.setattr(audio, "AudioProcesses", RecordedProcesses)
     pipeline = Pipeline(LevelRecording(script, batch_size=8), ClusteringLinker(FakeEmbedder()))
     results = list(run_many(pipeline, [*paths, broken], files_at_once=4))
     # Files are decoded in worker processes, one per core up to 16 (none with one core).
     cores = min(os.cpu_count() or 1, 16)
-    assert started == ([cores] if cores > 1 else [])
+    assert audio_processes_started == ([cores] if cores > 1 else [])
     assert sorted(r.index for r in results) == [0, 1, 2, 3]
     by_index = {r.index: r for r in results}
     assert by_index[3].transcript is None and by_index[3].error is not None
