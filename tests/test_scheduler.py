@@ -264,3 +264,10 @@ def test_run_many_reads_audio_ahead_of_the_files_in_flight(tmp_path, monkeypatch
     for result, path in zip(results, paths):
         assert result.error is None
         assert result.transcript.segments == pipeline.run(path).segments
+
+
+def test_run_many_on_arrays_starts_no_audio_processes(audio_processes_started):
+    pipeline = Pipeline(ScriptedDecoder(script, batch_size=4), ClusteringLinker(FakeEmbedder()))
+    results = list(run_many(pipeline, [tone(30), tone(5)], sampling_rate=SAMPLE_RATE, audio_processes=2))
+    assert sorted(r.index for r in results) == [0, 1] and all(r.error is None for r in results)
+    assert audio_processes_started == []  # nothing to decode: no processes forked for it

@@ -288,8 +288,10 @@ def run_many(
 
     if files_at_once < 1:
         raise ValueError("files_at_once must be >= 1")
-    # One per core by default, even for one file: a long one is decoded in pieces across them.
-    audio_processes = audio_process_count(audio_processes)
+    # One per core by default, even for one file: a long one is decoded in pieces across them. None for a list of
+    # arrays (nothing to decode: `turnscribe bench`'s clips, callers with their own audio).
+    arrays_only = isinstance(inputs, Sequence) and not any(isinstance(x, str | os.PathLike | bytes) for x in inputs)
+    audio_processes = 0 if arrays_only else audio_process_count(audio_processes)
 
     def one(index: int, source_audio: AudioInput, samples: Future[np.ndarray] | None) -> FileResult:
         source = str(source_audio) if isinstance(source_audio, str | os.PathLike) else f"<input {index}>"
