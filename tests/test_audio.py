@@ -557,3 +557,15 @@ def test_without_room_in_shared_memory_a_long_file_is_decoded_in_one_pass(
         assert processes._reserved == 0
     np.testing.assert_array_equal(samples, load_audio(long_media / "long.flac"))
     assert message in caplog.text
+
+
+def test_audio_processes_by_default_only_where_they_are_forked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert audio.audio_process_count() == 16 and audio.audio_process_count(3) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert audio.audio_process_count() == 0
+    # Spawned workers would re-run an unguarded script: elsewhere only when asked for.
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert audio.audio_process_count() == 0 and audio.audio_process_count(4) == 4

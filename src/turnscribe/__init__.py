@@ -100,7 +100,7 @@ def transcribe(
 
     `options` are those of `build_pipeline` (model, decoder, embedder, threshold, num_speakers, …).
     Arrays and tensors need `sampling_rate`. A file given by its path is decoded in `audio_processes` worker
-    processes (default: one per core, up to 16; 0: in this thread), a long one in pieces across them (`AudioProcesses`).
+    processes (default: `audio.audio_process_count`; 0: in this thread), a long one in pieces across them.
     """
     import os
 
@@ -129,7 +129,7 @@ def transcribe_many(
     """Transcribe many recordings with one model, yielding a `FileResult` per input as each finishes.
 
     The windows of all files in flight share the model's batches (`turnscribe.scheduler`); files are decoded
-    in `audio_processes` worker processes, ahead of the files in flight (default: one per core, up to 16; 0: in the
+    in `audio_processes` worker processes, ahead of the files in flight (default: `audio.audio_process_count`; 0: in the
     files' threads). A file that fails yields its error and the others go on. `options` are those of
     `build_pipeline`.
     """

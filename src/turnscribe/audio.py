@@ -113,11 +113,15 @@ MAX_DEFAULT_AUDIO_PROCESSES = 16
 
 
 def audio_process_count(requested: int | None = None) -> int:
-    """`requested`, or the default number of audio processes: one per core up to 16, none on a single core."""
+    """`requested`, or the default number of audio processes: on Linux one per core up to 16, none on one core.
+
+    None by default elsewhere: there workers are spawned, which re-runs the caller's script in each of them
+    unless it guards its top level with ``if __name__ == "__main__":``; ask for them explicitly there.
+    """
     if requested is not None:
         return requested
     cores = min(os.cpu_count() or 1, MAX_DEFAULT_AUDIO_PROCESSES)
-    return cores if cores > 1 else 0
+    return cores if cores > 1 and sys.platform == "linux" else 0
 
 
 class AudioProcesses:

@@ -149,7 +149,7 @@ def transcribe(
         typer.Option(
             min=0,
             help="Processes decoding audio ahead of the files in flight, a long file in pieces across them "
-            "(default: one per core, up to 16).",
+            "(default on Linux: one per core, up to 16).",
         ),
     ] = None,
 ) -> None:

@@ -279,7 +279,7 @@ def run_many(
 
     Up to `files_at_once` files are windowed, stitched and linked at once, each in its own thread; their windows
     share the decoder's batches. Audio is decoded in `audio_processes` worker processes (`AudioProcesses`;
-    default: one per core, up to 16; 0 decodes in each file's thread), for the files in flight and as many files
+    default: `audio_process_count`; 0 decodes in each file's thread), for the files in flight and as many files
     ahead of them, a long file in pieces across the processes, so that decoding keeps up with a fast GPU. A file
     that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
     """
