@@ -24,32 +24,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from readme_block import machine, publish
 
 from turnscribe.audio import AudioProcesses, load_audio
+from turnscribe.bench import RECORDING_RATE, write_recording
 
 START_MARKER, END_MARKER = "<!-- audio_decode:start -->", "<!-- audio_decode:end -->"
-RATE = 44100  # what phones and recorders write; decoding resamples it to 16 kHz
-EXTENSIONS = {"libmp3lame": ".mp3", "aac": ".m4a", "flac": ".flac", "libopus": ".ogg"}
-
-
-def write_recording(path: Path, minutes: float, codec: str) -> None:
-    """Stereo speech-band noise under a slow envelope: codecs spend about what they spend on speech."""
-    rng = np.random.default_rng(0)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=RATE, layout="stereo")
-        block = RATE  # one second at a time, so that long files are never held at once
-        for second in range(round(minutes * 60)):
-            envelope = 0.5 + 0.5 * np.sin(2 * np.pi * (second % 7) / 7 + np.linspace(0, 2 * np.pi, block))
-            pcm = (0.1 * envelope * rng.standard_normal((2, block))).astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(pcm, format="fltp", layout="stereo")
-            frame.sample_rate = RATE
-            frame.pts = second * block
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+EXTENSIONS = {"libmp3lame": ".mp3", "aac": ".m4a", "flac": ".flac"}  # Opus would need 48 kHz
 
 
 class BusyThread:
@@ -113,7 +96,7 @@ def main() -> None:
         suffix = EXTENSIONS[args.codec]
         first = Path(tmp) / f"recording-0{suffix}"
         t0 = time.perf_counter()
-        write_recording(first, args.minutes, args.codec)
+        write_recording(first, args.minutes * 60, codec=args.codec)
         print(
             f"wrote {args.minutes:g} min of {args.codec} ({first.stat().st_size / 2**20:.0f} MiB) in "
             f"{time.perf_counter() - t0:.1f} s; {args.files} copies decoded at once"
@@ -165,7 +148,7 @@ def main() -> None:
         f"{100 * best[names[2]][1] / idle:.0f} % of its rate instead of {100 * best[names[1]][1] / idle:.0f} %; "
         f"threads vs one after another: {best[names[0]][0] / best[names[1]][0]:.2f}×; one file in pieces vs one "
         f"pass: **{best[names[3]][0] / best[names[4]][0]:.2f}×**. "
-        f"{args.files} files of {args.minutes:g} min ({args.codec}, {RATE} Hz stereo → 16 kHz mono), "
+        f"{args.files} files of {args.minutes:g} min ({args.codec}, {RECORDING_RATE} Hz stereo → 16 kHz mono), "
         f"best of {args.repeats} alternating runs, each with a busy thread running; worker start-up "
         f"{startup:.2f} s once (not counted). Busy thread: small torch operations in a Python loop "
         f"({idle:,.0f} per second alone). {machine()}, Python {platform.python_version()}, torch "

@@ -197,21 +197,21 @@ class AudioProcesses:
             seconds = _splittable_seconds(path)
         except AudioError:
             return None  # the one-pass decode says what is wrong with it
-        count = min(self.processes, int((seconds or 0) // self.min_piece_s))
-        if count < 2 or seconds is None:
+        if seconds is None or (count := min(self.processes, int(seconds // self.min_piece_s))) < 2:
             return None
         starts = [round(seconds * SAMPLE_RATE * i / count) for i in range(count)]
         stops: list[int | None] = [*starts[1:], None]  # the last piece runs to the end, whatever the estimate said
         # The pieces come back through shared memory: through the pool's pipes, an hour of samples took longer
         # to unpickle in this process than the pieces took to decode.
         capacity = math.ceil(seconds * SAMPLE_RATE * _ESTIMATE_MARGIN) + _MARGIN_SAMPLES
-        if not self._reserve(capacity * 4):
+        size = capacity * np.dtype(np.float32).itemsize
+        if not self._reserve(size):
             logger.info("%s: decoding in one pass (too little free shared memory for it in pieces)", path)
             return None
         try:
-            memory = SharedMemory(create=True, size=capacity * 4)
+            memory = SharedMemory(create=True, size=size)
         except OSError as error:  # no /dev/shm, or it is full
-            self._release(capacity * 4)
+            self._release(size)
             logger.info("%s: decoding in one pass (no shared memory: %s)", path, error)
             return None
         try:
@@ -231,7 +231,7 @@ class AudioProcesses:
         finally:
             memory.close()
             memory.unlink()
-            self._release(capacity * 4)
+            self._release(size)
 
     def _release(self, size: int) -> None:
         with self._lock:

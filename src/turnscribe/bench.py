@@ -345,18 +345,23 @@ def measure_long_form(bench: Bench, seconds: float, folder: Path) -> dict[str, A
     }
 
 
-def _write_recording(path: Path, seconds: float, seed: int) -> None:
-    """Noise as a phone or recorder would store it (44.1 kHz stereo FLAC): decoding it means resampling too."""
+RECORDING_RATE = 44100  # what phones and recorders write; decoding resamples it to 16 kHz
+
+
+def write_recording(path: Path, seconds: float, *, codec: str = "flac", seed: int = 0) -> None:
+    """Noise as a phone or recorder would store it, 44.1 kHz stereo, under a slow envelope so that codecs spend
+    about what they spend on speech; written a second at a time, so that long files are never held at once."""
     import av
 
-    rate, rng = 44100, np.random.default_rng(seed)
+    rate, rng = RECORDING_RATE, np.random.default_rng(seed)
+    total = round(seconds * rate)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("flac", rate=rate, layout="stereo")
-        for start in range(0, round(seconds * rate), rate):
-            block = min(rate, round(seconds * rate) - start)
-            frame = av.AudioFrame.from_ndarray(
-                (0.1 * rng.standard_normal((2, block))).astype(np.float32), format="fltp", layout="stereo"
-            )
+        stream = out.add_stream(codec, rate=rate, layout="stereo")
+        for second, start in enumerate(range(0, total, rate)):
+            block = min(rate, total - start)
+            envelope = 0.5 + 0.5 * np.sin(2 * np.pi * (second % 7) / 7 + np.linspace(0, 2 * np.pi, rate)[:block])
+            pcm = (0.1 * envelope * rng.standard_normal((2, block))).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(pcm, format="fltp", layout="stereo")
             frame.sample_rate, frame.pts = rate, start
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -365,7 +370,7 @@ def _write_recording(path: Path, seconds: float, seed: int) -> None:
 def measure_many_files(bench: Bench, count: int, seconds: float, folder: Path) -> dict[str, Any]:
     """`count` files of `seconds` at once through `run_many`, end to end; one file written, the rest copies."""
     paths = [folder / f"file-{i}.flac" for i in range(count)]
-    _write_recording(paths[0], seconds, bench.settings.seed)
+    write_recording(paths[0], seconds, seed=bench.settings.seed)
     for path in paths[1:]:
         shutil.copyfile(paths[0], path)
     _reset_peak(bench)
