@@ -98,13 +98,14 @@ def test_resemblyzer_on_the_gpu_matches_the_cpu():
 
 
 def test_features_on_the_gpu_match_the_cpu(loaded, windows):
-    # On by default on CUDA (SpeedOptions.features_on_device): the same log-mel as on the CPU, up to FFT rounding
-    # and the extractor's dither (1e-5 of noise from the device's generator, far below these windows' level).
+    # On by default on CUDA (SpeedOptions.features_on_device, decoders/features.py): the extractor's log-mel,
+    # computed on the GPU, up to FFT rounding.
     decoder = TransformersDecoder("random-full", device="cuda", batch_size=8, loaded=loaded)
-    extract = decoder.processor.feature_extractor
     clips = [w.samples for w in windows]
-    options = {"sampling_rate": SAMPLE_RATE, "return_tensors": "pt", "padding": "longest"}
-    on_gpu = extract(clips, device="cuda", **options)["input_features"].cpu()
-    on_cpu = extract(clips, device="cpu", **options)["input_features"]
-    assert on_gpu.shape == on_cpu.shape
-    assert float((on_gpu - on_cpu).abs().max()) < 1e-3
+    on_gpu, gpu_mask = decoder.log_mel(clips)
+    assert on_gpu.device.type == "cuda"
+    on_cpu = decoder.processor.feature_extractor(
+        clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest", return_attention_mask=True
+    )
+    assert torch.equal(gpu_mask.cpu(), on_cpu["attention_mask"])
+    assert float((on_gpu.cpu() - on_cpu["input_features"]).abs().max()) < 1e-3

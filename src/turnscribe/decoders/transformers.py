@@ -21,7 +21,7 @@ from ..checkpoint import (
 )
 from ..prompt import diarize_prompt_ids
 from ..types import SAMPLE_RATE
-from . import projection
+from . import features, projection
 from .base import WindowAudio
 
 DEFAULT_MODEL = "syvai/cohere-transcribe-diarize"
@@ -49,10 +49,9 @@ class SpeedOptions:
     attention: str | None = None  # attn_implementation ("sdpa", "eager"); None: transformers' default (sdpa)
     static_cache: bool = False  # a preallocated KV cache (generate's cache_implementation="static")
     compile: bool = False  # torch.compile the decoding step (generate's auto-compile; needs static_cache)
-    # Log-mel features on the model's device, as whisper computes them. On the CPU, transformers' extractor costs
-    # ~6.5 s per hour of audio on one core, which the scheduler thread would spend between batches while the GPU
-    # waits. The same features up to FFT rounding and the extractor's dither (1e-5 of noise, drawn from the
-    # device's random generator, so other numbers on a GPU). False: always on the CPU.
+    # Log-mel features on the model's device, as whisper computes them (features.py). On the CPU they cost ~6.5 s
+    # per hour of audio on one core, which the scheduler thread would spend between batches while the GPU waits.
+    # The same features up to FFT rounding. False: always on the CPU.
     features_on_device: bool = True
     project_once: bool = True  # the encoder→decoder projection once per window, not at every step
 
@@ -197,6 +196,19 @@ class TransformersDecoder:
         """The new token ids per window (prompt removed), as a CPU tensor padded with the pad id."""
         return self.generate(windows, language)[:, len(self.prompt_ids(language)) :].cpu()
 
+    def log_mel(self, clips: Sequence[np.ndarray]) -> tuple[Any, Any]:
+        """(input_features, attention_mask) of 16 kHz clips, padded on the right to the longest; on the model's
+        device with `features_on_device` (see features.py), else on the CPU."""
+        extractor = self.processor.feature_extractor
+        device = self.device if self.speed.features_on_device else "cpu"
+        if features.supports(extractor) and max(map(len, clips)) <= features.longest_clip_samples(extractor):
+            return features.log_mel(extractor, clips, device)
+        # Another extractor (remote code, dither on): its own __call__, on the CPU where every one works.
+        out = extractor(
+            clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest", return_attention_mask=True
+        )
+        return out["input_features"], out["attention_mask"]
+
     def generate(self, windows: Sequence[WindowAudio], language: str, **generate_options: Any) -> Any:
         """`model.generate()` on the windows with the diarize prompt, as `decode` runs it; `generate_options`
         go to it too (e.g. output_logits=True, return_dict_in_generate=True)."""
@@ -209,15 +221,7 @@ class TransformersDecoder:
             w.samples if len(w.samples) >= min_len else np.pad(w.samples, (0, min_len - len(w.samples)))
             for w in windows
         ]
-        # The feature extractor pads on the right and returns the attention mask the encoder needs.
-        features = self.processor.feature_extractor(
-            clips,
-            sampling_rate=SAMPLE_RATE,
-            return_tensors="pt",
-            padding="longest",
-            return_attention_mask=True,
-            device=self.device if self.speed.features_on_device else "cpu",
-        )
+        input_features, attention_mask = self.log_mel(clips)
         longest = max(len(c) for c in clips) / SAMPLE_RATE
         budget = self.model.config.max_position_embeddings - len(prompt)
         if self.max_new_tokens is None:
@@ -238,8 +242,8 @@ class TransformersDecoder:
         model = self.generating_model
         with torch.inference_mode():
             inputs: dict[str, Any] = {
-                "input_features": features["input_features"].to(self.device, self.dtype),
-                "attention_mask": features["attention_mask"].to(self.device),
+                "input_features": input_features.to(self.device, self.dtype),
+                "attention_mask": attention_mask.to(self.device),
             }
             if model is not self.model:
                 # The encoder and the projection once here; generate() then skips its own encoder call.
