@@ -98,3 +98,30 @@ def test_batch_size_is_fixed_on_the_cpu_and_taken_from_memory_on_cuda(tiny_nativ
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
     per_window = window_memory(d.model.config, dtype_bytes=4).total
     assert d.auto_batch_size() == batch_size_for_memory(8 * 2**30, per_window)
+
+
+def test_a_batch_out_of_gpu_memory_is_decoded_in_halves_and_later_batches_are_smaller(
+    tiny_native, windows, plain_ids, caplog
+):
+    d = decoder(tiny_native, SpeedOptions(attention="eager"))
+    d.batch_size = 8
+    generate_ids = d.generate_ids
+    sizes: list[int] = []
+
+    def short_of_memory_above_two(batch, language):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return generate_ids(batch, language)
+
+    d.generate_ids = short_of_memory_above_two
+    expected = d.processor.tokenizer.batch_decode(plain_ids, skip_special_tokens=False)
+    with caplog.at_level("WARNING"):
+        assert d.decode(windows, "en") == expected
+    assert sizes == [3, 2, 1]
+    assert d.batch_size == 2
+    assert "Out of GPU memory for a batch of 3 windows" in caplog.text
+    # One window that does not fit is the caller's to report (the pipeline fails that window alone).
+    d.generate_ids = lambda batch, language: short_of_memory_above_two(batch * 3, language)
+    with pytest.raises(torch.OutOfMemoryError):
+        d.decode(windows[:1], "en")

@@ -398,6 +398,19 @@ def test_cli_refuses_to_bind_beyond_loopback_without_a_key(monkeypatch):
     assert result.exit_code == 2 and "no API key configured" in result.output
 
 
+def test_cli_hands_the_model_options_to_the_pipeline_it_serves(monkeypatch, tmp_path):
+    served = {}
+    monkeypatch.setattr("turnscribe.server.app.create_app", lambda settings, factory: factory)
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.update(factory=app, **options))
+    app = typer.Typer()
+    app.command()(serve)
+    result = CliRunner().invoke(app, ["--port", "9", "--device", "cpu", "--fast", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert served["port"] == 9
+    options = served["factory"].keywords
+    assert (options["device"], options["fast"], options["batch_size"]) == ("cpu", True, None)  # 0: sized by memory
+
+
 # --- jobs --------------------------------------------------------------------------------------------------
 
 

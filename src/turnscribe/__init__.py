@@ -44,7 +44,7 @@ def build_pipeline(
     linker: str = "slots",
     known_speakers: Mapping[str, AudioInput] | None = None,
     device: str = "auto",
-    batch_size: int | None = 4,
+    batch_size: int | None = None,
     window_s: float = DEFAULT_WINDOW_S,
     overlap_s: float = DEFAULT_OVERLAP_S,
     trust_remote_code: bool = False,
@@ -53,7 +53,7 @@ def build_pipeline(
 ) -> Pipeline:
     """Load the parts once; reuse the pipeline for many files.
 
-    `batch_size=None`: as many windows per batch as fit in free GPU memory (4 on the CPU; the vLLM backend
+    `batch_size=None` (default): as many windows per batch as fit in free GPU memory (4 on the CPU; the vLLM backend
     batches by itself). `fast`: the transformers backend's speed-ups (`SpeedOptions.fast`: SDPA; on CUDA also
     a static KV cache and a compiled decoding step), which keep the token ids of the plain path.
 

@@ -129,8 +129,9 @@ def transcribe(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[
-        int, typer.Option(min=0, help="Windows per generate() call; 0: as many as fit in free GPU memory.")
-    ] = 4,
+        int,
+        typer.Option(min=0, help="Windows per generate() call; 0: as many as fit in free GPU memory (4 on the CPU)."),
+    ] = 0,
     fast: Annotated[
         bool,
         typer.Option(help="Speed-ups that keep the same output: SDPA; on CUDA a static cache and a compiled step."),

@@ -136,7 +136,7 @@ class TransformersDecoder:
         model: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
         device: str = "auto",
-        batch_size: int | None = CPU_BATCH_SIZE,
+        batch_size: int | None = None,
         max_new_tokens: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
@@ -187,10 +187,30 @@ class TransformersDecoder:
         return batch_size_for_memory(free, per_window)
 
     def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
+        """The windows' token streams. A batch the GPU has no memory for is decoded in halves, and later batches
+        are no larger than what fitted (`batch_size` drops; the scheduler reads it live): the memory estimate
+        behind the automatic batch size is an estimate, and other processes may share the GPU."""
+        import torch
+
         if not windows:
             return []
-        new_tokens = self.generate_ids(windows, language)
-        return list(self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False))
+        try:
+            new_tokens = self.generate_ids(windows, language)
+        except torch.OutOfMemoryError:
+            if len(windows) == 1:
+                raise
+        else:
+            return list(self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False))
+        # Outside the except block, so that the traceback no longer holds the failed batch's tensors.
+        half = (len(windows) + 1) // 2  # both halves at most this
+        self.batch_size = min(self.batch_size, half)
+        log.warning(
+            "Out of GPU memory for a batch of %d windows; batches of at most %d from now on",
+            len(windows),
+            self.batch_size,
+        )
+        torch.cuda.empty_cache()  # the failed batch's cached blocks, for the halves and whoever shares the GPU
+        return self.decode(windows[:half], language) + self.decode(windows[half:], language)
 
     def generate_ids(self, windows: Sequence[WindowAudio], language: str) -> Any:
         """The new token ids per window (prompt removed), as a CPU tensor padded with the pad id."""

@@ -38,7 +38,14 @@ def serve(
     backend: Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKENDS)}.")] = "transformers",
     language: Annotated[str, typer.Option(help="Language of requests that name none.")] = "en",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Windows per generate() call, across requests.")] = 8,
+    batch_size: Annotated[
+        int,
+        typer.Option(min=0, help="Windows per generate() call, across requests; 0: as many as fit in GPU memory."),
+    ] = 0,
+    fast: Annotated[
+        bool,
+        typer.Option(help="Speed-ups that keep the same output: SDPA; on CUDA a static cache and a compiled step."),
+    ] = False,
     embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = DEFAULT_EMBEDDER,
     trust_remote_code: Annotated[bool, typer.Option(help="Load the checkpoint with its own code.")] = False,
     api_key: Annotated[
@@ -95,7 +102,8 @@ def serve(
             build_pipeline,
             model=model,
             device=device,
-            batch_size=batch_size,
+            batch_size=batch_size or None,
+            fast=fast,
             embedder=embedder,
             trust_remote_code=trust_remote_code,
             backend=backend,
