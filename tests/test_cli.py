@@ -99,7 +99,7 @@ def test_one_bad_file_does_not_stop_the_others(tiny_native, clip, tmp_path, conc
         (["--format", "docx"], "unknown format 'docx'"),
         (["--window", "40"], "window must be in"),
         (["--overlap", "20"], "overlap must be in"),
-        (["--files-at-once", "0"], "--files-at-once"),
+        (["--files-at-once", "-1"], "--files-at-once"),
         (["--audio-processes", "-1"], "--audio-processes"),
     ],
 )

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from test_pipeline import FakeEmbedder, tone, write_wav
 
 from turnscribe import Pipeline, audio
+from turnscribe.audio import load_audio
 from turnscribe.decoders import ScriptedDecoder
 from turnscribe.decoders.base import WindowAudio
-from turnscribe.scheduler import BatchScheduler, ScheduledDecoder, SchedulerFull, run_many
+from turnscribe.scheduler import BatchScheduler, ScheduledDecoder, SchedulerFull, files_at_once_for, run_many
 from turnscribe.speakers import ClusteringLinker
 from turnscribe.types import SAMPLE_RATE, WindowSpan
 
@@ -271,3 +272,23 @@ def test_run_many_on_arrays_starts_no_audio_processes(audio_processes_started):
     results = list(run_many(pipeline, [tone(30), tone(5)], sampling_rate=SAMPLE_RATE, audio_processes=2))
     assert sorted(r.index for r in results) == [0, 1] and all(r.error is None for r in results)
     assert audio_processes_started == []  # nothing to decode: no processes forked for it
+
+
+def test_files_at_once_by_default_fills_the_decoders_batches():
+    assert files_at_once_for(4) == 4  # the CPU's batches
+    assert files_at_once_for(64) == 6  # two batches of windows from 10-minute files (22 windows each)
+    assert files_at_once_for(480) == 32  # a GPU's batches: at most 32 files (and as many read ahead) held
+
+
+def test_run_many_by_default_runs_enough_files_at_once_for_the_batch_size():
+    in_flight = threading.Barrier(files_at_once_for(64), timeout=TIMEOUT)  # broken unless all load at once
+
+    def load_together(audio_input, sampling_rate):
+        in_flight.wait()
+        return load_audio(audio_input, sampling_rate)
+
+    pipeline = Pipeline(ScriptedDecoder(script, batch_size=64), ClusteringLinker(FakeEmbedder()), load=load_together)
+    inputs = [tone(20) for _ in range(files_at_once_for(64))]
+    results = list(run_many(pipeline, inputs, sampling_rate=SAMPLE_RATE))
+    assert sorted(r.index for r in results) == list(range(len(inputs)))
+    assert all(r.error is None for r in results)

@@ -121,14 +121,15 @@ def transcribe_many(
     inputs: Iterable[AudioInput],
     *,
     language: str = "en",
-    files_at_once: int = 4,
+    files_at_once: int | None = None,
     audio_processes: int | None = None,
     progress: ProgressCallback | None = None,
     **options: object,
 ) -> Iterator[FileResult]:
     """Transcribe many recordings with one model, yielding a `FileResult` per input as each finishes.
 
-    The windows of all files in flight share the model's batches (`turnscribe.scheduler`); files are decoded
+    The windows of all files in flight (`files_at_once`, default: enough to fill the model's batches, see
+    `scheduler.files_at_once_for`) share the model's batches (`turnscribe.scheduler`); files are decoded
     in `audio_processes` worker processes, ahead of the files in flight (default: `audio.audio_process_count`; 0: in the
     files' threads). A file that fails yields its error and the others go on. `options` are those of
     `build_pipeline`.

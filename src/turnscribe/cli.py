@@ -143,8 +143,11 @@ def transcribe(
     ] = False,
     backend: Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKENDS)}.")] = "transformers",
     files_at_once: Annotated[
-        int, typer.Option(min=1, help="Files transcribed at once (their windows share the model's batches).")
-    ] = 4,
+        int,
+        typer.Option(
+            min=0, help="Files transcribed at once (their windows share the model's batches); 0: enough to fill them."
+        ),
+    ] = 0,
     audio_processes: Annotated[
         int | None,
         typer.Option(
@@ -223,7 +226,7 @@ def transcribe(
             pipeline,
             todo,
             language=language,
-            files_at_once=files_at_once,
+            files_at_once=files_at_once or None,
             audio_processes=audio_processes,
             progress=on_progress,
         )

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING = 4096  # windows waiting for the model: ~32 hours of 28 s windows, ~7 GB of float32 audio
 DEFAULT_BUCKET_S = 4.0
+MIN_FILES_AT_ONCE = 4
+MAX_AUTO_FILES_AT_ONCE = 32  # each holds its audio (~230 MB per hour), and as many more are read ahead
+TYPICAL_FILE_WINDOWS = 22  # a 10-minute recording in 28 s windows overlapping by 2 s
 
 ResultCallback = Callable[[WindowAudio, str], None]
 
@@ -254,6 +257,14 @@ class ScheduledDecoder:
         self.outputs[window.span.index] = output
 
 
+def files_at_once_for(batch_size: int) -> int:
+    """Files in flight for `run_many` by default: enough 10-minute recordings to queue two batches of windows (a
+    file queues at most two batches' worth itself), at least MIN_FILES_AT_ONCE, at most MAX_AUTO_FILES_AT_ONCE.
+    On the CPU (batches of 4) that is 4; with a GPU's batches of hundreds of windows, 32."""
+    wanted = -(-2 * batch_size // TYPICAL_FILE_WINDOWS)
+    return max(MIN_FILES_AT_ONCE, min(MAX_AUTO_FILES_AT_ONCE, wanted))
+
+
 @dataclass(frozen=True)
 class FileResult:
     """One input of `run_many`: its transcript, or the error that stopped it."""
@@ -270,7 +281,7 @@ def run_many(
     *,
     language: str = "en",
     sampling_rate: int | None = None,
-    files_at_once: int = 4,
+    files_at_once: int | None = None,
     audio_processes: int | None = None,
     max_pending: int = DEFAULT_MAX_PENDING,
     progress: ProgressCallback | None = None,
@@ -278,7 +289,8 @@ def run_many(
     """Transcribe many inputs through one scheduler, yielding each result as it finishes (not in input order).
 
     Up to `files_at_once` files are windowed, stitched and linked at once, each in its own thread; their windows
-    share the decoder's batches. Audio is decoded in `audio_processes` worker processes (`AudioProcesses`;
+    share the decoder's batches (default: `files_at_once_for` the decoder's batch size, so that a GPU's large
+    batches are filled by short files too). Audio is decoded in `audio_processes` worker processes (`AudioProcesses`;
     default: `audio_process_count`; 0 decodes in each file's thread), for the files in flight and as many files
     ahead of them, a long file in pieces across the processes, so that decoding keeps up with a fast GPU. A file
     that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
@@ -286,6 +298,8 @@ def run_many(
     from .audio import AudioProcesses, audio_process_count
     from .pipeline import Pipeline
 
+    if files_at_once is None:
+        files_at_once = files_at_once_for(pipeline.decoder.batch_size)
     if files_at_once < 1:
         raise ValueError("files_at_once must be >= 1")
     # One per core by default, even for one file: a long one is decoded in pieces across them. None for a list of
