@@ -36,6 +36,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from . import cli_options as options
 from .audio import audio_process_count
 from .decoders.base import WindowAudio
 from .pipeline import Pipeline
@@ -520,11 +521,9 @@ def bench_command(
     quick: Annotated[
         bool, typer.Option(help="Few clips, one 1-minute file, two 30 s files at once, no batch search.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    fast: Annotated[
-        bool, typer.Option(help="The transformers backend's speed options (see --fast of transcribe).")
-    ] = False,
-    batch_size: Annotated[int, typer.Option(min=0, help="Windows per batch; 0: from free GPU memory.")] = 0,
+    device: options.Device = "auto",
+    fast: options.Fast = False,
+    batch_size: options.BatchSize = 0,
     concurrency: Annotated[list[int] | None, typer.Option(help="Concurrent 28 s streams; repeatable.")] = None,
     long_form: Annotated[
         list[float] | None, typer.Option(help="Long-form file lengths in seconds; repeatable.")
@@ -533,7 +532,7 @@ def bench_command(
         int | None, typer.Option(min=0, help="Files at once in the many-files measurement (default 8; 0: skip).")
     ] = None,
     tokens_per_28s: Annotated[int, typer.Option(min=1, help="Forced tokens per 28 s window.")] = 180,
-    embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = "resemblyzer",
+    embedder: options.Embedder = "resemblyzer",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here as JSON.")] = None,
 ) -> None:
     """Measure throughput, long-form speed and each stage's cost; print JSON and a table."""

@@ -21,8 +21,8 @@ from rich.progress import (
 )
 
 from . import DEFAULT_EMBEDDER, DEFAULT_MODEL, __version__, build_pipeline
+from . import cli_options as options
 from .bench import bench_command
-from .decoders.backends import BACKENDS
 from .evaluation.cli import eval_command
 from .formats import extension, format_names, write
 from .pipeline import ProgressEvent
@@ -123,25 +123,17 @@ def transcribe(
         str, typer.Option(help="Speaker linking: slots (default) or baseline (the model card's recipe).")
     ] = "slots",
     speaker: Annotated[list[str] | None, typer.Option(help="A known speaker, NAME=reference.wav; repeatable.")] = None,
-    embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = DEFAULT_EMBEDDER,
+    embedder: options.Embedder = DEFAULT_EMBEDDER,
     embedder_option: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE passed to the embedder (e.g. hub_dir=PATH); repeatable.")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    batch_size: Annotated[
-        int,
-        typer.Option(min=0, help="Windows per generate() call; 0: as many as fit in free GPU memory (4 on the CPU)."),
-    ] = 0,
-    fast: Annotated[
-        bool,
-        typer.Option(help="Speed-ups that keep the same output: SDPA; on CUDA a static cache and a compiled step."),
-    ] = False,
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 0,
+    fast: options.Fast = False,
     window: Annotated[float, typer.Option(help="Window length in seconds (at most 30).")] = DEFAULT_WINDOW_S,
     overlap: Annotated[float, typer.Option(help="Overlap between windows in seconds.")] = DEFAULT_OVERLAP_S,
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="Load the checkpoint with its own code instead of native transformers classes.")
-    ] = False,
-    backend: Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKENDS)}.")] = "transformers",
+    trust_remote_code: options.TrustRemoteCode = False,
+    backend: options.Backend = "transformers",
     files_at_once: Annotated[
         int,
         typer.Option(

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from .. import DEFAULT_EMBEDDER, DEFAULT_MODEL, Pipeline, build_pipeline
+from .. import cli_options as options
 from ..decoders.backends import BACKENDS
 from ..prompt import check_language
 from ..types import TurnscribeError
@@ -35,19 +36,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; beyond loopback only with --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     model: Annotated[str, typer.Option(help="Hub id or local folder of the checkpoint.")] = DEFAULT_MODEL,
-    backend: Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKENDS)}.")] = "transformers",
+    backend: options.Backend = "transformers",
     language: Annotated[str, typer.Option(help="Language of requests that name none.")] = "en",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    batch_size: Annotated[
-        int,
-        typer.Option(min=0, help="Windows per generate() call, across requests; 0: as many as fit in GPU memory."),
-    ] = 0,
-    fast: Annotated[
-        bool,
-        typer.Option(help="Speed-ups that keep the same output: SDPA; on CUDA a static cache and a compiled step."),
-    ] = False,
-    embedder: Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")] = DEFAULT_EMBEDDER,
-    trust_remote_code: Annotated[bool, typer.Option(help="Load the checkpoint with its own code.")] = False,
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 0,
+    fast: options.Fast = False,
+    embedder: options.Embedder = DEFAULT_EMBEDDER,
+    trust_remote_code: options.TrustRemoteCode = False,
     api_key: Annotated[
         list[str] | None,
         typer.Option(envvar="TURNSCRIBE_API_KEYS", help="Accepted Bearer key; repeatable (env: space-separated)."),
