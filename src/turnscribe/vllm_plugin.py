@@ -59,6 +59,7 @@ from .decoders.vllm import AsyncVllmDecoder
 from .formats import render
 from .pipeline import RunControl
 from .prompt import LanguageError, PromptTokenError, check_language
+from .server.disconnect import client_left_first
 from .types import Transcript
 
 log = logging.getLogger(__name__)
@@ -193,23 +194,12 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def disconnected(receive: Receive) -> None:
-    """Returns when the client goes away: once the body is read, the next message the server gets is that."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 async def unless_client_leaves(service: DiarizeService, request: DiarizeRequest, receive: Receive) -> Transcript:
     """The transcript, or 499 (nginx's "client closed request") as soon as the client goes away; the run then
     stops at its next batch of windows instead of keeping the engine busy for nobody."""
     control = RunControl()
     run = asyncio.ensure_future(service.transcribe(request, control))
-    gone = asyncio.ensure_future(disconnected(receive))
-    try:
-        await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if run.done():
+    if not await client_left_first(run, receive):
         return run.result()
     control.stop("cancelled")
     run.add_done_callback(lambda finished: finished.cancelled() or finished.exception())  # nobody awaits it

@@ -36,6 +36,7 @@ from ..formats import render
 from ..pipeline import Pipeline, RunControl, RunStopped, StopReason
 from ..prompt import LANGUAGES, check_language
 from ..types import Transcript
+from .disconnect import client_left_first
 from .engine import Engine, KnownSpeakersUnsupported, StreamSegment, as_api_error
 from .enrollment import read_known_speakers
 from .errors import APIError, KeyChecker, error_responses, install_error_handlers
@@ -448,23 +449,14 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
 
     async def _wait_for_run(run: Awaitable[Transcript], request: Request, control: RunControl) -> Transcript:
         """The run's transcript; or, if the client goes away or the deadline passes first, stop the run."""
-
-        async def client_gone() -> None:
-            # The body has been read: the next message the server gets is the disconnect.
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        result, gone = asyncio.ensure_future(run), asyncio.ensure_future(client_gone())
-        try:
-            await asyncio.wait({result, gone}, timeout=settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
+        result = asyncio.ensure_future(run)
+        left = await client_left_first(result, request.receive, settings.request_timeout_s)
         if result.done():
             try:
                 return result.result()
             except Exception as e:
                 raise as_api_error(e) from None
-        reason: StopReason = "cancelled" if gone.done() and not gone.cancelled() else "timeout"
+        reason: StopReason = "cancelled" if left else "timeout"
         control.stop(reason)
         if reason == "cancelled":
             # Nobody reads this answer; 499 (nginx's "client closed request") keeps the metrics honest.
