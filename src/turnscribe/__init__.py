@@ -53,6 +53,8 @@ def build_pipeline(
 ) -> Pipeline:
     """Load the parts once; reuse the pipeline for many files.
 
+    `device`: "auto", "cpu", "cuda", "cuda:N", or several ("cuda:0,cuda:1", "cuda:all"): a copy of the model on
+    each, every batch split across them (`decoders.replicas`); the speaker embedder runs on the first.
     `batch_size=None` (default): as many windows per batch as fit in free GPU memory (4 on the CPU; the vLLM backend
     batches by itself). `fast`: the transformers backend's speed-ups (`SpeedOptions.fast`: SDPA; on CUDA also
     a static KV cache and a compiled decoding step), which keep the token ids of the plain path.
@@ -63,6 +65,7 @@ def build_pipeline(
     `backend`: the decoder backend when no `decoder` is given (`turnscribe.decoders.backends.BACKENDS`).
     """
     from .decoders.backends import DecoderOptions, check_backend, load_decoder
+    from .decoders.replicas import device_list
     from .decoders.transformers import pick_device
     from .speakers import ClusteringLinker, SlotLinker, load_embedder
 
@@ -71,7 +74,7 @@ def build_pipeline(
     if known_speakers and linker != "slots":
         raise ValueError("known speakers need the 'slots' linker")
     check_backend(backend)
-    device_name, _ = pick_device(device)
+    device_name, _ = pick_device(device_list(device)[0])  # the embedder's; the model may have more
     loaded = load_embedder(embedder, device=device_name, **(embedder_options or {}))
     counts: dict[str, Any] = dict(
         threshold=threshold, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
@@ -83,7 +86,7 @@ def build_pipeline(
     else:
         speakers = ClusteringLinker(loaded, **counts)
     if decoder is None:
-        decoder = load_decoder(backend, DecoderOptions(model, device_name, batch_size, trust_remote_code, fast))
+        decoder = load_decoder(backend, DecoderOptions(model, device, batch_size, trust_remote_code, fast))
     return Pipeline(decoder, speakers, window_s=window_s, overlap_s=overlap_s)
 
 

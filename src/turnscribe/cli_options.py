@@ -8,7 +8,10 @@ import typer
 
 from .decoders.backends import BACKENDS
 
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[
+    str,
+    typer.Option(help="auto, cpu, cuda or cuda:N; several (a copy of the model on each): cuda:0,cuda:1 or cuda:all."),
+]
 BatchSize = Annotated[
     int,
     typer.Option(min=0, help="Windows per generate() call; 0: as many as fit in free GPU memory (4 on the CPU)."),

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .base import Decoder
+from .replicas import ReplicatedDecoder, device_list
 
 
 @dataclass(frozen=True)
 class DecoderOptions:
     model: str | os.PathLike[str]
-    device: str
+    device: str  # one device, or several (replicas.device_list): a copy of the model on each
     batch_size: int | None  # None: sized by the backend (free GPU memory for transformers)
     trust_remote_code: bool = False
     fast: bool = False  # transformers' SpeedOptions.fast; other backends are fast by themselves
@@ -54,4 +55,14 @@ def check_backend(name: str) -> str:
 
 
 def load_decoder(backend: str, options: DecoderOptions) -> Decoder:
-    return BACKENDS[check_backend(backend)](options)
+    """The backend's decoder on `options.device`; on several devices (see `replicas.device_list`) one per device,
+    used as one (`ReplicatedDecoder`)."""
+    factory = BACKENDS[check_backend(backend)]
+    devices = device_list(options.device)
+    if len(devices) == 1:
+        return factory(replace(options, device=devices[0]))
+    if backend == "vllm":
+        raise ValueError(
+            "vLLM places the model on its GPUs itself (its data and tensor parallel options): give one --device"
+        )
+    return ReplicatedDecoder([factory(replace(options, device=device)) for device in devices])
