@@ -207,3 +207,30 @@ def test_transcribe_runs_without_the_server_extra(tiny_native, clip, tmp_path):
     assert (out / "clip.txt").is_file()
     serve = without_server_extra("serve", "--port", "0")
     assert serve.returncode == 2 and "pip install 'turnscribe[server]'" in " ".join(serve.stderr.split())
+
+
+def test_shards_split_the_file_list_and_skip_existing_resumes(tiny_native, tmp_path):
+    clips = []
+    for i in range(5):
+        clips.append(tmp_path / f"c{i}.wav")
+        write_wav(clips[-1], tone(2.0) * (0.3 + 0.1 * i))
+    out = tmp_path / "out"
+    common = ("--model", tiny_native, "--device", "cpu", "-f", "txt,json", "-o", out)
+    first = run("transcribe", *clips, *common, "--shard", "1/2")
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in out.iterdir()) == ["c1.json", "c1.txt", "c3.json", "c3.txt"]
+    (out / "c3.json").unlink()  # as if that job had been stopped before writing its last output
+    before = (out / "c1.json").stat().st_mtime_ns
+    again = run("transcribe", *clips, *common, "--skip-existing")
+    assert again.exit_code == 0, again.output
+    assert "skipped" in again.output and f"{clips[1]}: its outputs exist" in flat(again)
+    assert (out / "c1.json").stat().st_mtime_ns == before
+    assert len(list(out.glob("*.json"))) == len(list(out.glob("*.txt"))) == 5
+    nothing_left = run("transcribe", *clips, *common, "--skip-existing")
+    assert nothing_left.exit_code == 0 and nothing_left.output.count("skipped") == 5
+
+
+@pytest.mark.parametrize("shard", ["2/2", "1", "a/3", "-1/2"])
+def test_bad_shards_are_usage_errors(clip, shard):
+    result = run("transcribe", clip, "--shard", shard)
+    assert result.exit_code == 2 and "--shard" in flat(result)

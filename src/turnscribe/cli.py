@@ -80,6 +80,14 @@ def languages() -> None:
         typer.echo(f"{code}\t{name}")
 
 
+def _parse_shard(shard: str) -> tuple[int, None, int]:
+    """'INDEX/COUNT' as the slice (INDEX, None, COUNT) of the file list."""
+    index, sep, count = shard.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit() and int(index) < int(count)):
+        raise typer.BadParameter(f"expected INDEX/COUNT with 0 <= INDEX < COUNT, got {shard!r}", param_hint="--shard")
+    return int(index), None, int(count)
+
+
 def _parse_formats(value: str) -> list[str]:
     names = format_names()
     chosen = names if value.strip() == "all" else [f.strip() for f in value.split(",") if f.strip()]
@@ -148,6 +156,16 @@ def transcribe(
             "(default on Linux: one per core, up to 16).",
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            metavar="INDEX/COUNT",
+            help="Only every COUNT-th of FILES, from position INDEX (0-based): one of COUNT jobs given the same list.",
+        ),
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option(help="Skip a file whose every requested output already exists in --output-dir (resume).")
+    ] = False,
 ) -> None:
     """Transcribe FILES with speaker labels and write the chosen formats to --output-dir."""
     formats = _parse_formats(format)
@@ -159,16 +177,24 @@ def transcribe(
         check_window(window, overlap)
     except TurnscribeError as e:
         raise typer.BadParameter(str(e)) from e
+    # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's (also across shards).
+    stems = [f.stem for f in files]
+    if clashes := sorted({s for s in stems if stems.count(s) > 1}):
+        raise typer.BadParameter(f"several inputs are named {', '.join(clashes)}; give each its own --output-dir run")
+    files = files[slice(*_parse_shard(shard))] if shard else files
     missing = [f for f in files if not f.is_file()]
     for f in missing:
         console.print(f"[red]error[/red] {f}: {'is a directory' if f.is_dir() else 'no such file'}")
     todo = [f for f in files if f.is_file()]
+    if skip_existing:
+        done = [f for f in todo if all((output_dir / f"{f.stem}{extension(fmt)}").exists() for fmt in formats)]
+        for f in done:
+            console.print(f"[dim]skipped[/dim] {f}: its outputs exist")
+        todo = [f for f in todo if f not in done]
+        if not todo and not missing:
+            return
     if not todo:
         raise typer.Exit(1)
-    stems = [f.stem for f in todo]
-    if clashes := sorted({s for s in stems if stems.count(s) > 1}):
-        # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's.
-        raise typer.BadParameter(f"several inputs are named {', '.join(clashes)}; give each its own --output-dir run")
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         with console.status(f"Loading {model} …"):
