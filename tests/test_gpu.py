@@ -36,8 +36,8 @@ def windows() -> list[WindowAudio]:
     return noise_windows(LENGTHS)
 
 
-def forced_decoder(loaded, speed: SpeedOptions) -> TransformersDecoder:
-    decoder = TransformersDecoder("random-full", device="cuda", batch_size=8, speed=speed, loaded=loaded)
+def forced_decoder(loaded, speed: SpeedOptions, device: str = "cuda") -> TransformersDecoder:
+    decoder = TransformersDecoder("random-full", device=device, batch_size=8, speed=speed, loaded=loaded)
     tokenizer = decoder.processor.tokenizer
 
     def force(batch):
@@ -109,3 +109,15 @@ def test_features_on_the_gpu_match_the_cpu(loaded, windows):
     )
     assert torch.equal(gpu_mask.cpu(), on_cpu["attention_mask"])
     assert float((on_gpu.cpu() - on_cpu["input_features"]).abs().max()) < 1e-3
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_copies_on_two_gpus_give_one_gpus_token_ids(loaded, windows):
+    from turnscribe.decoders.replicas import ReplicatedDecoder
+
+    one = forced_decoder(loaded, SpeedOptions(attention="sdpa"))
+    processor, model = loaded
+    second = random_model("full", device="cuda:1", dtype=torch.bfloat16, attention="sdpa")[1]
+    second.load_state_dict(model.state_dict())
+    other = forced_decoder((processor, second), SpeedOptions(attention="sdpa"), device="cuda:1")
+    assert ReplicatedDecoder([one, other]).decode(windows, "en") == one.decode(windows, "en")
