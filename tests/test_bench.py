@@ -51,3 +51,49 @@ def test_transcribe_fast_with_batch_size_from_memory(tiny_native, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "b.json"]
     assert json.loads((tmp_path / "out" / "b.json").read_text())["metadata"]["windows"] == 2
+
+
+def test_each_measurement_is_reported_as_it_completes():
+    from turnscribe.bench import BenchSettings, run
+
+    snapshots: list[dict] = []
+    settings = BenchSettings.quick(size="tiny", device="cpu", long_form_s=(), many_files=0)
+    final = run(settings, log=lambda _: None, on_update=lambda r: snapshots.append(json.loads(json.dumps(r))))
+    assert [len(s["backends"]["transformers"]["clips"]) for s in snapshots] == [1, 2]
+    assert snapshots[-1] == json.loads(json.dumps(final))
+
+
+def test_the_largest_batch_search_stops_at_the_first_batch_out_of_memory(monkeypatch):
+    import torch
+
+    from turnscribe.bench import BenchSettings, find_largest_batch, load
+
+    bench = load(BenchSettings.quick(size="tiny", device="cpu"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    tried: list[int] = []
+
+    def out_of_memory_above_16(windows, language):
+        tried.append(len(windows))
+        if len(windows) > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return torch.zeros((len(windows), 1), dtype=torch.long)
+
+    monkeypatch.setattr(bench.decoder, "generate_ids", out_of_memory_above_16)
+    largest = find_largest_batch(bench)
+    assert largest["largest"] == 16 and tried == [8, 16, 32]
+    assert bench.decoder.batch_size == 4  # the search leaves the decoder's batch size alone
+
+
+def test_an_encoder_call_that_raised_is_left_out_of_the_encoder_time(monkeypatch):
+    import torch
+
+    from turnscribe.bench import StageClock
+
+    class Event:  # a torch.cuda.Event's elapsed_time, in milliseconds
+        def elapsed_time(self, end):
+            assert end is not None, "elapsed_time(None) raises TypeError in torch"
+            return 1500.0
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    clock = StageClock(cuda=True, encoder_events=[(Event(), Event()), (Event(), None)])
+    assert clock.encoder_s() == 1.5

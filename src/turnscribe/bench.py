@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -125,7 +125,8 @@ class StageClock:
         import torch
 
         torch.cuda.synchronize()
-        return sum(start.elapsed_time(end) for start, end in self.encoder_events) / 1000
+        # An encoder call that raised (out of memory: the decoder then retries in halves) has no end event.
+        return sum(start.elapsed_time(end) for start, end in self.encoder_events if end is not None) / 1000
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
@@ -275,7 +276,8 @@ def measure_clips(bench: Bench, concurrency: int) -> dict[str, Any]:
 
 
 def find_largest_batch(bench: Bench, limit: int = 1024) -> dict[str, Any]:
-    """Doubling batches of 28 s windows straight through the decoder until one runs out of GPU memory."""
+    """Doubling batches of 28 s windows straight through the model until one runs out of GPU memory (through
+    `generate_ids`: `decode` would retry the batch in halves and lower the decoder's batch size)."""
     import torch
 
     tried: list[dict[str, Any]] = []
@@ -288,7 +290,7 @@ def find_largest_batch(bench: Bench, limit: int = 1024) -> dict[str, Any]:
         _reset_peak(bench)
         try:
             t0 = time.perf_counter()
-            bench.decoder.decode(windows, "en")
+            bench.decoder.generate_ids(windows, "en")
             torch.cuda.synchronize()
             wall = time.perf_counter() - t0
         except torch.OutOfMemoryError:
@@ -411,7 +413,11 @@ def machine(cuda: bool) -> dict[str, Any]:
     return info
 
 
-def run(settings: BenchSettings, log: Any = print) -> dict[str, Any]:
+def run(
+    settings: BenchSettings, log: Any = print, on_update: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Every measurement of `settings`; `on_update` gets the results so far after each one (a run stopped at a
+    time limit keeps what it measured)."""
     bench = load(settings)
     log(f"loaded {bench.description} in {bench.load_s:.1f} s; batch size {bench.decoder.batch_size}")
     # Warm-up (CUDA context, kernels, and with --fast the first compilation) outside every measurement.
@@ -428,27 +434,36 @@ def run(settings: BenchSettings, log: Any = print) -> dict[str, Any]:
         "long_form": [],
         "many_files": None,
     }
-    for c in settings.concurrency:
-        transformers_result["clips"].append(row := measure_clips(bench, c))
-        log(f"28 s clips, concurrency {c}: {row['throughput_x']:.0f}× real time")
-    if settings.find_largest_batch and bench.cuda:
-        transformers_result["largest_batch"] = largest = find_largest_batch(bench)
-        log(f"largest batch that fits: {largest['largest']} windows")
-    with tempfile.TemporaryDirectory(prefix="turnscribe-bench-") as tmp:
-        for seconds in settings.long_form_s:
-            transformers_result["long_form"].append(row := measure_long_form(bench, seconds, Path(tmp)))
-            log(f"{seconds:g} s file: {row['real_time_x']:.0f}× real time")
-        if settings.many_files:
-            many = measure_many_files(bench, settings.many_files, settings.many_files_s, Path(tmp))
-            transformers_result["many_files"] = many
-            log(f"{settings.many_files} files of {settings.many_files_s:g} s: {many['throughput_x']:.0f}× real time")
     vllm = "installed, not yet benchmarked here" if importlib.util.find_spec("vllm") else "not installed"
-    return {
+    result = {
         "machine": machine(bench.cuda),
         "settings": asdict(settings),
         "backends": {"transformers": transformers_result, "vllm": {"skipped": vllm}},
         "model_card_3090": MODEL_CARD_3090,
     }
+
+    def measured(line: str) -> None:
+        log(line)
+        if on_update:
+            on_update(result)
+
+    for c in settings.concurrency:
+        transformers_result["clips"].append(row := measure_clips(bench, c))
+        measured(f"28 s clips, concurrency {c}: {row['throughput_x']:.0f}× real time")
+    if settings.find_largest_batch and bench.cuda:
+        transformers_result["largest_batch"] = largest = find_largest_batch(bench)
+        measured(f"largest batch that fits: {largest['largest']} windows")
+    with tempfile.TemporaryDirectory(prefix="turnscribe-bench-") as tmp:
+        for seconds in settings.long_form_s:
+            transformers_result["long_form"].append(row := measure_long_form(bench, seconds, Path(tmp)))
+            measured(f"{seconds:g} s file: {row['real_time_x']:.0f}× real time")
+        if settings.many_files:
+            many = measure_many_files(bench, settings.many_files, settings.many_files_s, Path(tmp))
+            transformers_result["many_files"] = many
+            measured(
+                f"{settings.many_files} files of {settings.many_files_s:g} s: {many['throughput_x']:.0f}× real time"
+            )
+    return result
 
 
 def _x(value: float) -> str:
@@ -552,9 +567,12 @@ def bench_command(
         overrides["long_form_s"] = tuple(long_form)
     if many_files is not None:
         overrides["many_files"] = many_files
-    result = run(replace(settings, **overrides), log=lambda line: typer.echo(line, err=True))
-    text = json.dumps(result, indent=2)
-    if json_path:
-        json_path.write_text(text)
-    typer.echo(text)
+
+    def save(result: dict[str, Any]) -> None:
+        if json_path:  # rewritten after each measurement: a run stopped at a time limit keeps what it measured
+            json_path.write_text(json.dumps(result, indent=2))
+
+    result = run(replace(settings, **overrides), log=lambda line: typer.echo(line, err=True), on_update=save)
+    save(result)
+    typer.echo(json.dumps(result, indent=2))
     typer.echo(render(result))
