@@ -125,3 +125,14 @@ def test_a_batch_out_of_gpu_memory_is_decoded_in_halves_and_later_batches_are_sm
     d.generate_ids = lambda batch, language: short_of_memory_above_two(batch * 3, language)
     with pytest.raises(torch.OutOfMemoryError):
         d.decode(windows[:1], "en")
+
+
+def test_a_loaded_model_is_fed_in_its_own_dtype():
+    # The device's default dtype (bfloat16 on CUDA, float32 on the CPU) would not match weights loaded otherwise:
+    # training evaluates its float32 model on the GPU.
+    from turnscribe.random_model import random_model
+
+    processor, model = random_model("tiny", dtype=torch.bfloat16)
+    d = TransformersDecoder("random-tiny", device="cpu", loaded=(processor, model), max_new_tokens=5)
+    assert d.dtype == torch.bfloat16
+    assert len(d.decode(noise_windows([3.0]), "en")) == 1

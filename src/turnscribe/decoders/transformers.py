@@ -155,6 +155,8 @@ class TransformersDecoder:
         self.processor, self.model = loaded or load_model(
             model, self.device, self.dtype, trust_remote_code, revision, self.speed.attention
         )
+        if loaded:  # features go in as the weights are (a float32 model in training, say, on a GPU)
+            self.dtype = next(self.model.parameters()).dtype
         self.batch_size = batch_size or self.auto_batch_size()
         # Dither adds random noise to the features: fine in training, non-deterministic at inference.
         if hasattr(self.processor.feature_extractor, "dither"):
