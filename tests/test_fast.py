@@ -7,6 +7,7 @@ so padding is exercised too.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tiny_model import NoEndOfText
@@ -136,3 +137,17 @@ def test_a_loaded_model_is_fed_in_its_own_dtype():
     d = TransformersDecoder("random-tiny", device="cpu", loaded=(processor, model), max_new_tokens=5)
     assert d.dtype == torch.bfloat16
     assert len(d.decode(noise_windows([3.0]), "en")) == 1
+
+
+def test_non_finite_encoder_output_is_a_clear_error_not_garbage(tiny_native, windows):
+    from turnscribe.decoders.base import DecoderError
+
+    d = decoder(tiny_native, SpeedOptions())
+
+    # What transformers < 5.24 with eager attention does to a padded batch: NaN in the padded frames.
+    def nan_in_the_last_frame(module, args, out) -> None:
+        out.last_hidden_state[:, -1:] = np.nan
+
+    d.model.get_encoder().register_forward_hook(nan_in_the_last_frame)
+    with pytest.raises(DecoderError, match="NaN or infinite"):
+        d.decode(windows, "en")

@@ -121,3 +121,15 @@ def test_copies_on_two_gpus_give_one_gpus_token_ids(loaded, windows):
     second.load_state_dict(model.state_dict())
     other = forced_decoder((processor, second), SpeedOptions(attention="sdpa"), device="cuda:1")
     assert ReplicatedDecoder([one, other]).decode(windows, "en") == one.decode(windows, "en")
+
+
+def test_a_padded_batch_encodes_to_finite_values(loaded, windows):
+    # Padded frames are fully masked query rows; an attention kernel that returns NaN for them (transformers < 5.24
+    # with eager attention does, on any device) poisons every token through the decoder's cross-attention.
+    from turnscribe.decoders.projection import encode_projected
+
+    decoder = forced_decoder(loaded, SpeedOptions(attention="sdpa"))
+    values, mask = decoder.log_mel([w.samples for w in windows])
+    with torch.inference_mode():
+        encoded = encode_projected(decoder.model, values.to(torch.bfloat16), mask).last_hidden_state
+    assert bool(torch.isfinite(encoded).all()), f"{int((~torch.isfinite(encoded)).sum())} non-finite values"

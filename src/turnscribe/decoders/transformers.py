@@ -22,7 +22,7 @@ from ..checkpoint import (
 from ..prompt import diarize_prompt_ids
 from ..types import SAMPLE_RATE
 from . import features, projection
-from .base import WindowAudio
+from .base import DecoderError, WindowAudio
 
 DEFAULT_MODEL = "syvai/cohere-transcribe-diarize"
 REPETITION_PENALTY = 1.2  # required by the card: without it 4-speaker outputs loop on one speaker token
@@ -271,7 +271,9 @@ class TransformersDecoder:
                 # The encoder and the projection once here; generate() then skips its own encoder call.
                 wanted_outputs = ("output_attentions", "output_hidden_states")
                 encoder_options = {k: v for k, v in generate_options.items() if k in wanted_outputs}
-                inputs = {"encoder_outputs": projection.encode_projected(self.model, **inputs, **encoder_options)}
+                encoded = projection.encode_projected(self.model, **inputs, **encoder_options)
+                _check_finite(encoded.last_hidden_state)
+                inputs = {"encoder_outputs": encoded}
             out = model.generate(
                 **inputs,
                 decoder_input_ids=decoder_input_ids,
@@ -287,6 +289,20 @@ class TransformersDecoder:
                 **generate_options,
             )
         return out
+
+
+def _check_finite(encoded: Any) -> None:
+    """NaN anywhere in the encoder's output, padded frames included, reaches every token: the decoder's
+    cross-attention gives padded frames a weight of exactly 0, and 0 × NaN is NaN. Refuse it loudly rather than
+    emit garbage."""
+    import torch
+
+    if not bool(torch.isfinite(encoded).all()):
+        raise DecoderError(
+            "the encoder's output holds NaN or infinite values. transformers before 5.24 gives NaN for padded "
+            "frames with attn_implementation='eager' (use 'sdpa', the default, or a newer transformers); an "
+            "attention kernel that returns NaN for fully masked rows does the same."
+        )
 
 
 def _compile_everywhere() -> Any:
