@@ -546,6 +546,10 @@ def bench_command(
     many_files: Annotated[
         int | None, typer.Option(min=0, help="Files at once in the many-files measurement (default 8; 0: skip).")
     ] = None,
+    batch_search: Annotated[
+        bool | None,
+        typer.Option(help="Look for the largest batch that fits (on CUDA; default: on, off with --quick)."),
+    ] = None,
     tokens_per_28s: Annotated[int, typer.Option(min=1, help="Forced tokens per 28 s window.")] = 180,
     embedder: options.Embedder = "resemblyzer",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here as JSON.")] = None,
@@ -567,6 +571,8 @@ def bench_command(
         overrides["long_form_s"] = tuple(long_form)
     if many_files is not None:
         overrides["many_files"] = many_files
+    if batch_search is not None:
+        overrides["find_largest_batch"] = batch_search
 
     def save(result: dict[str, Any]) -> None:
         if json_path:  # rewritten after each measurement: a run stopped at a time limit keeps what it measured
