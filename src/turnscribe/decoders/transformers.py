@@ -223,8 +223,8 @@ class TransformersDecoder:
         device with `features_on_device` (see features.py), else on the CPU."""
         extractor = self.processor.feature_extractor
         device = self.device if self.speed.features_on_device else "cpu"
-        if features.supports(extractor) and max(map(len, clips)) <= features.longest_clip_samples(extractor):
-            return features.log_mel(extractor, clips, device)
+        if features.supports(extractor):
+            return features.log_mel(extractor, clips, device)  # refuses clips the extractor would cut in chunks
         # Another extractor (remote code, dither on): its own __call__, on the CPU where every one works.
         out = extractor(
             clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="longest", return_attention_mask=True
