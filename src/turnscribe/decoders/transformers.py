@@ -49,7 +49,7 @@ class SpeedOptions:
     attention: str | None = None  # attn_implementation ("sdpa", "eager"); None: transformers' default (sdpa)
     static_cache: bool = False  # a preallocated KV cache (generate's cache_implementation="static")
     compile: bool = False  # torch.compile the decoding step (generate's auto-compile; needs static_cache)
-    # Log-mel features on the model's device, as whisper computes them (features.py). On the CPU they cost ~6.5 s
+    # Log-mel features on the model's device, as whisper computes them (features.py). On the CPU they cost ~2.6 s
     # per hour of audio on one core, which the scheduler thread would spend between batches while the GPU waits.
     # The same features up to FFT rounding. False: always on the CPU.
     features_on_device: bool = True
