@@ -106,7 +106,7 @@ def resemblyzer():
 def test_resemblyzer_batches_partials_across_clips_and_matches_embed_utterance(resemblyzer, monkeypatch) -> None:
     encoder = resemblyzer._encoder
     utterance = np.stack([encoder.embed_utterance(resemblyzer._prepare(clip)) for clip in CLIPS])
-    partials = [len(resemblyzer.partials(clip)) for clip in CLIPS]
+    partials = [len(resemblyzer._cut(clip)[1]) for clip in CLIPS]
     # 1.6 s partials every 0.77 s, the last kept when 75 % covered; at least one (the empty clip too).
     assert partials == [2, 1, 6, 2, 1, 9, 2, 1, 1]
 
@@ -130,12 +130,24 @@ def test_resemblyzer_mel_front_end_equals_librosa(resemblyzer) -> None:
     # length including ones shorter than one FFT frame; relative to each clip's peak, float32 rounding only.
     from resemblyzer.audio import wav_to_mel_spectrogram
 
-    for clip in CLIPS + [CLIPS[0][:100]]:
-        wav = resemblyzer._prepare(clip)
+    wavs = [resemblyzer._prepare(clip) for clip in CLIPS + [CLIPS[0][:100]]]
+    together, rows = resemblyzer.spectrogram(wavs)  # one STFT for all clips, as on a GPU
+    for wav, row in zip(wavs, rows):
         expected = wav_to_mel_spectrogram(wav)
-        got = resemblyzer.mel_spectrogram(wav).numpy()
-        assert got.shape == expected.shape
-        np.testing.assert_allclose(got, expected, atol=1e-5 * max(float(expected.max()), 1e-12))
+        alone = resemblyzer.spectrogram([wav])[0][: len(expected)].numpy()
+        tolerance = 1e-5 * max(float(expected.max()), 1e-12)
+        np.testing.assert_allclose(alone, expected, atol=tolerance)
+        np.testing.assert_allclose(together[row : row + len(expected)].numpy(), expected, atol=tolerance)
+
+
+def test_resemblyzer_partials_of_many_clips_at_once_equal_clip_by_clip(resemblyzer, monkeypatch) -> None:
+    cuts = [resemblyzer._cut(clip) for clip in CLIPS]
+    assert resemblyzer.spectrogram_per_clip  # on the CPU: cache-sized arrays
+    per_clip = resemblyzer.partials(cuts)
+    monkeypatch.setattr(resemblyzer, "spectrogram_per_clip", False)  # what a GPU does
+    at_once = resemblyzer.partials(cuts)
+    assert per_clip.shape == at_once.shape == (sum(len(starts) for _, starts in cuts), 160, 40)
+    torch.testing.assert_close(at_once, per_clip, rtol=1e-5, atol=1e-6 * float(per_clip.max()))
 
 
 def test_resemblyzer_embeds_denormal_silence(resemblyzer) -> None:
@@ -147,7 +159,7 @@ def test_resemblyzer_embeds_denormal_silence(resemblyzer) -> None:
 
 def test_resemblyzer_rejects_an_empty_batch_size() -> None:
     with pytest.raises(EmbedderError, match="batch_partials"):
-        load_embedder("resemblyzer", device="cpu", batch_partials="0")
+        load_embedder("resemblyzer", device="cpu", batch_partials="-1")
 
 
 # --- device -----------------------------------------------------------------------------------------------------

@@ -82,6 +82,10 @@ def length_buckets(lengths: Sequence[int], *, stretch: float, max_samples: int) 
     return groups
 
 
+CPU_BATCH_PARTIALS = 256
+GPU_BATCH_PARTIALS = 2048  # 52 MB of input, ~1 GB of LSTM activations
+
+
 class ResemblyzerEmbedder:
     """GE2E d-vectors from resemblyzer: weaker than ReDimNet2, but its weights ship in the wheel (no hub)."""
 
@@ -96,6 +100,7 @@ class ResemblyzerEmbedder:
 
     # embed_utterance's defaults: 1.3 partials per second, a last partial kept when 75 % covered.
     RATE, MIN_COVERAGE = 1.3, 0.75
+    PARTIAL_FRAMES = 160  # hparams.partials_n_frames: 1.6 s of 10 ms mel frames
     SILENT_PEAK = 1e-6
 
     def __init__(
@@ -103,7 +108,9 @@ class ResemblyzerEmbedder:
         device: str = "auto",
         *,
         # Partial utterances per forward pass: each is 160 mel frames (1.6 s), so 256 are 6.5 MB of input.
-        batch_partials: int = 256,
+        # 0: CPU_BATCH_PARTIALS on the CPU, GPU_BATCH_PARTIALS on a GPU (an hour of speech is ~4,700 partials,
+        # and each forward pass runs the LSTM's 160 steps one after another).
+        batch_partials: int = 0,
     ) -> None:
         try:
             with warnings.catch_warnings():
@@ -117,14 +124,14 @@ class ResemblyzerEmbedder:
                 f"the resemblyzer embedder needs resemblyzer ({exc}); install it with "
                 "pip install resemblyzer 'setuptools<81' (webrtcvad still imports pkg_resources)"
             ) from exc
-        if batch_partials < 1:
-            raise EmbedderError(f"batch_partials must be at least 1, got {batch_partials}")
+        if batch_partials < 0:
+            raise EmbedderError(f"batch_partials must be at least 1 (or 0: by device), got {batch_partials}")
         self.device = resolve_device(device)
         try:
             self._encoder = VoiceEncoder(device=self.device, verbose=False)
         except (RuntimeError, AssertionError) as exc:
             raise EmbedderError(f"could not load resemblyzer on device {device!r}: {exc}; try --device cpu") from exc
-        self.batch_partials = batch_partials
+        self.batch_partials = batch_partials or (CPU_BATCH_PARTIALS if self.device == "cpu" else GPU_BATCH_PARTIALS)
         self._normalize_volume = normalize_volume
         self._target_dbfs = hparams.audio_norm_target_dBFS
         # resemblyzer's wav_to_mel_spectrogram (librosa on the CPU) as torch on the encoder's device, so that on a
@@ -135,6 +142,7 @@ class ResemblyzerEmbedder:
         basis = mel_filters(sr=hparams.sampling_rate, n_fft=self._n_fft, n_mels=hparams.mel_n_channels)
         self._mel_basis = torch.from_numpy(basis).to(self.device)
         self._window = torch.hann_window(self._n_fft, periodic=True, device=self.device)  # librosa's "hann"
+        self.spectrogram_per_clip = self.device == "cpu"  # see partials
 
     def _prepare(self, clip: np.ndarray) -> np.ndarray:
         clip = np.asarray(clip, dtype=np.float32).reshape(-1)
@@ -148,28 +156,52 @@ class ResemblyzerEmbedder:
         # separated voices worse.
         return clip.astype(np.float32)
 
-    def mel_spectrogram(self, wav: np.ndarray) -> torch.Tensor:
-        """(frames, 40) linear mel power on the embedder's device, as resemblyzer's wav_to_mel_spectrogram."""
-        samples = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(self.device)
-        # librosa.feature.melspectrogram's defaults: centred frames, zero padding, power 2.
-        spectrum = torch.stft(
-            samples,
-            n_fft=self._n_fft,
-            hop_length=self._hop,
-            window=self._window,
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )
-        return (self._mel_basis @ spectrum.abs().square()).T
-
-    def partials(self, clip: np.ndarray) -> torch.Tensor:
-        """The (p, 160, 40) mel partials of one clip, exactly as VoiceEncoder.embed_utterance cuts them."""
+    def _cut(self, clip: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The clip as the front end takes it (volume raised, zero-padded to its last partial's end), and the
+        first mel frame of each of its partials: exactly as VoiceEncoder.embed_utterance cuts it."""
         wav = self._prepare(clip)
         wav_slices, mel_slices = self._encoder.compute_partial_slices(len(wav), self.RATE, self.MIN_COVERAGE)
         wav = np.pad(wav, (0, max(wav_slices[-1].stop - len(wav), 0)))
-        mel = self.mel_spectrogram(wav)
-        return torch.stack([mel[s] for s in mel_slices])
+        return wav, [s.start for s in mel_slices]
+
+    def spectrogram(self, wavs: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        """(frames, 40) linear mel power of all `wavs` on the embedder's device, and the row where each wav's
+        own spectrogram (resemblyzer's wav_to_mel_spectrogram of it) begins.
+
+        One STFT for all of them, not one per clip (on a GPU each would be a dozen small kernel launches): each
+        wav sits in its own stretch of one signal, behind n_fft/2 zeros and followed by at least as many, the
+        stretch a whole number of hops long. Frames of an uncentred STFT then start at every wav's first sample
+        less n_fft/2, as librosa's centred, zero-padded frames of that wav alone do, and see the same samples.
+        """
+        half, hop = self._n_fft // 2, self._hop
+        stretches = [-(-(len(w) + 2 * half) // hop) * hop for w in wavs]
+        starts = np.cumsum([0, *stretches[:-1]])
+        signal = np.zeros(sum(stretches), dtype=np.float32)
+        for wav, start in zip(wavs, starts, strict=True):
+            signal[start + half : start + half + len(wav)] = wav
+        spectrum = torch.stft(
+            torch.from_numpy(signal).to(self.device),
+            n_fft=self._n_fft,
+            hop_length=hop,
+            window=self._window,
+            center=False,
+            return_complex=True,
+        ).T  # (frames, bins): the layout torch.stft computes in, so the power below reads memory in order
+        return spectrum.abs().square() @ self._mel_basis.T, [int(start) // hop for start in starts]
+
+    def partials(self, cuts: Sequence[tuple[np.ndarray, list[int]]]) -> torch.Tensor:
+        """The (p, 160, 40) mel partials of cut clips (see _cut), clip after clip.
+
+        On a GPU from one spectrogram of them all; on the CPU clip by clip, where a clip's arrays stay in the
+        caches (one spectrogram of an hour's clips took 1.5x as long there)."""
+        groups = [[cut] for cut in cuts] if self.spectrogram_per_clip else [cuts]
+        offsets = torch.arange(self.PARTIAL_FRAMES, device=self.device)
+        gathered = []
+        for group in groups:
+            mel, rows = self.spectrogram([wav for wav, _ in group])
+            firsts = [row + first for row, (_, starts) in zip(rows, group, strict=True) for first in starts]
+            gathered.append(mel[torch.tensor(firsts, device=self.device)[:, None] + offsets])
+        return torch.cat(gathered)
 
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Every partial of every clip has the same shape, so partials of many clips share one forward pass.
@@ -178,19 +210,19 @@ class ResemblyzerEmbedder:
         rounding; only batch_partials partials (plus the rest of one clip) are held at a time.
         """
         means: list[np.ndarray] = []
-        pending: list[torch.Tensor] = []  # partials of the clips not yet forwarded, one tensor per clip
+        pending: list[tuple[np.ndarray, list[int]]] = []  # clips cut, not yet forwarded
 
         def forward() -> None:
-            embedded = self._encoder(torch.cat(pending)).float().cpu().numpy()
-            bounds = np.cumsum([0] + [len(p) for p in pending])
+            embedded = self._encoder(self.partials(pending)).float().cpu().numpy()
+            bounds = np.cumsum([0] + [len(starts) for _, starts in pending])
             means.extend(embedded[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds))
             pending.clear()
 
         with torch.inference_mode():
             waiting = 0
             for clip in clips:
-                pending.append(self.partials(clip))
-                waiting += len(pending[-1])
+                pending.append(self._cut(clip))
+                waiting += len(pending[-1][1])
                 if waiting >= self.batch_partials:
                     forward()
                     waiting = 0
