@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from turnscribe.bench import render
 from turnscribe.cli import app
 
-STAGES = {"audio_decode", "encoder", "decoder", "parse_stitch", "embedder", "linking"}
+STAGES = {"audio_decode", "features", "encoder", "decoder", "parse_stitch", "embedder", "linking"}
 
 
 def test_bench_tiny_quick_reports_every_measurement(tmp_path):
@@ -30,7 +30,7 @@ def test_bench_tiny_quick_reports_every_measurement(tmp_path):
     # Forced streams of 180 tokens per 28 s in 4 s segments: about 7 segments a window, and they parse.
     assert long_form["segments"] >= 10
     assert set(long_form["stages_s"]) == STAGES
-    for stage in ("audio_decode", "encoder", "decoder", "embedder"):
+    for stage in ("audio_decode", "features", "encoder", "decoder", "embedder"):
         assert long_form["stages_s"][stage] > 0, stage
     assert long_form["stages_s"]["encoder"] < long_form["stages_s"]["decoder"] + long_form["stages_s"]["encoder"]
     many = backend["many_files"]
@@ -95,5 +95,5 @@ def test_an_encoder_call_that_raised_is_left_out_of_the_encoder_time(monkeypatch
             return 1500.0
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    clock = StageClock(cuda=True, encoder_events=[(Event(), Event()), (Event(), None)])
-    assert clock.encoder_s() == 1.5
+    clock = StageClock(cuda=True, events={"encoder": [(Event(), Event()), (Event(), None)]})
+    assert clock.seconds("encoder") == 1.5

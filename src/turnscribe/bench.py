@@ -86,55 +86,71 @@ class BenchSettings:
 
 @dataclass
 class StageClock:
-    """Seconds spent in the encoder (forward hooks; CUDA events on a GPU, so kernels are timed, not launches),
-    in the whole decoder call, and in the speaker embedder."""
+    """Seconds spent in the log-mel features and the encoder (CUDA events on a GPU, so kernels are timed, not
+    launches), in the whole decoder call, and in the speaker embedder."""
 
     cuda: bool
-    encoder_events: list[tuple[Any, Any]] = field(default_factory=list)
-    encoder_cpu_s: float = 0.0
+    # Per device-timed stage ("features", "encoder"): (start, end) CUDA events, or wall-clock seconds on the CPU.
+    events: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
     model_s: float = 0.0
     embedder_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _started: float = 0.0
+    _started: dict[str, float] = field(default_factory=dict)
 
-    def attach(self, encoder: Any) -> None:
-        import torch
+    def begin(self, stage: str) -> None:
+        if self.cuda:
+            import torch
 
-        def before(*_: Any) -> None:
-            if self.cuda:
-                start = torch.cuda.Event(enable_timing=True)
-                start.record()
-                self.encoder_events.append((start, None))
-            else:
-                self._started = time.perf_counter()
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.events.setdefault(stage, []).append((start, None))
+        else:
+            self._started[stage] = time.perf_counter()
 
-        def after(*_: Any) -> None:
-            if self.cuda:
-                end = torch.cuda.Event(enable_timing=True)
-                end.record()
-                self.encoder_events[-1] = (self.encoder_events[-1][0], end)
-            else:
-                self.encoder_cpu_s += time.perf_counter() - self._started
+    def end(self, stage: str) -> None:
+        if self.cuda:
+            import torch
 
-        encoder.register_forward_pre_hook(before)
-        encoder.register_forward_hook(after)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.events[stage][-1] = (self.events[stage][-1][0], end)
+        else:
+            self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + time.perf_counter() - self._started.pop(stage)
 
-    def encoder_s(self) -> float:
+    def attach(self, decoder: Any) -> None:
+        """Times the decoder's log-mel features and its encoder's forward passes."""
+        encoder = decoder.model.get_encoder()
+        encoder.register_forward_pre_hook(lambda *_: self.begin("encoder"))
+        encoder.register_forward_hook(lambda *_: self.end("encoder"))
+        log_mel = decoder.log_mel
+
+        def timed_log_mel(clips: Any) -> Any:
+            self.begin("features")
+            try:
+                return log_mel(clips)
+            finally:
+                self.end("features")
+
+        decoder.log_mel = timed_log_mel
+
+    def seconds(self, stage: str) -> float:
         if not self.cuda:
-            return self.encoder_cpu_s
+            return self.cpu_s.get(stage, 0.0)
         import torch
 
         torch.cuda.synchronize()
-        # An encoder call that raised (out of memory: the decoder then retries in halves) has no end event.
-        return sum(start.elapsed_time(end) for start, end in self.encoder_events if end is not None) / 1000
+        # A call that raised (out of memory: the decoder then retries in halves) has no end event.
+        return sum(start.elapsed_time(end) for start, end in self.events.get(stage, []) if end is not None) / 1000
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             setattr(self, stage, getattr(self, stage) + seconds)
 
     def reset(self) -> None:
-        self.encoder_events.clear()
-        self.encoder_cpu_s = self.model_s = self.embedder_s = 0.0
+        self.events.clear()
+        self.cpu_s.clear()
+        self.model_s = self.embedder_s = 0.0
 
 
 class _TimedDecoder:
@@ -223,7 +239,7 @@ def load(settings: BenchSettings) -> Bench:
 
     decoder.logits_processor_factory = force
     clock = StageClock(cuda=device.startswith("cuda"))
-    clock.attach(decoder.model.get_encoder())
+    clock.attach(decoder)
     embedder = _TimedEmbedder(load_embedder(settings.embedder, device=device), clock)
     pipeline = Pipeline(_TimedDecoder(decoder, clock), SlotLinker(embedder))  # type: ignore[arg-type]
     if clock.cuda:
@@ -328,11 +344,12 @@ def measure_long_form(bench: Bench, seconds: float, folder: Path) -> dict[str, A
     if result.transcript is None:
         raise RuntimeError(f"the {seconds:g} s file failed: {result.error}")
     timings = result.transcript.metadata.timings
-    encoder = bench.clock.encoder_s()
+    features, encoder = bench.clock.seconds("features"), bench.clock.seconds("encoder")
     stages = {
         "audio_decode": timings["audio"],
+        "features": features,
         "encoder": encoder,
-        "decoder": bench.clock.model_s - encoder,  # features, generate's decoding loop, token decoding
+        "decoder": bench.clock.model_s - features - encoder,  # generate's decoding loop, token decoding
         "parse_stitch": timings["decode"] - bench.clock.model_s + timings["stitch"],  # incl. queueing
         "embedder": bench.clock.embedder_s,
         "linking": timings["speakers"] - bench.clock.embedder_s,
