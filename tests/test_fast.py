@@ -151,3 +151,25 @@ def test_non_finite_encoder_output_is_a_clear_error_not_garbage(tiny_native, win
     d.model.get_encoder().register_forward_hook(nan_in_the_last_frame)
     with pytest.raises(DecoderError, match="NaN or infinite"):
         d.decode(windows, "en")
+
+
+def test_a_compiled_decoder_runs_generate_on_one_thread_whoever_calls(tiny_native, windows):
+    # CUDA graphs belong to the thread that captured them; the scheduler, benchmarks and copies on several GPUs
+    # call from threads of their own.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = decoder(tiny_native, SpeedOptions(static_cache=True, compile=True))
+    threads = []
+
+    def recording_generate(**inputs):
+        threads.append(threading.current_thread())
+        rows = inputs["decoder_input_ids"]
+        return torch.cat([rows, torch.full_like(rows[:, :1], d.processor.tokenizer.eos_token_id)], dim=1)
+
+    d.model.generate = recording_generate  # before the first call: the projected view copies it
+    with ThreadPoolExecutor(3) as callers:
+        list(callers.map(lambda w: d.decode([w], "en"), windows))
+    d.decode(windows, "en")
+    assert len(threads) == 4 and len(set(threads)) == 1
+    assert threads[0] is not threading.current_thread() and threads[0].name.startswith("turnscribe-compiled")

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -163,6 +164,9 @@ class TransformersDecoder:
             self.processor.feature_extractor.dither = 0.0
         self.prompt_ids = cache(self._prompt_ids)
         self._view: projection.ProjectedView | None = None
+        self._compiled_thread = (
+            ThreadPoolExecutor(1, thread_name_prefix="turnscribe-compiled") if self.speed.compile else None
+        )
 
     @property
     def generating_model(self) -> Any:
@@ -233,7 +237,15 @@ class TransformersDecoder:
 
     def generate(self, windows: Sequence[WindowAudio], language: str, **generate_options: Any) -> Any:
         """`model.generate()` on the windows with the diarize prompt, as `decode` runs it; `generate_options`
-        go to it too (e.g. output_logits=True, return_dict_in_generate=True)."""
+        go to it too (e.g. output_logits=True, return_dict_in_generate=True). With `compile`, on the decoder's
+        own thread, whichever thread calls: the CUDA graphs of a compiled step belong to the thread that captured
+        them, and torch before 2.12 replays them from another thread silently wrong (pytorch#123177); schedulers,
+        benchmarks and copies on several GPUs call from threads of their own."""
+        if self._compiled_thread is None:
+            return self._generate(windows, language, **generate_options)
+        return self._compiled_thread.submit(self._generate, windows, language, **generate_options).result()
+
+    def _generate(self, windows: Sequence[WindowAudio], language: str, **generate_options: Any) -> Any:
         import torch
         from transformers import LogitsProcessorList
 
