@@ -165,7 +165,9 @@ class TransformersDecoder:
         self.prompt_ids = cache(self._prompt_ids)
         self._view: projection.ProjectedView | None = None
         self._compiled_thread = (
-            ThreadPoolExecutor(1, thread_name_prefix="turnscribe-compiled") if self.speed.compile else None
+            ThreadPoolExecutor(1, thread_name_prefix="turnscribe-compiled", initializer=self._use_device)
+            if self.speed.compile
+            else None
         )
 
     @property
@@ -177,6 +179,13 @@ class TransformersDecoder:
         if self._view is None or self._view.source is not self.model or not self._view.current():
             self._view = projection.ProjectedView(self.model)
         return self._view.module
+
+    def _use_device(self) -> None:
+        """The model's GPU as the thread's current device: graph capture and the static cache allocate there."""
+        import torch
+
+        if self.device.startswith("cuda:"):
+            torch.cuda.set_device(torch.device(self.device))
 
     def _prompt_ids(self, language: str) -> tuple[int, ...]:
         tok = self.processor.tokenizer
