@@ -5,9 +5,10 @@
 #
 #   scripts/gpu_check.sh [preflight|tests|bench|bench-fast|audio|all]...   (default: all)
 #
-# Sized for one device call of under 10 minutes: the steps share BUDGET seconds (default 540), each capped by its
-# own limit (TESTS_TIMEOUT, BENCH_TIMEOUT, BENCH_FAST_TIMEOUT, AUDIO_TIMEOUT) and by what is left, and a step
-# with under a minute left is skipped. BENCH_ARGS / BENCH_FAST_ARGS replace the two bench runs' options (the
+# Sized for one device call of under 10 minutes: the steps run in this order, preflight, bench, tests, bench-fast,
+# audio (the plain benchmark's figures are what the README lacks most), and share BUDGET seconds (default 540),
+# each capped by its own limit (BENCH_TIMEOUT, TESTS_TIMEOUT, BENCH_FAST_TIMEOUT, AUDIO_TIMEOUT) and by what is
+# left; a step with under a minute left is skipped. BENCH_ARGS / BENCH_FAST_ARGS replace the two bench runs' options (the
 # --fast run compiles a CUDA graph per batch shape, so it measures fewer shapes by default). `turnscribe bench`
 # rewrites its JSON after each measurement, so a run cut off by its limit keeps what it measured.
 #
@@ -115,14 +116,15 @@ if torch.cuda.is_available():
 PYEOF
   tail -12 "$SUMMARY"
 fi
-if want tests; then
-  step "gpu tests" "${TESTS_TIMEOUT:-240}" gpu-tests.txt \
-    $PY -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py
-fi
 if want bench; then
   # shellcheck disable=SC2086
   step "bench (plain)" "${BENCH_TIMEOUT:-240}" bench.txt \
     $PY -m turnscribe bench --device cuda --json "$WORK/bench.json" ${BENCH_ARGS:-}
+fi
+if want tests; then
+  # -v: a line per test as it ends, so a run cut off by its limit still says which passed; the slow one last.
+  step "gpu tests" "${TESTS_TIMEOUT:-200}" gpu-tests.txt \
+    $PY -m pytest -v -p no:cacheprovider -m gpu -rs tests/test_gpu.py
 fi
 if want bench-fast; then
   # shellcheck disable=SC2086
