@@ -97,3 +97,8 @@ def test_an_encoder_call_that_raised_is_left_out_of_the_encoder_time(monkeypatch
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     clock = StageClock(cuda=True, events={"encoder": [(Event(), Event()), (Event(), None)]})
     assert clock.seconds("encoder") == 1.5
+
+
+def test_the_benchmark_takes_one_device():
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--device", "cpu,cpu"])
+    assert result.exit_code == 2 and "one device" in result.output

@@ -228,6 +228,8 @@ def test_shards_split_the_file_list_and_skip_existing_resumes(tiny_native, tmp_p
     assert len(list(out.glob("*.json"))) == len(list(out.glob("*.txt"))) == 5
     nothing_left = run("transcribe", *clips, *common, "--skip-existing")
     assert nothing_left.exit_code == 0 and nothing_left.output.count("skipped") == 5
+    idle = run("transcribe", *clips, *common, "--shard", "6/8")  # more jobs than files
+    assert idle.exit_code == 0 and "none of the 5 files falls to it" in flat(idle)
 
 
 @pytest.mark.parametrize("shard", ["2/2", "1", "a/3", "-1/2"])

@@ -101,8 +101,16 @@ def test_batch_size_is_fixed_on_the_cpu_and_taken_from_memory_on_cuda(tiny_nativ
     assert d.auto_batch_size() == batch_size_for_memory(8 * 2**30, per_window)
 
 
+@pytest.mark.parametrize(
+    "out_of_memory",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    ],
+    ids=["allocator", "cublas"],
+)
 def test_a_batch_out_of_gpu_memory_is_decoded_in_halves_and_later_batches_are_smaller(
-    tiny_native, windows, plain_ids, caplog
+    tiny_native, windows, plain_ids, caplog, out_of_memory
 ):
     d = decoder(tiny_native, SpeedOptions(attention="eager"))
     d.batch_size = 8
@@ -112,7 +120,7 @@ def test_a_batch_out_of_gpu_memory_is_decoded_in_halves_and_later_batches_are_sm
     def short_of_memory_above_two(batch, language):
         sizes.append(len(batch))
         if len(batch) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise out_of_memory
         return generate_ids(batch, language)
 
     d.generate_ids = short_of_memory_above_two
@@ -124,8 +132,13 @@ def test_a_batch_out_of_gpu_memory_is_decoded_in_halves_and_later_batches_are_sm
     assert "Out of GPU memory for a batch of 3 windows" in caplog.text
     # One window that does not fit is the caller's to report (the pipeline fails that window alone).
     d.generate_ids = lambda batch, language: short_of_memory_above_two(batch * 3, language)
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(type(out_of_memory)):
         d.decode(windows[:1], "en")
+    # Any other error is the caller's at once: no halving.
+    d.generate_ids = lambda batch, language: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        d.decode(windows, "en")
+    assert d.batch_size == 2
 
 
 def test_a_loaded_model_is_fed_in_its_own_dtype():

@@ -145,6 +145,21 @@ def test_a_failing_window_is_reported_and_the_rest_survive():
     assert [r.window for r in failed] == [1] and "device-side assert" in failed[0].detail
 
 
+def test_a_decoder_lowering_its_batch_size_gets_smaller_batches_from_then_on():
+    # As TransformersDecoder does after running out of GPU memory.
+    sizes = []
+
+    class Shrinking(ScriptedDecoder):
+        def decode(self, windows, language):
+            sizes.append(len(windows))
+            self.batch_size = 2
+            return super().decode(windows, language)
+
+    decoder = Shrinking(lambda span: f"<|spltoken0|><|t:1.0|> window {span.index} <|t:2.0|>", batch_size=4)
+    transcript = pipeline_with(decoder).run(tone(230), sampling_rate=SAMPLE_RATE)
+    assert sizes == [4, 2, 2, 1] and len(transcript.segments) == 9
+
+
 def test_every_window_failing_is_an_error():
     def script(span):
         raise RuntimeError("out of memory")

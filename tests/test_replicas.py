@@ -42,6 +42,8 @@ def test_device_lists():
     assert device_list("cpu,cpu") == ["cpu", "cpu"]  # CPU copies share the cores (tests use them)
     with pytest.raises(ValueError, match="named twice"):
         device_list("cuda:0,cuda:0")
+    with pytest.raises(ValueError, match="named twice"):
+        device_list("cuda,cuda:0")  # "cuda" is the first GPU
     with pytest.raises(ValueError, match="empty device"):
         device_list("cuda:0,")
 
@@ -98,3 +100,16 @@ def test_build_pipeline_loads_a_copy_per_device(tiny_native):
 def test_vllm_takes_one_device():
     with pytest.raises(ValueError, match="vLLM places the model"):
         build_pipeline(model="unused", device="cpu,cpu", backend="vllm")
+
+
+def test_auto_is_resolved_before_the_backend_sees_the_device(monkeypatch):
+    # --fast picks CUDA-only speed-ups from the device name: "auto" must reach the backend as "cuda".
+    from turnscribe.decoders import backends
+
+    seen = []
+    monkeypatch.setitem(backends.BACKENDS, "transformers", lambda options: seen.append(options) or Recording(4))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    backends.load_decoder("transformers", backends.DecoderOptions("m", "auto", None, fast=True))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    backends.load_decoder("transformers", backends.DecoderOptions("m", "auto", None, fast=True))
+    assert [o.device for o in seen] == ["cuda", "cpu"]

@@ -572,6 +572,8 @@ def bench_command(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results here as JSON.")] = None,
 ) -> None:
     """Measure throughput, long-form speed and each stage's cost; print JSON and a table."""
+    if "," in device or device.strip() == "cuda:all":
+        raise typer.BadParameter("the benchmark measures one device", param_hint="--device")
     settings = BenchSettings.quick() if quick else BenchSettings()
     overrides: dict[str, Any] = {
         "size": "tiny" if tiny else "full",
@@ -593,7 +595,9 @@ def bench_command(
 
     def save(result: dict[str, Any]) -> None:
         if json_path:  # rewritten after each measurement: a run stopped at a time limit keeps what it measured
-            json_path.write_text(json.dumps(result, indent=2))
+            partial = json_path.with_name(f".{json_path.name}.partial")
+            partial.write_text(json.dumps(result, indent=2))
+            partial.replace(json_path)  # atomic: a kill mid-write leaves the previous complete file
 
     result = run(replace(settings, **overrides), log=lambda line: typer.echo(line, err=True), on_update=save)
     save(result)

@@ -178,10 +178,14 @@ def transcribe(
     except TurnscribeError as e:
         raise typer.BadParameter(str(e)) from e
     # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's (also across shards).
-    stems = [f.stem for f in files]
+    stems = [f.stem for f in files if f.is_file()]
     if clashes := sorted({s for s in stems if stems.count(s) > 1}):
         raise typer.BadParameter(f"several inputs are named {', '.join(clashes)}; give each its own --output-dir run")
-    files = files[slice(*_parse_shard(shard))] if shard else files
+    if shard:
+        given, files = len(files), files[slice(*_parse_shard(shard))]
+        if not files:  # a job array with more jobs than files: nothing for this one, and that is no failure
+            console.print(f"shard {shard}: none of the {given} files falls to it")
+            return
     missing = [f for f in files if not f.is_file()]
     for f in missing:
         console.print(f"[red]error[/red] {f}: {'is a directory' if f.is_dir() else 'no such file'}")
@@ -195,6 +199,7 @@ def transcribe(
             return
     if not todo:
         raise typer.Exit(1)
+    attempted = len(todo) + len(missing)
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
         with console.status(f"Loading {model} …"):
@@ -275,7 +280,7 @@ def transcribe(
                     bar.remove_task(task)
             bar.advance(files_task)
     if failed:
-        console.print(f"[red]{failed} of {len(files)} files failed[/red]")
+        console.print(f"[red]{failed} of {attempted} files failed[/red]")
         raise typer.Exit(1)
 
 

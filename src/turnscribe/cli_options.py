@@ -14,7 +14,10 @@ Device = Annotated[
 ]
 BatchSize = Annotated[
     int,
-    typer.Option(min=0, help="Windows per generate() call; 0: as many as fit in free GPU memory (4 on the CPU)."),
+    typer.Option(
+        min=0,
+        help="Windows per generate() call (per GPU with several); 0: as many as fit in free GPU memory (4 on the CPU).",
+    ),
 ]
 Fast = Annotated[
     bool,

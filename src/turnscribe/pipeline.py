@@ -74,9 +74,14 @@ class RunControl:
             raise RunStopped("timeout")
 
 
-def _batches(items: Sequence[WindowSpan], size: int) -> Iterator[Sequence[WindowSpan]]:
-    for i in range(0, len(items), max(1, size)):
-        yield items[i : i + size]
+def _batches(items: Sequence[WindowSpan], size: Callable[[], int]) -> Iterator[Sequence[WindowSpan]]:
+    """Consecutive batches, each as large as `size()` says when it is cut (a decoder may lower its batch size
+    after running out of GPU memory)."""
+    start = 0
+    while start < len(items):
+        end = start + max(1, size())
+        yield items[start:end]
+        start = end
 
 
 def _window_failed(index: int, error: Exception, repairs: list[Repair]) -> None:
@@ -192,7 +197,7 @@ class Pipeline:
         self, samples: np.ndarray, spans: Sequence[WindowSpan], language: str, repairs: list[Repair]
     ) -> Iterator[list[tuple[WindowSpan, str | None]]]:
         """Each batch's raw outputs in order (None: failed), decoded `batch_size` windows per call."""
-        for batch in _batches(spans, self.decoder.batch_size):
+        for batch in _batches(spans, lambda: self.decoder.batch_size):
             windows = [self._window(samples, s) for s in batch]
             audible = [w for w, loud in windows if loud]
             outputs = dict(zip((w.span.index for w in audible), self._decode_batch(audible, language, repairs)))

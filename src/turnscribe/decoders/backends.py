@@ -57,8 +57,11 @@ def check_backend(name: str) -> str:
 def load_decoder(backend: str, options: DecoderOptions) -> Decoder:
     """The backend's decoder on `options.device`; on several devices (see `replicas.device_list`) one per device,
     used as one (`ReplicatedDecoder`)."""
+    from .transformers import pick_device
+
     factory = BACKENDS[check_backend(backend)]
-    devices = device_list(options.device)
+    # Resolved here ("auto" → "cuda" or "cpu"): the backends' options (SpeedOptions.fast) depend on the device.
+    devices = [pick_device(device)[0] for device in device_list(options.device)]
     if len(devices) == 1:
         return factory(replace(options, device=devices[0]))
     if backend == "vllm":

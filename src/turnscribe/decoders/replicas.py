@@ -1,17 +1,17 @@
 """One model on several GPUs of a machine: every batch is split across the copies and decoded on all at once.
 
 `--device cuda:0,cuda:1` (or `cuda:all`) loads a decoder per device; `ReplicatedDecoder` looks like one decoder
-whose batch is the sum of theirs, so the scheduler, the pipeline and the server need nothing else. A batch's
-windows come sorted by length (the scheduler's buckets), and each copy gets a consecutive share in proportion
-to its own batch size, so the shares carry little padding and finish at about the same time.
+whose batch is the sum of theirs (`--batch-size` is per copy), so the scheduler, the pipeline and the server need
+nothing else. Each copy gets a consecutive share of a batch in proportion to its own batch size; the scheduler
+puts windows of similar length together (its length buckets), so the shares carry little padding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from .base import Decoder, WindowAudio
+from .threads import OwnThread
 
 
 def device_list(device: str) -> list[str]:
@@ -27,7 +27,8 @@ def device_list(device: str) -> list[str]:
     devices = [d.strip() for d in device.split(",")]
     if not all(devices):
         raise ValueError(f"empty device name in {device!r}")
-    if len(set(devices)) != len(devices) and any(d.startswith("cuda") for d in devices):
+    gpus = ["cuda:0" if d == "cuda" else d for d in devices if d.startswith("cuda")]  # "cuda" is the first GPU
+    if len(set(gpus)) != len(gpus):
         raise ValueError(f"a GPU named twice in {device!r}: each copy of the model needs its own")
     return devices
 
@@ -46,8 +47,9 @@ def shares(count: int, weights: Sequence[int]) -> list[int]:
 class ReplicatedDecoder:
     """Decoders of one model on different devices, used as one (see the module docstring).
 
-    The copies run in threads: their GPU work overlaps, while their Python between kernels takes turns on the
-    interpreter lock (`--fast` compiles each step into a few graph launches, which leaves little of it)."""
+    Each copy runs on a thread of its own, always the same one: their GPU work overlaps, while their Python
+    between kernels takes turns on the interpreter lock (`--fast` compiles each step into a few graph launches,
+    which leaves little of it)."""
 
     def __init__(self, replicas: Sequence[Decoder]) -> None:
         if not replicas:
@@ -55,7 +57,7 @@ class ReplicatedDecoder:
         self.replicas = list(replicas)
         self.name = self.replicas[0].name
         self.model_id = self.replicas[0].model_id
-        self._threads = ThreadPoolExecutor(len(self.replicas), thread_name_prefix="turnscribe-replica")
+        self._threads = [OwnThread(f"turnscribe-replica-{i}") for i in range(len(self.replicas))]
 
     @property
     def batch_size(self) -> int:
@@ -64,9 +66,9 @@ class ReplicatedDecoder:
     def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
         sizes = shares(len(windows), [max(1, r.batch_size) for r in self.replicas])
         running, start = [], 0
-        for replica, size in zip(self.replicas, sizes, strict=True):
+        for replica, thread, size in zip(self.replicas, self._threads, sizes, strict=True):
             if size:
-                running.append(self._threads.submit(replica.decode, windows[start : start + size], language))
+                running.append(thread.submit(replica.decode, windows[start : start + size], language))
             start += size
         # A failing share raises here, after every share has finished (the scheduler then retries each window).
         results = [future.exception() for future in running]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -24,6 +24,7 @@ from ..prompt import diarize_prompt_ids
 from ..types import SAMPLE_RATE
 from . import features, projection
 from .base import DecoderError, WindowAudio
+from .threads import OwnThread
 
 DEFAULT_MODEL = "syvai/cohere-transcribe-diarize"
 REPETITION_PENALTY = 1.2  # required by the card: without it 4-speaker outputs loop on one speaker token
@@ -165,7 +166,7 @@ class TransformersDecoder:
         self.prompt_ids = cache(self._prompt_ids)
         self._view: projection.ProjectedView | None = None
         self._compiled_thread = (
-            ThreadPoolExecutor(1, thread_name_prefix="turnscribe-compiled", initializer=self._use_device)
+            OwnThread("turnscribe-compiled", functools.partial(_use_device, self.device))
             if self.speed.compile
             else None
         )
@@ -179,13 +180,6 @@ class TransformersDecoder:
         if self._view is None or self._view.source is not self.model or not self._view.current():
             self._view = projection.ProjectedView(self.model)
         return self._view.module
-
-    def _use_device(self) -> None:
-        """The model's GPU as the thread's current device: graph capture and the static cache allocate there."""
-        import torch
-
-        if self.device.startswith("cuda:"):
-            torch.cuda.set_device(torch.device(self.device))
 
     def _prompt_ids(self, language: str) -> tuple[int, ...]:
         tok = self.processor.tokenizer
@@ -211,8 +205,8 @@ class TransformersDecoder:
             return []
         try:
             new_tokens = self.generate_ids(windows, language)
-        except torch.OutOfMemoryError:
-            if len(windows) == 1:
+        except Exception as error:
+            if len(windows) == 1 or not _out_of_memory(error):
                 raise
         else:
             return list(self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=False))
@@ -252,7 +246,7 @@ class TransformersDecoder:
         benchmarks and copies on several GPUs call from threads of their own."""
         if self._compiled_thread is None:
             return self._generate(windows, language, **generate_options)
-        return self._compiled_thread.submit(self._generate, windows, language, **generate_options).result()
+        return self._compiled_thread.run(self._generate, windows, language, **generate_options)
 
     def _generate(self, windows: Sequence[WindowAudio], language: str, **generate_options: Any) -> Any:
         import torch
@@ -310,6 +304,26 @@ class TransformersDecoder:
                 **generate_options,
             )
         return out
+
+
+# Allocation failures that do not come through PyTorch's allocator (which raises torch.OutOfMemoryError).
+_OTHER_OUT_OF_MEMORY = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def _out_of_memory(error: Exception) -> bool:
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _OTHER_OUT_OF_MEMORY)
+
+
+def _use_device(device: str) -> None:
+    """The model's GPU as the thread's current device: graph capture and the static cache allocate there."""
+    import torch
+
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))
 
 
 def _check_finite(encoded: Any) -> None:
