@@ -113,3 +113,6 @@ def test_auto_is_resolved_before_the_backend_sees_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     backends.load_decoder("transformers", backends.DecoderOptions("m", "auto", None, fast=True))
     assert [o.device for o in seen] == ["cuda", "cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="named twice"):
+        backends.load_decoder("transformers", backends.DecoderOptions("m", "auto,cuda:0", None))

@@ -35,9 +35,15 @@ def test_a_failed_setup_fails_every_call_instead_of_hanging():
         raise RuntimeError("CUDA error: invalid device ordinal")
 
     worker = OwnThread("test-own-thread-setup", setup=setup)
+    errors = []
     for _ in range(2):
-        with pytest.raises(RuntimeError, match="invalid device ordinal"):
+        with pytest.raises(RuntimeError, match="invalid device ordinal") as raised:
             worker.submit(lambda: None).result(timeout=10)
+        errors.append(raised.value)
+    # A new error each time, so that no caller's frames pile up on one traceback that the thread keeps.
+    assert errors[0] is not errors[1] and errors[0].__cause__ is errors[1].__cause__
+    del worker
+    assert wait_until_gone("test-own-thread-setup")
 
 
 def wait_until_gone(name: str) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from .base import Decoder
-from .replicas import ReplicatedDecoder, device_list
+from .replicas import ReplicatedDecoder, check_distinct, device_list
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ def load_decoder(backend: str, options: DecoderOptions) -> Decoder:
     factory = BACKENDS[check_backend(backend)]
     # Resolved here ("auto" → "cuda" or "cpu"): the backends' options (SpeedOptions.fast) depend on the device.
     devices = [pick_device(device)[0] for device in device_list(options.device)]
+    check_distinct(devices)  # again once resolved: "auto,cuda:0" names one GPU twice
     if len(devices) == 1:
         return factory(replace(options, device=devices[0]))
     if backend == "vllm":

@@ -27,10 +27,15 @@ def device_list(device: str) -> list[str]:
     devices = [d.strip() for d in device.split(",")]
     if not all(devices):
         raise ValueError(f"empty device name in {device!r}")
+    check_distinct(devices)
+    return devices
+
+
+def check_distinct(devices: Sequence[str]) -> None:
+    """Each copy of the model needs a GPU of its own (CPU copies share the cores; tests use them)."""
     gpus = ["cuda:0" if d == "cuda" else d for d in devices if d.startswith("cuda")]  # "cuda" is the first GPU
     if len(set(gpus)) != len(gpus):
-        raise ValueError(f"a GPU named twice in {device!r}: each copy of the model needs its own")
-    return devices
+        raise ValueError(f"a GPU named twice in {', '.join(devices)}: each copy of the model needs its own")
 
 
 def shares(count: int, weights: Sequence[int]) -> list[int]:

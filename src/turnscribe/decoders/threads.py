@@ -43,13 +43,16 @@ def _serve(calls: queue.SimpleQueue[_Call | None], setup: Callable[[], None] | N
             setup()
     except BaseException as error:  # every call then gets it, rather than waiting for a thread that is gone
         failed_setup = error
+    setup = None  # a bound method would keep its owner alive for the thread's life
     while (call := calls.get()) is not None:
         future, fn, args, kwargs = call
         del call  # hold nothing of a finished call while waiting for the next
         if future.set_running_or_notify_cancel():
             try:
                 if failed_setup is not None:
-                    raise failed_setup
+                    # A new error each time: re-raising one object would grow its traceback with every caller's
+                    # frames, and keep them (and what they hold) alive.
+                    raise RuntimeError(f"this thread's setup failed: {failed_setup}") from failed_setup
                 future.set_result(fn(*args, **kwargs))
             except BaseException as error:  # the caller gets it, as from an executor
                 future.set_exception(error)
