@@ -152,18 +152,50 @@ def test_a_loaded_model_is_fed_in_its_own_dtype():
     assert len(d.decode(noise_windows([3.0]), "en")) == 1
 
 
-def test_non_finite_encoder_output_is_a_clear_error_not_garbage(tiny_native, windows):
+@pytest.fixture
+def attention_kernels():
+    """The process-wide SDPA kernel switches, as they were before the test."""
+    cuda = torch.backends.cuda
+    saved = cuda.cudnn_sdp_enabled(), cuda.mem_efficient_sdp_enabled()
+    yield
+    cuda.enable_cudnn_sdp(saved[0])
+    cuda.enable_mem_efficient_sdp(saved[1])
+
+
+def nan_in_the_last_frame_while(condition):
+    """An encoder hook: NaN in the padded (last) frame while `condition()` holds, as a kernel that returns NaN for
+    fully masked rows gives (or transformers < 5.24 with eager attention, always)."""
+
+    def hook(module, args, out) -> None:
+        if condition():
+            out.last_hidden_state[:, -1:] = np.nan
+
+    return hook
+
+
+def test_non_finite_encoder_output_is_a_clear_error_not_garbage(tiny_native, windows, attention_kernels, caplog):
     from turnscribe.decoders.base import DecoderError
 
-    d = decoder(tiny_native, SpeedOptions())
-
-    # What transformers < 5.24 with eager attention does to a padded batch: NaN in the padded frames.
-    def nan_in_the_last_frame(module, args, out) -> None:
-        out.last_hidden_state[:, -1:] = np.nan
-
-    d.model.get_encoder().register_forward_hook(nan_in_the_last_frame)
+    d = decoder(tiny_native, SpeedOptions(attention="eager"))
+    d.model.get_encoder().register_forward_hook(nan_in_the_last_frame_while(lambda: True))
     with pytest.raises(DecoderError, match="NaN or infinite"):
         d.decode(windows, "en")
+    assert torch.backends.cuda.cudnn_sdp_enabled() and not caplog.text  # eager: no SDPA kernel to blame
+    d = decoder(tiny_native, SpeedOptions(attention="sdpa"))
+    d.model.get_encoder().register_forward_hook(nan_in_the_last_frame_while(lambda: True))
+    with pytest.raises(DecoderError, match="every fused attention kernel was turned off"):
+        d.decode(windows, "en")
+
+
+def test_a_fused_attention_kernel_giving_nan_is_turned_off_and_the_batch_encoded_again(
+    tiny_native, windows, plain_ids, attention_kernels, caplog
+):
+    d = decoder(tiny_native, SpeedOptions(attention="sdpa"))
+    d.model.get_encoder().register_forward_hook(nan_in_the_last_frame_while(torch.backends.cuda.cudnn_sdp_enabled))
+    with caplog.at_level("WARNING"):
+        assert torch.equal(d.generate_ids(windows, "en"), plain_ids)
+    assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert "cuDNN attention kernel is now off" in caplog.text
 
 
 def test_a_compiled_decoder_runs_generate_on_one_thread_whoever_calls(tiny_native, windows):

@@ -225,6 +225,28 @@ class TransformersDecoder:
         """The new token ids per window (prompt removed), as a CPU tensor padded with the pad id."""
         return self.generate(windows, language)[:, len(self.prompt_ids(language)) :].cpu()
 
+    def _encode(self, inputs: dict[str, Any], options: dict[str, Any]) -> Any:
+        """The encoder's projected outputs (projection.py), refused if they hold NaN or infinities.
+
+        NaN anywhere, padded frames included, reaches every token: the decoder's cross-attention gives padded
+        frames a weight of exactly 0, and 0 × NaN is NaN. Padded frames are fully masked rows of the encoder's
+        attention, for which a fused SDPA kernel may return NaN where the math kernel returns zeros; with SDPA,
+        such a kernel is turned off (`_turn_off_a_fused_attention_kernel`) and the batch encoded again."""
+        import torch
+
+        sdpa = self.model.get_encoder().config._attn_implementation == "sdpa"
+        while True:
+            encoded = projection.encode_projected(self.model, **inputs, **options)
+            if bool(torch.isfinite(encoded.last_hidden_state).all()):
+                return encoded
+            if not (sdpa and _turn_off_a_fused_attention_kernel()):
+                raise DecoderError(
+                    "the encoder's output holds NaN or infinite values. transformers before 5.24 gives NaN for "
+                    "padded frames with attn_implementation='eager' (use 'sdpa', the default, or a newer "
+                    "transformers); with 'sdpa', every fused attention kernel was turned off and the math kernel "
+                    "gave NaN too."
+                )
+
     def log_mel(self, clips: Sequence[np.ndarray]) -> tuple[Any, Any]:
         """(input_features, attention_mask) of 16 kHz clips, padded on the right to the longest; on the model's
         device with `features_on_device` (see features.py), else on the CPU."""
@@ -286,9 +308,7 @@ class TransformersDecoder:
                 # The encoder and the projection once here; generate() then skips its own encoder call.
                 wanted_outputs = ("output_attentions", "output_hidden_states")
                 encoder_options = {k: v for k, v in generate_options.items() if k in wanted_outputs}
-                encoded = projection.encode_projected(self.model, **inputs, **encoder_options)
-                _check_finite(encoded.last_hidden_state)
-                inputs = {"encoder_outputs": encoded}
+                inputs = {"encoder_outputs": self._encode(inputs, encoder_options)}
             out = model.generate(
                 **inputs,
                 decoder_input_ids=decoder_input_ids,
@@ -326,18 +346,29 @@ def _use_device(device: str) -> None:
         torch.cuda.set_device(torch.device(device))
 
 
-def _check_finite(encoded: Any) -> None:
-    """NaN anywhere in the encoder's output, padded frames included, reaches every token: the decoder's
-    cross-attention gives padded frames a weight of exactly 0, and 0 × NaN is NaN. Refuse it loudly rather than
-    emit garbage."""
+def _turn_off_a_fused_attention_kernel() -> bool:
+    """Turns off the next of PyTorch's fused SDPA kernels that is on (cuDNN, then memory-efficient; flash takes no
+    mask, so padded batches never reach it), for the whole process, with a warning; False when none is left."""
     import torch
 
-    if not bool(torch.isfinite(encoded).all()):
-        raise DecoderError(
-            "the encoder's output holds NaN or infinite values. transformers before 5.24 gives NaN for padded "
-            "frames with attn_implementation='eager' (use 'sdpa', the default, or a newer transformers); an "
-            "attention kernel that returns NaN for fully masked rows does the same."
-        )
+    kernels = (
+        ("cuDNN", torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp),
+        (
+            "memory-efficient",
+            torch.backends.cuda.mem_efficient_sdp_enabled,
+            torch.backends.cuda.enable_mem_efficient_sdp,
+        ),
+    )
+    for name, enabled, enable in kernels:
+        if enabled():
+            enable(False)
+            log.warning(
+                "NaN in the encoder's output: PyTorch's %s attention kernel is now off in this process (it may "
+                "return NaN for fully masked rows, which padded frames are); encoding the batch again",
+                name,
+            )
+            return True
+    return False
 
 
 def _compile_everywhere() -> Any:
