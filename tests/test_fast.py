@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_model import NoEndOfText
+from tiny_model import NoEndOfText, skip_if_eager_attention_pads_with_nan
 from transformers import CohereAsrConfig
 
 from turnscribe.decoders.base import WindowAudio
@@ -39,6 +39,7 @@ def decoder(path, speed: SpeedOptions) -> TransformersDecoder:
 
 @pytest.fixture(scope="module")
 def plain_ids(tiny_native, windows) -> torch.Tensor:
+    skip_if_eager_attention_pads_with_nan()
     ids = decoder(tiny_native, SpeedOptions(attention="eager")).generate_ids(windows, "en")
     assert ids.shape == (3, NEW_TOKENS)
     assert all(len(set(row.tolist())) > 3 for row in ids)  # a real, varied decode, not one token repeated
@@ -164,7 +165,7 @@ def attention_kernels():
 
 def nan_in_the_last_frame_while(condition):
     """An encoder hook: NaN in the padded (last) frame while `condition()` holds, as a kernel that returns NaN for
-    fully masked rows gives (or transformers < 5.24 with eager attention, always)."""
+    fully masked rows gives (or transformers < 5.18 with eager attention, always)."""
 
     def hook(module, args, out) -> None:
         if condition():

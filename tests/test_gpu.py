@@ -124,7 +124,7 @@ def test_copies_on_two_gpus_give_one_gpus_token_ids(loaded, windows):
 
 
 def test_a_padded_batch_encodes_to_finite_values(loaded, windows):
-    # Padded frames are fully masked query rows; an attention kernel that returns NaN for them (transformers < 5.24
+    # Padded frames are fully masked query rows; an attention kernel that returns NaN for them (transformers < 5.18
     # with eager attention does, on any device) poisons every token through the decoder's cross-attention. The
     # decoder turns such a kernel off and encodes again (TransformersDecoder._encode); this says whether the
     # GPU's default kernel needs that.

@@ -241,7 +241,7 @@ class TransformersDecoder:
                 return encoded
             if not (sdpa and _turn_off_a_fused_attention_kernel()):
                 raise DecoderError(
-                    "the encoder's output holds NaN or infinite values. transformers before 5.24 gives NaN for "
+                    "the encoder's output holds NaN or infinite values. transformers before 5.18 gives NaN for "
                     "padded frames with attn_implementation='eager' (use 'sdpa', the default, or a newer "
                     "transformers); with 'sdpa', every fused attention kernel was turned off and the math kernel "
                     "gave NaN too."
