@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_pipeline import tone, write_wav
 from typer.testing import CliRunner
 
@@ -79,9 +80,31 @@ def test_the_largest_batch_search_stops_at_the_first_batch_out_of_memory(monkeyp
         return torch.zeros((len(windows), 1), dtype=torch.long)
 
     monkeypatch.setattr(bench.decoder, "generate_ids", out_of_memory_above_16)
+    monkeypatch.setattr("turnscribe.bench._peak_gib", lambda bench: 1.5)  # what CUDA would report
     largest = find_largest_batch(bench)
     assert largest["largest"] == 16 and tried == [8, 16, 32]
     assert bench.decoder.batch_size == 4  # the search leaves the decoder's batch size alone
+    row = largest["tried"][1]
+    assert row["batch"] == 16 and row["decode_ms_per_step"] == pytest.approx(1000 * row["wall_s"] / 181)
+    # The README table gets a row per batch size tried.
+    result = {
+        "machine": {"gpu": "NVIDIA H200", "torch": "2.11", "transformers": "5.17", "date": "2026-12-01"},
+        "settings": {"tokens_per_28s": 180, "embedder": "resemblyzer"},
+        "backends": {
+            "transformers": {
+                "model": "full-size",
+                "dtype": "bfloat16",
+                "speed": {},
+                "batch_size": 512,
+                "clips": [],
+                "largest_batch": largest,
+                "long_form": [],
+            }
+        },
+    }
+    table = render(result)
+    assert "| 28 s windows | × real time | features s | encoder s | ms per decoding step |" in table
+    assert "| 16 | " in table and f"| {row['decode_ms_per_step']:.1f} | 1.5 |" in table
 
 
 def test_an_encoder_call_that_raised_is_left_out_of_the_encoder_time(monkeypatch):

@@ -312,11 +312,16 @@ def find_largest_batch(bench: Bench, limit: int = 1024) -> dict[str, Any]:
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             break
+        features, encoder = bench.clock.seconds("features"), bench.clock.seconds("encoder")
         tried.append(
             {
                 "batch": size,
                 "wall_s": wall,
                 "throughput_x": size * bench.settings.clip_s / wall,
+                "features_s": features,
+                "encoder_s": encoder,
+                # Every window emits its forced tokens and end-of-text: one decoding step each.
+                "decode_ms_per_step": 1000 * (wall - features - encoder) / (bench.settings.tokens_per_28s + 1),
                 "peak_gpu_gib": _peak_gib(bench),
             }
         )
@@ -528,6 +533,17 @@ def render(result: dict[str, Any]) -> str:
                 peak = "–" if row["peak_gpu_gib"] is None else f"{row['peak_gpu_gib']:.1f}"
                 cells = " | ".join(f"{row['stages_s'][s]:.2f}" for s in stages)
                 lines.append(f"| {_duration(row['audio_s'])} | {cells} | {row['wall_s']:.1f} | {peak} |")
+        if backend["largest_batch"] and backend["largest_batch"]["tried"]:
+            lines += [
+                "",
+                "| 28 s windows | × real time | features s | encoder s | ms per decoding step | peak GPU GiB |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for row in backend["largest_batch"]["tried"]:
+                lines.append(
+                    f"| {row['batch']} | {_x(row['throughput_x'])} | {row['features_s']:.2f} | {row['encoder_s']:.2f} "
+                    f"| {row['decode_ms_per_step']:.1f} | {row['peak_gpu_gib']:.1f} |"
+                )
         blocks.append("\n".join(lines))
     settings = result["settings"]
     skipped = "; ".join(f"{n}: {b['skipped']}" for n, b in result["backends"].items() if "skipped" in b)
