@@ -292,4 +292,3 @@ def test_run_many_by_default_runs_enough_files_at_once_for_the_batch_size():
     results = list(run_many(pipeline, inputs, sampling_rate=SAMPLE_RATE))
     assert sorted(r.index for r in results) == list(range(len(inputs)))
     assert all(r.error is None for r in results)
-
