@@ -3,18 +3,19 @@
 # this checkout (src/ on PYTHONPATH); what else it needs comes from .whl/ when present (scripts/gpu_wheels.sh
 # makes it elsewhere; it is installed into /tmp/site).
 #
-#   scripts/gpu_check.sh [preflight|tests|bench|bench-fast|audio|all]...   (default: all)
+#   scripts/gpu_check.sh [preflight|tests|bench|bench-fast|audio|gil|all]...   (default: all)
 #
-# Sized for one device call of under 10 minutes: the steps run in this order, preflight, bench, tests, bench-fast,
-# audio (the plain benchmark's figures are what the README lacks most), and share BUDGET seconds (default 540),
-# each capped by its own limit (BENCH_TIMEOUT, TESTS_TIMEOUT, BENCH_FAST_TIMEOUT, AUDIO_TIMEOUT) and by what is
-# left; a step with under a minute left is skipped. BENCH_ARGS / BENCH_FAST_ARGS replace the two bench runs' options (the
-# --fast run compiles a CUDA graph per batch shape, so it measures fewer shapes by default). `turnscribe bench`
-# rewrites its JSON after each measurement, so a run cut off by its limit keeps what it measured.
+# Sized for one device call of under 10 minutes: the steps run in this order, preflight, bench, tests,
+# bench-fast, audio, gil (the plain benchmark's figures are what the README lacks most), and share BUDGET seconds
+# (default 540), each capped by its own limit (BENCH_TIMEOUT, TESTS_TIMEOUT, BENCH_FAST_TIMEOUT, AUDIO_TIMEOUT,
+# GIL_TIMEOUT) and by what is left; a step with under a minute left is skipped. BENCH_ARGS / BENCH_FAST_ARGS
+# replace the two bench runs' options (the --fast run compiles a CUDA graph per batch shape, so it measures fewer
+# shapes by default). `turnscribe bench` rewrites its JSON after each measurement, so a run cut off by its limit
+# keeps what it measured.
 #
 # Every log goes to WORK (default /tmp/gpu-check); at the end OUT (default ./gpu-out) gets at most 8 files, the
 # device tool's limit: summary.txt (versions, preflight, each step's tail), gpu-tests.txt, bench.json,
-# bench-fast.json, audio-decode.txt, and gpu-check.tar.gz with everything.
+# bench-fast.json, audio-decode.txt, gil-switching.txt, and gpu-check.tar.gz with everything.
 # Then, here: python benchmarks/gpu_bench.py OUT/bench.json OUT/bench-fast.json --update-readme
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ say() { echo "$@" | tee -a "$SUMMARY"; }
 
 pack() {
   tar czf "$OUT/gpu-check.tar.gz" -C "$WORK" . 2>/dev/null
-  for f in summary.txt gpu-tests.txt bench.json bench-fast.json audio-decode.txt; do
+  for f in summary.txt gpu-tests.txt bench.json bench-fast.json audio-decode.txt gil-switching.txt; do
     [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
   done
 }
@@ -135,6 +136,10 @@ fi
 if want audio; then
   step "audio decoding: threads vs processes" "${AUDIO_TIMEOUT:-150}" audio-decode.txt \
     $PY benchmarks/audio_decode.py --files 8 --minutes 5
+fi
+if want gil; then
+  step "file threads beside the GPU's thread: GIL switching" "${GIL_TIMEOUT:-90}" gil-switching.txt \
+    $PY benchmarks/gil_switching.py --threads 1 4 16
 fi
 say "total ${SECONDS}s"
 exit $status
