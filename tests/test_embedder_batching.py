@@ -172,3 +172,33 @@ def test_auto_device_is_cuda_when_torch_sees_a_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
+
+
+def test_resemblyzer_callers_in_many_threads_take_turns_for_the_device(resemblyzer, monkeypatch) -> None:
+    # The files in flight embed from their own threads; on a GPU concurrent passes would only multiply memory.
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = resemblyzer.embed(CLIPS)
+    lock, inside, most = threading.Lock(), [0], [0]
+    forward = resemblyzer._encoder.forward
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.01)  # long enough for another thread to come in, were it let
+        try:
+            return forward(x)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(resemblyzer._encoder, "forward", counting)
+    monkeypatch.setattr(resemblyzer, "batch_partials", 4)  # several passes per call
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: resemblyzer.embed(CLIPS), range(4)))
+    assert most[0] == 1
+    for result in results:
+        np.testing.assert_allclose(result, alone, atol=1e-6)

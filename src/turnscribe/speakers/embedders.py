@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -143,6 +144,7 @@ class ResemblyzerEmbedder:
         self._mel_basis = torch.from_numpy(basis).to(self.device)
         self._window = torch.hann_window(self._n_fft, periodic=True, device=self.device)  # librosa's "hann"
         self.spectrogram_per_clip = self.device == "cpu"  # see partials
+        self._one_pass_at_a_time = threading.Lock()  # see embed
 
     def _prepare(self, clip: np.ndarray) -> np.ndarray:
         clip = np.asarray(clip, dtype=np.float32).reshape(-1)
@@ -207,13 +209,16 @@ class ResemblyzerEmbedder:
         """Every partial of every clip has the same shape, so partials of many clips share one forward pass.
 
         The result equals embed_utterance clip by clip (the mean of a clip's partial embeddings) up to float
-        rounding; only batch_partials partials (plus the rest of one clip) are held at a time.
+        rounding; only batch_partials partials (plus the rest of one clip) are held at a time. Callers in many
+        threads (the files in flight) take turns for the device: on a GPU their passes would run one after another
+        anyway, each in its own memory, so a pass at a time bounds the memory without costing time.
         """
         means: list[np.ndarray] = []
         pending: list[tuple[np.ndarray, list[int]]] = []  # clips cut, not yet forwarded
 
         def forward() -> None:
-            embedded = self._encoder(self.partials(pending)).float().cpu().numpy()
+            with self._one_pass_at_a_time:
+                embedded = self._encoder(self.partials(pending)).float().cpu().numpy()
             bounds = np.cumsum([0] + [len(starts) for _, starts in pending])
             means.extend(embedded[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds))
             pending.clear()
