@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +34,33 @@ CLIPS = [
         [(2.0, 120), (0.3, 210), (5.3, 120), (2.1, 210), (1.0, 330), (7.9, 330), (2.05, 120), (0.05, 210)]
     )
 ] + [np.zeros(0, np.float32)]
+
+
+def most_passes_at_once(embedder: Any, module: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The most forward passes of `module` that ran at once while 4 threads embedded CLIPS; each thread's result
+    must equal one call alone. (The files in flight embed from their own threads; on a GPU concurrent passes
+    would only multiply memory.)"""
+    alone = embedder.embed(CLIPS)
+    lock, inside, most = threading.Lock(), [0], [0]
+    forward = module.forward
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.01)  # long enough for another thread to come in, were it let
+        try:
+            return forward(x)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(module, "forward", counting)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: embedder.embed(CLIPS), range(4)))
+    for result in results:
+        np.testing.assert_allclose(result, alone, atol=1e-6)
+    return most[0]
 
 
 def forward_batches(module: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
@@ -82,6 +113,11 @@ def test_redimnet2_batches_by_length_and_matches_clip_by_clip(tmp_path: Path, mo
     # ≥ 4e-5; other pitches are ≥ 0.3 apart): a clip given another clip's row would fail this.
     assert np.max(1 - np.sum(batched * one_by_one, axis=1)) < 1e-5
     assert 1 - one_by_one[0] @ one_by_one[6] > 2e-5
+
+
+def test_redimnet2_callers_in_many_threads_take_turns_for_the_device(tmp_path: Path, monkeypatch) -> None:
+    embedder = load_embedder("redimnet2", device="cpu", hub_dir=str(write_hub(tmp_path / "hub")))
+    assert most_passes_at_once(embedder, embedder._model, monkeypatch) == 1
 
 
 def test_redimnet2_batch_options_from_the_command_line(tmp_path: Path) -> None:
@@ -175,30 +211,5 @@ def test_auto_device_is_cuda_when_torch_sees_a_gpu(monkeypatch) -> None:
 
 
 def test_resemblyzer_callers_in_many_threads_take_turns_for_the_device(resemblyzer, monkeypatch) -> None:
-    # The files in flight embed from their own threads; on a GPU concurrent passes would only multiply memory.
-    import threading
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    alone = resemblyzer.embed(CLIPS)
-    lock, inside, most = threading.Lock(), [0], [0]
-    forward = resemblyzer._encoder.forward
-
-    def counting(x: torch.Tensor) -> torch.Tensor:
-        with lock:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-        time.sleep(0.01)  # long enough for another thread to come in, were it let
-        try:
-            return forward(x)
-        finally:
-            with lock:
-                inside[0] -= 1
-
-    monkeypatch.setattr(resemblyzer._encoder, "forward", counting)
     monkeypatch.setattr(resemblyzer, "batch_partials", 4)  # several passes per call
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: resemblyzer.embed(CLIPS), range(4)))
-    assert most[0] == 1
-    for result in results:
-        np.testing.assert_allclose(result, alone, atol=1e-6)
+    assert most_passes_at_once(resemblyzer, resemblyzer._encoder, monkeypatch) == 1

@@ -263,6 +263,7 @@ class ReDimNet2Embedder:
         if batch_seconds * SAMPLE_RATE < 1 or max_stretch < 1:
             raise EmbedderError(f"need batch_seconds > 0 and max_stretch >= 1, got {batch_seconds}, {max_stretch}")
         self.batch_samples = round(batch_seconds * SAMPLE_RATE)
+        self._one_pass_at_a_time = threading.Lock()  # see ResemblyzerEmbedder.embed
         self.max_stretch = max_stretch
         self.device = device = resolve_device(device)
         if hub_dir is not None:
@@ -309,7 +310,8 @@ class ReDimNet2Embedder:
             for group in length_buckets(lengths, stretch=self.max_stretch, max_samples=self.batch_samples):
                 longest = max(lengths[i] for i in group)
                 batch = np.stack([_tile_to(clips[i], longest) for i in group])
-                embedded = self._model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+                with self._one_pass_at_a_time:
+                    embedded = self._model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
                 for i, row in zip(group, embedded, strict=True):
                     rows[i] = row
         return _normalised_rows(rows)
