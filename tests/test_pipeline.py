@@ -101,7 +101,8 @@ def test_two_voices_end_to_end_through_the_tiny_model(meeting, tiny_native, tmp_
     assert {voice_of[s.text] + s.speaker for s in transcript.segments} == {"ASPEAKER_00", "BSPEAKER_01"}
     assert transcript.duration == pytest.approx(70.0)
     assert transcript.metadata.windows == 3 and transcript.metadata.embedder == "resemblyzer"
-    assert [e.done for e in events if e.kind == "window"] == [2, 3] and events[-1].kind == "file"
+    assert [e.done for e in events if e.kind == "window"] == [2, 3]
+    assert [e.kind for e in events][-2:] == ["speakers", "file"]  # linking begins, then the transcript is ready
 
     for fmt in format_names():
         text = render(transcript, fmt, uri="meeting")
@@ -158,6 +159,27 @@ def test_a_decoder_lowering_its_batch_size_gets_smaller_batches_from_then_on():
     decoder = Shrinking(lambda span: f"<|spltoken0|><|t:1.0|> window {span.index} <|t:2.0|>", batch_size=4)
     transcript = pipeline_with(decoder).run(tone(230), sampling_rate=SAMPLE_RATE)
     assert sizes == [4, 2, 2, 1] and len(transcript.segments) == 9
+
+
+def test_a_progress_callback_can_stop_the_run_before_the_speakers_are_linked():
+    # What the server does when a client goes away, and run_many when its caller stops reading.
+    from turnscribe.pipeline import RunStopped
+
+    linked = []
+
+    class Recording(ClusteringLinker):
+        def assign(self, segments, samples):
+            linked.append(len(segments))
+            return super().assign(segments, samples)
+
+    def stop_at_linking(event):
+        if event.kind == "speakers":
+            raise RunStopped("cancelled")
+
+    pipeline = Pipeline(scripted(lambda span: "<|spltoken0|><|t:1.0|> hi <|t:2.0|>"), Recording(FakeEmbedder()))
+    with pytest.raises(RunStopped):
+        pipeline.run(tone(60), sampling_rate=SAMPLE_RATE, progress=stop_at_linking)
+    assert linked == []
 
 
 def test_every_window_failing_is_an_error():

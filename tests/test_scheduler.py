@@ -292,3 +292,32 @@ def test_run_many_by_default_runs_enough_files_at_once_for_the_batch_size():
     results = list(run_many(pipeline, inputs, sampling_rate=SAMPLE_RATE))
     assert sorted(r.index for r in results) == list(range(len(inputs)))
     assert all(r.error is None for r in results)
+
+
+def test_closing_run_many_early_stops_the_files_in_flight_instead_of_finishing_them():
+    # Ctrl-C in the CLI, or a caller that stops reading: the files in flight must not be decoded to the end first.
+    decoded = []
+
+    class Slow(ScriptedDecoder):
+        def decode(self, windows, language):
+            time.sleep(0.05)
+            decoded.extend(w.span.index for w in windows)
+            return super().decode(windows, language)
+
+    linked = []
+
+    class Recording(ClusteringLinker):
+        def assign(self, segments, samples):
+            linked.append(len(samples))
+            return super().assign(segments, samples)
+
+    pipeline = Pipeline(Slow(script, batch_size=1), Recording(FakeEmbedder()))
+    inputs = [tone(20), tone(1300), tone(20)]  # 1 window, 50 windows (2.5 s of decoding), 1 window
+    results = run_many(pipeline, inputs, sampling_rate=SAMPLE_RATE, files_at_once=2)
+    first = next(results)
+    assert first.index == 0 and first.error is None
+    start = time.monotonic()
+    results.close()
+    assert time.monotonic() - start < 1.0  # the long file's windows left are not decoded first
+    assert len(decoded) < 25
+    assert len(linked) == 1  # only the file that was done: the long one does not go on to the embedder

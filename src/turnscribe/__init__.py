@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -128,7 +128,7 @@ def transcribe_many(
     audio_processes: int | None = None,
     progress: ProgressCallback | None = None,
     **options: object,
-) -> Iterator[FileResult]:
+) -> Generator[FileResult, None, None]:
     """Transcribe many recordings with one model, yielding a `FileResult` per input as each finishes.
 
     The windows of all files in flight (`files_at_once`, default: enough to fill the model's batches, see

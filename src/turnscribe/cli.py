@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -253,32 +254,36 @@ def transcribe(
             audio_processes=audio_processes,
             progress=on_progress,
         )
-        for result in results:
-            path = todo[result.index]
-            try:
-                if result.error is not None:
-                    raise result.error
-                assert result.transcript is not None
-                transcript = result.transcript
-                written = [
-                    write(transcript, fmt, output_dir / f"{path.stem}{extension(fmt)}", uri=path.stem)
-                    for fmt in formats
-                ]
-            except TurnscribeError as e:
-                failed += 1
-                console.print(f"[red]error[/red] {path}: {e}")
-            else:
-                problems = [r for r in transcript.metadata.repairs if r.kind == "window_failed"]
-                for r in problems:
-                    console.print(f"[yellow]warning[/yellow] {path}: window {r.window} failed to decode: {r.detail}")
-                console.print(
-                    f"[green]done[/green] {path}: {transcript.duration:.1f}s, {len(transcript.speakers)} speakers, "
-                    f"{len(transcript.segments)} segments → {', '.join(str(p) for p in written)}"
-                )
-            with lock:
-                if (task := window_tasks.pop(str(path), None)) is not None:
-                    bar.remove_task(task)
-            bar.advance(files_task)
+        # Closed at once on Ctrl-C, so that the files in flight stop rather than run to the end for nobody.
+        with contextlib.closing(results):
+            for result in results:
+                path = todo[result.index]
+                try:
+                    if result.error is not None:
+                        raise result.error
+                    assert result.transcript is not None
+                    transcript = result.transcript
+                    written = [
+                        write(transcript, fmt, output_dir / f"{path.stem}{extension(fmt)}", uri=path.stem)
+                        for fmt in formats
+                    ]
+                except TurnscribeError as e:
+                    failed += 1
+                    console.print(f"[red]error[/red] {path}: {e}")
+                else:
+                    problems = [r for r in transcript.metadata.repairs if r.kind == "window_failed"]
+                    for r in problems:
+                        console.print(
+                            f"[yellow]warning[/yellow] {path}: window {r.window} failed to decode: {r.detail}"
+                        )
+                    console.print(
+                        f"[green]done[/green] {path}: {transcript.duration:.1f}s, {len(transcript.speakers)} speakers, "
+                        f"{len(transcript.segments)} segments → {', '.join(str(p) for p in written)}"
+                    )
+                with lock:
+                    if (task := window_tasks.pop(str(path), None)) is not None:
+                        bar.remove_task(task)
+                bar.advance(files_task)
     if failed:
         console.print(f"[red]{failed} of {attempted} files failed[/red]")
         raise typer.Exit(1)

@@ -37,7 +37,10 @@ NO_SPACE_LANGUAGES = {"ja", "zh"}
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    kind: Literal["window", "file"]
+    """`window`: `done` of `total` windows decoded; `speakers`: decoding is over and speaker linking begins (a
+    callback that raises stops the run there, before the embedder); `file`: the transcript is ready."""
+
+    kind: Literal["window", "speakers", "file"]
     done: int
     total: int
     source: str | None = None
@@ -143,6 +146,8 @@ class Pipeline:
         metadata.repairs.extend(stitch_repairs)
         timings["stitch"] = time.perf_counter() - t0
 
+        if progress:
+            progress(ProgressEvent("speakers", 0, 1, source))
         t0 = time.perf_counter()
         assignment = self.speakers.assign(stitched, samples)
         labels = assignment.labels

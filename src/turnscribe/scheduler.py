@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -285,8 +285,10 @@ def run_many(
     audio_processes: int | None = None,
     max_pending: int = DEFAULT_MAX_PENDING,
     progress: ProgressCallback | None = None,
-) -> Iterator[FileResult]:
+) -> Generator[FileResult, None, None]:
     """Transcribe many inputs through one scheduler, yielding each result as it finishes (not in input order).
+    Closing the generator early (`close()`, or leaving a `with contextlib.closing(...)` block on Ctrl-C) stops
+    the files in flight: their windows still queued fail, so that nothing runs on for nobody.
 
     Up to `files_at_once` files are windowed, stitched and linked at once, each in its own thread; their windows
     share the decoder's batches (default: `files_at_once_for` the decoder's batch size, so that a GPU's large
@@ -296,7 +298,7 @@ def run_many(
     that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
     """
     from .audio import AudioProcesses, audio_process_count
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, ProgressEvent, RunStopped
 
     if files_at_once is None:
         files_at_once = files_at_once_for(pipeline.decoder.batch_size)
@@ -306,6 +308,14 @@ def run_many(
     # arrays (nothing to decode: `turnscribe bench`'s clips, callers with their own audio).
     arrays_only = isinstance(inputs, Sequence) and not any(isinstance(x, str | os.PathLike | bytes) for x in inputs)
     audio_processes = 0 if arrays_only else audio_process_count(audio_processes)
+
+    stopped = threading.Event()  # the caller stopped reading: the files in flight end at their next window
+
+    def checked(event: ProgressEvent) -> None:
+        if stopped.is_set():
+            raise RunStopped("cancelled")
+        if progress:
+            progress(event)
 
     def one(index: int, source_audio: AudioInput, samples: Future[np.ndarray] | None) -> FileResult:
         source = str(source_audio) if isinstance(source_audio, str | os.PathLike) else f"<input {index}>"
@@ -320,7 +330,7 @@ def run_many(
         )
         try:
             transcript = run.run(
-                source_audio, language=language, sampling_rate=sampling_rate, progress=progress, source=source
+                source_audio, language=language, sampling_rate=sampling_rate, progress=checked, source=source
             )
             return FileResult(index, source, transcript, None)
         except TurnscribeError as error:
@@ -369,3 +379,8 @@ def run_many(
             for _, _, samples in admitted:
                 if samples is not None:
                     samples.cancel()
+            if running:
+                # Stopped early (Ctrl-C, or the caller stopped reading): the files in flight end at their next
+                # window, and the windows still queued fail, rather than all of it running on for nobody.
+                stopped.set()
+                scheduler.stop()
