@@ -191,8 +191,12 @@ def transcribe(
     for f in missing:
         console.print(f"[red]error[/red] {f}: {'is a directory' if f.is_dir() else 'no such file'}")
     todo = [f for f in files if f.is_file()]
+
+    def output(path: Path, fmt: str) -> Path:
+        return output_dir / f"{path.stem}{extension(fmt)}"
+
     if skip_existing:
-        done = [f for f in todo if all((output_dir / f"{f.stem}{extension(fmt)}").exists() for fmt in formats)]
+        done = [f for f in todo if all(output(f, fmt).exists() for fmt in formats)]
         for f in done:
             console.print(f"[dim]skipped[/dim] {f}: its outputs exist")
         todo = [f for f in todo if f not in done]
@@ -263,10 +267,7 @@ def transcribe(
                         raise result.error
                     assert result.transcript is not None
                     transcript = result.transcript
-                    written = [
-                        write(transcript, fmt, output_dir / f"{path.stem}{extension(fmt)}", uri=path.stem)
-                        for fmt in formats
-                    ]
+                    written = [write(transcript, fmt, output(path, fmt), uri=path.stem) for fmt in formats]
                 except TurnscribeError as e:
                     failed += 1
                     console.print(f"[red]error[/red] {path}: {e}")

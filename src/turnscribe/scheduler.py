@@ -298,7 +298,7 @@ def run_many(
     that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
     """
     from .audio import AudioProcesses, audio_process_count
-    from .pipeline import Pipeline, ProgressEvent, RunStopped
+    from .pipeline import Pipeline, ProgressEvent, RunControl
 
     if files_at_once is None:
         files_at_once = files_at_once_for(pipeline.decoder.batch_size)
@@ -309,11 +309,10 @@ def run_many(
     arrays_only = isinstance(inputs, Sequence) and not any(isinstance(x, str | os.PathLike | bytes) for x in inputs)
     audio_processes = 0 if arrays_only else audio_process_count(audio_processes)
 
-    stopped = threading.Event()  # the caller stopped reading: the files in flight end at their next window
+    control = RunControl()  # stopped when the caller stops reading: the files in flight end at their next window
 
     def checked(event: ProgressEvent) -> None:
-        if stopped.is_set():
-            raise RunStopped("cancelled")
+        control.check()
         if progress:
             progress(event)
 
@@ -382,5 +381,5 @@ def run_many(
             if running:
                 # Stopped early (Ctrl-C, or the caller stopped reading): the files in flight end at their next
                 # window, and the windows still queued fail, rather than all of it running on for nobody.
-                stopped.set()
+                control.stop("cancelled")
                 scheduler.stop()

@@ -9,6 +9,7 @@ puts windows of similar length together (its length buckets), so the shares carr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import wait
 
 from .base import Decoder, WindowAudio
 from .threads import OwnThread
@@ -75,8 +76,5 @@ class ReplicatedDecoder:
             if size:
                 running.append(thread.submit(replica.decode, windows[start : start + size], language))
             start += size
-        # A failing share raises here, after every share has finished (the scheduler then retries each window).
-        results = [future.exception() for future in running]
-        if failed := next((e for e in results if e is not None), None):
-            raise failed
+        wait(running)  # a failing share raises below only once every share has finished
         return [output for future in running for output in future.result()]
