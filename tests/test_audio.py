@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -324,6 +326,22 @@ def test_text_named_wav(tmp_path: Path) -> None:
         load_audio(path)
 
 
+def test_tags_that_are_not_utf8_do_not_make_a_file_unreadable(tmp_path: Path) -> None:
+    # A RIFF INFO title in Latin-1, as old Windows tools write them; FFmpeg passes its bytes through unchanged.
+    path = write_wav(tmp_path / "latin1.wav", tone(TONE_HZ, TONE_S, SAMPLE_RATE), SAMPLE_RATE)
+    title = "Café réunion".encode("latin-1") + b"\0"
+    info = b"INFO" + b"INAM" + struct.pack("<I", len(title)) + title
+    data = bytearray(path.read_bytes() + b"LIST" + struct.pack("<I", len(info)) + info)
+    struct.pack_into("<I", data, 4, len(data) - 8)
+    path.write_bytes(data)
+    with av.open(str(path), **audio._OPEN_OPTIONS) as container:
+        assert container.metadata["title"].startswith("Caf")  # the tag is there to trip over
+
+    assert_tone(load_audio(path))
+    assert_tone(load_audio(path.read_bytes()))
+    assert audio_duration(path) == pytest.approx(TONE_S)
+
+
 def test_video_without_audio(tmp_path: Path) -> None:
     path = tmp_path / "silent_film.mp4"
     with av.open(str(path), "w") as out:
@@ -398,6 +416,29 @@ def test_a_dying_audio_process_loses_only_its_own_file(wav: Path, caplog: pytest
         # The pool was replaced: later files decode as before.
         np.testing.assert_array_equal(processes.load(wav), load_audio(wav))
     assert "died while reading" in caplog.text
+
+
+def collect_then_load(source: object, sampling_rate: int | None) -> np.ndarray:
+    gc.collect()
+    return load_audio(source, sampling_rate)  # type: ignore[arg-type]
+
+
+def test_a_worker_does_not_free_the_parents_decoders(wav: Path) -> None:
+    # The parent's cyclic garbage is forked into every worker; a worker that freed a PyAV 19 resampler from it
+    # waited for ever on FFmpeg threads that exist only in the parent. A subprocess, so that a hang is killed.
+    script = (
+        "import gc, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_audio import collect_then_load\n"
+        "from turnscribe.audio import AudioProcesses, load_audio\n"
+        "gc.disable()  # keeps the parent's resampler as garbage until the fork\n"
+        "expected = load_audio(sys.argv[1])\n"
+        "with AudioProcesses(1, load=collect_then_load) as processes:\n"
+        "    assert (processes.load(sys.argv[1]) == expected).all()\n"
+        "print('decoded')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(wav)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "decoded", done.stderr
 
 
 def test_audio_processes_die_with_a_killed_parent(tmp_path: Path) -> None:

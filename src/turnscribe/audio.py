@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import io
 import logging
 import math
@@ -20,7 +21,7 @@ from fractions import Fraction
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 from types import TracebackType
-from typing import BinaryIO, TypeAlias
+from typing import Any, BinaryIO, TypeAlias
 
 import av
 import av.error
@@ -262,7 +263,7 @@ class AudioProcesses:
         if not self._forked:
             return ProcessPoolExecutor(processes, mp_context=self._context)
         return ProcessPoolExecutor(
-            processes, mp_context=self._context, initializer=_die_with_parent, initargs=(os.getpid(),)
+            processes, mp_context=self._context, initializer=_start_forked_worker, initargs=(os.getpid(),)
         )
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
@@ -289,8 +290,19 @@ class AudioProcesses:
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
+def _start_forked_worker(parent: int) -> None:
+    """Initializer of a forked worker: leave the parent's objects alone, and die with the parent.
+
+    The parent's cyclic garbage comes along in the fork, and PyAV 19's resamplers are among it: freeing one
+    joins FFmpeg's filter threads, which exist only in the parent, so a worker whose garbage collector got to one
+    hung for ever. Frozen, they are never collected here.
+    """
+    gc.freeze()
+    _die_with_parent(parent)
+
+
 def _die_with_parent(parent: int) -> None:
-    """Initializer of a forked worker: be killed as soon as the parent dies, however it dies.
+    """Be killed as soon as the parent dies, however it dies.
 
     Workers would otherwise outlive a parent killed with SIGKILL (or by the OOM killer), waiting forever on
     their task queue and holding every file descriptor forked into them: a server's database lock and listening
@@ -330,10 +342,14 @@ def _checked_path(source: str | os.PathLike) -> str:
     return path
 
 
+# Non-UTF-8 tags are common in the wild and must not make an otherwise good file unreadable: PyAV before 19
+# decodes them strictly unless told otherwise; 19 dropped the option and always decodes them leniently.
+_OPEN_OPTIONS: dict[str, Any] = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
+
+
 def _open(file: str | BinaryIO, label: str) -> av.container.InputContainer:
     try:
-        # Non-UTF-8 tags are common in the wild and must not make an otherwise good file unreadable.
-        return av.open(file, mode="r", metadata_errors="replace")
+        return av.open(file, mode="r", **_OPEN_OPTIONS)
     except _DECODE_ERRORS as e:
         raise AudioError(f"Not a readable audio or video file: {label} ({_reason(e)})") from e
 
@@ -622,7 +638,7 @@ class _SampleBuffer:
     def append(self, samples: np.ndarray) -> None:
         end = self._size + samples.size
         if end > self._buf.size:
-            # In-place realloc; safe with refcheck off because no view of the buffer is ever kept.
+            # Reallocated in place where numpy can (before 2.5); refcheck off is safe: no view is kept while it grows.
             self._buf.resize(max(end, int(self._buf.size * _GROWTH)), refcheck=False)
         self._buf[self._size : end] = samples
         self._size = end
@@ -639,9 +655,12 @@ class _SampleBuffer:
 
     def finish(self) -> np.ndarray:
         self._check_finite()
-        # Shrinking in place releases the margin without copying, so the result owns exactly its samples.
-        self._buf.resize(self._size, refcheck=False)
-        return self._buf
+        samples = self._buf[: self._size]
+        # Where the duration estimate held, the spare room is a second or so: a view keeps it rather than copy
+        # the whole file (numpy 2.5 copies even to shrink in place). A buffer that grew is copied once, to size.
+        if self._buf.size - self._size > self._size // 100 + _MARGIN_SAMPLES:
+            return samples.copy()
+        return samples
 
 
 def _from_array(data: np.ndarray | torch.Tensor, sampling_rate: int | None) -> np.ndarray:
