@@ -418,6 +418,19 @@ def test_a_dying_audio_process_loses_only_its_own_file(wav: Path, caplog: pytest
     assert "died while reading" in caplog.text
 
 
+def test_pools_started_from_many_threads_at_once_all_start() -> None:
+    # filelock (imported by transformers and torch) refuses, on Python 3.12+, a fork while another thread forks:
+    # two files retried at once, or a retry beside a new pool, lost a file to that RuntimeError.
+    import filelock  # noqa: F401  # its fork guard is what the pools must not trip
+
+    def start(_: int) -> int:
+        with audio.AudioProcesses(2) as processes:
+            return processes.processes
+
+    with ThreadPoolExecutor(8) as threads:
+        assert list(threads.map(start, range(32))) == [2] * 32
+
+
 def collect_then_load(source: object, sampling_rate: int | None) -> np.ndarray:
     gc.collect()
     return load_audio(source, sampling_rate)  # type: ignore[arg-type]

@@ -255,16 +255,19 @@ class AudioProcesses:
         with self._lock:
             if self._pool is None:
                 self._pool = self._new_pool(self.processes)
-                # The first task starts every worker (a forking pool starts them all at once).
-                self._pool.submit(int).result()
             return self._pool
 
     def _new_pool(self, processes: int) -> ProcessPoolExecutor:
+        """A pool with its workers started: the first task starts them all (a forking pool forks them at once)."""
         if not self._forked:
-            return ProcessPoolExecutor(processes, mp_context=self._context)
-        return ProcessPoolExecutor(
-            processes, mp_context=self._context, initializer=_start_forked_worker, initargs=(os.getpid(),)
-        )
+            pool = ProcessPoolExecutor(processes, mp_context=self._context)
+        else:
+            pool = ProcessPoolExecutor(
+                processes, mp_context=self._context, initializer=_start_forked_worker, initargs=(os.getpid(),)
+            )
+        with _STARTING_WORKERS:
+            pool.submit(int).result()
+        return pool
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
         with self._lock:
@@ -287,6 +290,10 @@ class AudioProcesses:
         self.close()
 
 
+# One pool starts its workers at a time, process-wide: filelock (imported by transformers and torch) refuses,
+# on Python 3.12+, an os.fork while another thread is forking, so a file retried alone while another pool started
+# failed with "os.fork is unsafe while filelock is changing descriptor ownership".
+_STARTING_WORKERS = threading.Lock()
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 

@@ -382,6 +382,7 @@ def write_recording(path: Path, seconds: float, *, codec: str = "flac", seed: in
     total = round(seconds * rate)
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=rate, layout="stereo")
+        assert isinstance(stream, av.audio.stream.AudioStream)
         for second, start in enumerate(range(0, total, rate)):
             block = min(rate, total - start)
             envelope = 0.5 + 0.5 * np.sin(2 * np.pi * (second % 7) / 7 + np.linspace(0, 2 * np.pi, rate)[:block])

@@ -343,6 +343,7 @@ def write_audio(path: Path, samples: np.ndarray) -> Path:
     pcm = (np.clip(samples, -1.0, 1.0) * 32767).round().astype(np.int16).reshape(1, -1)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=SAMPLE_RATE, layout="mono")
+        assert isinstance(stream, av.audio.stream.AudioStream)
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         for packet in [*stream.encode(frame), *stream.encode(None)]:
