@@ -433,7 +433,7 @@ def test_pools_started_from_many_threads_at_once_all_start() -> None:
 
 def collect_then_load(source: object, sampling_rate: int | None) -> np.ndarray:
     gc.collect()
-    return load_audio(source, sampling_rate)  # type: ignore[arg-type]
+    return load_audio(source, sampling_rate)
 
 
 def test_a_worker_does_not_free_the_parents_decoders(wav: Path) -> None:
