@@ -148,11 +148,22 @@ def test_inputs_with_the_same_name_are_refused_before_any_work(clip, tmp_path):
     assert result.exit_code == 2 and "several inputs are named clip" in flat(result)
 
 
-def test_known_speaker_options_are_checked_before_loading(clip, tmp_path):
-    missing = run("transcribe", clip, "--model", tmp_path / "none", "--speaker", "Alice")
-    assert missing.exit_code == 2 and "expected KEY=VALUE" in flat(missing)
-    twice = run("transcribe", clip, "--model", tmp_path / "none", "--speaker", f"A={clip}", "--speaker", f"A={clip}")
-    assert twice.exit_code == 2 and "given once" in flat(twice)
+@pytest.mark.parametrize(
+    ("speakers", "message"),
+    [
+        (["Alice"], "expected NAME=FILE"),
+        (["A={clip}", "A={clip}"], "named once"),
+        (["A={clip}", " A ={clip}"], "named once"),  # the same name once stripped
+        ([" ={clip}"], "expected NAME=FILE"),  # empty once stripped
+        (["Al\tice={clip}"], "control character"),
+        (["Al\nice={clip}"], "control character"),
+        (["x" * 101 + "={clip}"], "at most 100"),
+    ],
+)
+def test_known_speaker_options_are_checked_before_loading(clip, tmp_path, speakers, message):
+    options = [arg for item in speakers for arg in ("--speaker", item.format(clip=clip))]
+    result = run("transcribe", clip, "--model", tmp_path / "none", *options)
+    assert result.exit_code == 2 and "--speaker" in flat(result) and message in flat(result)
 
 
 def test_known_speaker_names_label_the_transcript(tiny_native, clip, tmp_path):

@@ -15,6 +15,7 @@ from turnscribe.evaluation.oracle import OracleEmbedder, tag_speakers
 from turnscribe.evaluation.slot_structure import SlotMeeting, slot_meeting
 from turnscribe.evaluation.synthetic import MeetingConfig, generate_meeting, have_espeak
 from turnscribe.speakers import ClusteringLinker, load_embedder
+from turnscribe.speakers.names import MAX_SPEAKER_NAME_CHARS, SpeakerNameError
 from turnscribe.speakers.slots import (
     Linking,
     SlotGraph,
@@ -27,7 +28,7 @@ from turnscribe.speakers.slots import (
     set_strays_aside,
     slot_graph,
 )
-from turnscribe.types import SAMPLE_RATE, StitchedSegment
+from turnscribe.types import SAMPLE_RATE, StitchedSegment, Transcript
 
 
 def unit(*values: float) -> np.ndarray:
@@ -291,26 +292,49 @@ def test_ten_hours_link_in_linear_memory() -> None:
     assert len(set(labels.tolist())) == 8 and purity(labels, truth)
 
 
-def test_known_speakers_are_named_and_the_others_numbered() -> None:
-    turns = [
-        ReferenceTurn(1.0, 9.0, "bob", "one two three four five six"),
-        ReferenceTurn(8.0, 15.0, "alice", "seven eight nine ten eleven"),  # overlaps Bob's turn
-        ReferenceTurn(16.0, 27.0, "carol", "twelve thirteen fourteen fifteen"),
-        ReferenceTurn(29.0, 40.0, "alice", "sixteen seventeen eighteen nineteen"),
-        ReferenceTurn(41.0, 52.0, "bob", "twenty twenty-one twenty-two"),
-        ReferenceTurn(53.0, 60.0, "carol", "twenty-three twenty-four"),
-    ]
+KNOWN_SPEAKER_TURNS = [
+    ReferenceTurn(1.0, 9.0, "bob", "one two three four five six"),
+    ReferenceTurn(8.0, 15.0, "alice", "seven eight nine ten eleven"),  # overlaps Bob's turn
+    ReferenceTurn(16.0, 27.0, "carol", "twelve thirteen fourteen fifteen"),
+    ReferenceTurn(29.0, 40.0, "alice", "sixteen seventeen eighteen nineteen"),
+    ReferenceTurn(41.0, 52.0, "bob", "twenty twenty-one twenty-two"),
+    ReferenceTurn(53.0, 60.0, "carol", "twenty-three twenty-four"),
+]
+
+
+def label_with_known_speakers(alice_as: str, other_names: tuple[str, ...] = ()) -> tuple[Transcript, dict[str, str]]:
+    """KNOWN_SPEAKER_TURNS with Alice enrolled as `alice_as` and `other_names` enrolled on a clip of nobody's voice;
+    the transcript, and the label of each segment's first word."""
     noise = np.random.default_rng(0).normal(scale=0.1, size=62 * SAMPLE_RATE).astype(np.float32)
-    audio, _ = tag_speakers(noise, turns)
-    alice = audio[29 * SAMPLE_RATE : 40 * SAMPLE_RATE]
-    linker = SlotLinker(OracleEmbedder(), known_speakers={"Alice": alice, "Dave": audio[: SAMPLE_RATE // 2]})
-    transcript = Pipeline(ReferenceDecoder(turns), linker).run(audio, sampling_rate=SAMPLE_RATE)
-    by_speaker = {seg.text.split()[0]: seg.speaker for seg in transcript.segments}
+    audio, _ = tag_speakers(noise, KNOWN_SPEAKER_TURNS)
+    references = {alice_as: audio[29 * SAMPLE_RATE : 40 * SAMPLE_RATE]}
+    references |= {name: audio[: SAMPLE_RATE // 2] for name in other_names}
+    linker = SlotLinker(OracleEmbedder(), known_speakers=references)
+    transcript = Pipeline(ReferenceDecoder(KNOWN_SPEAKER_TURNS), linker).run(audio, sampling_rate=SAMPLE_RATE)
+    return transcript, {seg.text.split()[0]: seg.speaker for seg in transcript.segments}
+
+
+def test_known_speakers_are_named_and_the_others_numbered() -> None:
+    transcript, by_speaker = label_with_known_speakers("Alice", ("Dave",))
     assert by_speaker["seven"] == by_speaker["sixteen"] == "Alice"
     assert by_speaker["one"] == by_speaker["twenty"] == "SPEAKER_00"
     assert by_speaker["twelve"] == by_speaker["twenty-three"] == "SPEAKER_01"
     assert "Dave" not in transcript.speakers  # a reference that matches nobody names nobody
-    assert len(transcript.segments) == len(turns)  # overlapping speech is kept, not merged
+    assert len(transcript.segments) == len(KNOWN_SPEAKER_TURNS)  # overlapping speech is kept, not merged
+
+
+def test_known_speaker_names_are_stripped_and_checked_before_any_work() -> None:
+    _, by_speaker = label_with_known_speakers("  Alice\u00a0")
+    assert by_speaker["seven"] == "Alice"
+    clip = np.zeros(SAMPLE_RATE, np.float32)
+    for names, message in [
+        (["Al\nice"], "line break or control character"),
+        (["Alice", " Alice "], "named once"),
+        ([" "], "empty"),
+        (["x" * (MAX_SPEAKER_NAME_CHARS + 1)], "at most"),
+    ]:
+        with pytest.raises(SpeakerNameError, match=message):
+            SlotLinker(OracleEmbedder(), known_speakers=dict.fromkeys(names, clip))
 
 
 def test_single_window_keeps_the_models_slots_without_embedding() -> None:

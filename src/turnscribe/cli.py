@@ -30,6 +30,7 @@ from .pipeline import ProgressEvent
 from .prompt import LANGUAGES, check_language
 from .scheduler import run_many
 from .server.cli import serve
+from .speakers.names import SpeakerNameError, check_speaker_names
 from .train.cli import register as register_training
 from .types import TurnscribeError
 from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, check_window
@@ -100,14 +101,26 @@ def _parse_formats(value: str) -> list[str]:
     return chosen
 
 
+def _key_value(item: str, option: str, form: str = "KEY=VALUE") -> tuple[str, str]:
+    """`item` split at its first '=', both sides stripped; the key (stripped) may not be empty."""
+    key, sep, value = (part.strip() for part in item.partition("="))
+    if not sep or not key:
+        raise typer.BadParameter(f"expected {form}, got {item!r}", param_hint=option)
+    return key, value
+
+
 def _parse_options(values: list[str]) -> dict[str, str]:
-    options = {}
-    for item in values:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
-        options[key.strip()] = val.strip()
-    return options
+    return dict(_key_value(item, "--embedder-option") for item in values)
+
+
+def _parse_speakers(values: list[str]) -> dict[str, str]:
+    """NAME=FILE pairs as name → file, the names checked (and stripped) as the library checks them."""
+    pairs = [_key_value(item, "--speaker", "NAME=FILE") for item in values]
+    try:
+        names = check_speaker_names(name for name, _ in pairs)
+    except SpeakerNameError as e:
+        raise typer.BadParameter(str(e), param_hint="--speaker") from e
+    return dict(zip(names, (file for _, file in pairs), strict=True))
 
 
 @app.command()
@@ -170,9 +183,7 @@ def transcribe(
 ) -> None:
     """Transcribe FILES with speaker labels and write the chosen formats to --output-dir."""
     formats = _parse_formats(format)
-    known_speakers = _parse_options(speaker or [])
-    if len(known_speakers) != len(speaker or []):
-        raise typer.BadParameter("each --speaker name may be given once")
+    known_speakers = _parse_speakers(speaker or [])
     try:
         check_language(language)
         check_window(window, overlap)

@@ -12,6 +12,7 @@ import binascii
 import numpy as np
 
 from ..audio import AudioError, load_audio
+from ..speakers.names import SpeakerNameError, check_speaker_names
 from ..types import SAMPLE_RATE
 from .errors import APIError
 
@@ -40,8 +41,10 @@ def read_known_speakers(names: list[str], references: list[str], *, limit: int) 
         )
     if len(names) > limit:
         raise APIError(400, f"at most {limit} known speakers per request on this server", param=PARAM_NAMES)
-    if len(set(names)) != len(names) or any(not n.strip() for n in names):
-        raise APIError(400, f"{PARAM_NAMES} must be distinct and non-empty", param=PARAM_NAMES)
+    try:
+        names = check_speaker_names(names)
+    except SpeakerNameError as e:
+        raise APIError(400, f"{PARAM_NAMES}: {e}", param=PARAM_NAMES) from None
     low, high = KNOWN_SPEAKER_SECONDS
     speakers = {}
     for i, (name, url) in enumerate(zip(names, references)):

@@ -58,6 +58,7 @@ from scipy.optimize import linear_sum_assignment
 from turnscribe.speakers.clustering import check_counts
 from turnscribe.speakers.embedders import Embedder
 from turnscribe.speakers.linking import SpeakerAssignment, embed_in_chunks, segment_clip
+from turnscribe.speakers.names import check_speaker_names
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
 
 MIN_CALIBRATION_PAIRS = 3
@@ -565,6 +566,8 @@ class SlotLinker:
 
     def __post_init__(self) -> None:
         check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
+        names = check_speaker_names(self.known_speakers)
+        self.known_speakers = dict(zip(names, self.known_speakers.values(), strict=True))
         clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in self.known_speakers.values()]
         self._references = embed_in_chunks(self.embedder, clips) if clips else np.zeros((0, 0), np.float32)
 
