@@ -323,6 +323,14 @@ def test_known_speakers_are_named_and_the_others_numbered() -> None:
     assert len(transcript.segments) == len(KNOWN_SPEAKER_TURNS)  # overlapping speech is kept, not merged
 
 
+def test_automatic_labels_skip_the_names_of_known_speakers() -> None:
+    _, by_speaker = label_with_known_speakers("SPEAKER_00", ("SPEAKER_01",))
+    assert by_speaker["seven"] == by_speaker["sixteen"] == "SPEAKER_00"
+    # Bob would be SPEAKER_00 and Carol SPEAKER_01: Alice's name, and one enrolled for a voice that is not there.
+    assert by_speaker["one"] == by_speaker["twenty"] == "SPEAKER_02"
+    assert by_speaker["twelve"] == by_speaker["twenty-three"] == "SPEAKER_03"
+
+
 def test_known_speaker_names_are_stripped_and_checked_before_any_work() -> None:
     _, by_speaker = label_with_known_speakers("  Alice\u00a0")
     assert by_speaker["seven"] == "Alice"

@@ -47,6 +47,7 @@ recordings are clustered in blocks of consecutive slot groups, and the blocks' c
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -629,13 +630,14 @@ class SlotLinker:
         names = list(self.known_speakers)
         return [(int(r), names[c]) for r, c in zip(rows, cols, strict=True) if cost[r, c] < linking.threshold]
 
-    @staticmethod
-    def _names(segments: Sequence[StitchedSegment], labels: np.ndarray, known: list[tuple[int, str]]) -> list[str]:
-        """Known names where matched; the others SPEAKER_00, SPEAKER_01, … in the order they first speak."""
+    def _names(
+        self, segments: Sequence[StitchedSegment], labels: np.ndarray, known: list[tuple[int, str]]
+    ) -> list[str]:
+        """Known names where matched; the others SPEAKER_00, SPEAKER_01, … in the order they first speak, skipping
+        the names of known speakers, matched or not (an automatic label must never pass for an enrolled person)."""
         names = dict(known)
-        anonymous = 0
+        automatic = (name for n in itertools.count() if (name := f"SPEAKER_{n:02d}") not in self.known_speakers)
         for i in sorted(range(len(segments)), key=lambda i: (segments[i].start, i)):
             if int(labels[i]) not in names:
-                names[int(labels[i])] = f"SPEAKER_{anonymous:02d}"
-                anonymous += 1
+                names[int(labels[i])] = next(automatic)
         return [names[int(label)] for label in labels]
