@@ -97,6 +97,20 @@ def test_rttm_tokens_have_no_whitespace() -> None:
     assert formats.render(t, "rttm", uri="a b\tc") == want
 
 
+def test_rttm_fields_are_never_empty() -> None:
+    t = Transcript([Segment(0, 0.0, 1.0, "hi", " ")], [" "], "en", 1.0)
+    line = formats.render(t, "rttm", uri="\t")
+    assert line == "SPEAKER audio 1 0.000 1.000 <NA> <NA> unnamed <NA> <NA>\n" and len(line.split()) == 10
+
+
+def test_rttm_keeps_speakers_apart_whose_names_become_one_token() -> None:
+    names = ["Ana María", "Ana_María", "Ana_María_2", " ", "unnamed"]
+    t = Transcript([Segment(i, i, i + 1.0, "x", name) for i, name in enumerate(names)], names, "en", 5.0)
+    labels = [line.split()[7] for line in formats.render(t, "rttm").splitlines()]
+    # A name that is a token already keeps it; the others take the next free numbered suffix.
+    assert labels == ["Ana_María_3", "Ana_María", "Ana_María_2", "unnamed_2", "unnamed"]
+
+
 def test_textgrid_round_trip_merges_own_overlaps(transcript: Transcript, tmp_path: Path) -> None:
     path = formats.write(transcript, "textgrid", tmp_path / "t.TextGrid", uri="t")
     grid = openTextgrid(str(path), includeEmptyIntervals=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import html
+import itertools
 import json
 import math
 import os
@@ -29,6 +30,9 @@ from pyannote.core import Segment as Span
 from webvtt.models import Timestamp
 
 from turnscribe.types import Segment, Transcript
+
+DEFAULT_URI = "audio"  # the recording's name where none is given, or where the given one is blank
+UNNAMED = "unnamed"  # a blank speaker's RTTM token
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def extension(fmt: str) -> str:
     return _writer(fmt).extension
 
 
-def render(transcript: Transcript, fmt: str, *, uri: str = "audio") -> str:
+def render(transcript: Transcript, fmt: str, *, uri: str = DEFAULT_URI) -> str:
     """The transcript as text in format `fmt`; `uri` names the recording where the format has a field for it."""
     return _writer(fmt).render(transcript, uri)
 
@@ -80,9 +84,26 @@ def write(transcript: Transcript, fmt: str, path: Path, *, uri: str) -> Path:
     return path
 
 
-def _token(name: str) -> str:
-    """Space-separated formats (RTTM) cannot hold whitespace inside a field."""
-    return "_".join(name.split())
+def _token(name: str, placeholder: str) -> str:
+    """A field of a space-separated format (RTTM): no whitespace inside, and never empty (that would drop a field)."""
+    return "_".join(name.split()) or placeholder
+
+
+def _speaker_tokens(transcript: Transcript) -> dict[str, str]:
+    """Each speaker's RTTM token, distinct speakers' distinct: 'Ana María' and 'Ana_María' both become 'Ana_María'
+    by `_token`, so the name that needs no change keeps it and the other one gets a numbered suffix."""
+    names = dict.fromkeys([*transcript.speakers, *(seg.speaker for seg in transcript.segments)])
+    tokens: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in sorted(names, key=lambda name: _token(name, UNNAMED) != name):  # stable: names already tokens first
+        token = base = _token(name, UNNAMED)
+        for suffix in itertools.count(2):
+            if token not in taken:
+                break
+            token = f"{base}_{suffix}"
+        tokens[name] = token
+        taken.add(token)
+    return tokens
 
 
 def _merge(segments: Iterable[Segment], joins: Callable[[Segment, Segment], bool]) -> list[Segment]:
@@ -167,10 +188,11 @@ def _vtt(transcript: Transcript, uri: str) -> str:
 
 
 def _rttm(transcript: Transcript, uri: str) -> str:
-    annotation = Annotation(uri=_token(uri))
+    annotation = Annotation(uri=_token(uri, DEFAULT_URI))
+    tokens = _speaker_tokens(transcript)
     for track, seg in enumerate(transcript.segments):
         # One track per segment keeps overlapping turns, even of one speaker, apart; pyannote drops empty spans.
-        annotation[Span(seg.start, seg.end), track] = _token(seg.speaker)
+        annotation[Span(seg.start, seg.end), track] = tokens[seg.speaker]
     return annotation.to_rttm()
 
 
@@ -192,12 +214,12 @@ def _textgrid(transcript: Transcript, uri: str) -> str:
         return path.read_text(encoding="utf-8")
 
 
-def to_seglst(transcript: Transcript, uri: str = "audio") -> SegLST:
+def to_seglst(transcript: Transcript, uri: str = DEFAULT_URI) -> SegLST:
     """The transcript as meeteval segments, e.g. for cpWER against a reference."""
     return SegLST(
         [
             {
-                "session_id": _token(uri),
+                "session_id": _token(uri, DEFAULT_URI),
                 "speaker": seg.speaker,
                 "start_time": seg.start,
                 "end_time": seg.end,
