@@ -122,7 +122,7 @@ def test_textgrid_round_trip_merges_own_overlaps(transcript: Transcript, tmp_pat
     }
 
 
-def test_textgrid_skips_empty_spans_and_spans_past_duration(tmp_path: Path) -> None:
+def test_textgrid_keeps_empty_and_backwards_spans_and_spans_past_duration(tmp_path: Path) -> None:
     segments = [
         Segment(0, 1.0, 1.0, "zero", "A"),
         Segment(1, 2.0, 1.5, "backwards", "A"),
@@ -132,9 +132,56 @@ def test_textgrid_skips_empty_spans_and_spans_past_duration(tmp_path: Path) -> N
     grid = openTextgrid(str(path), includeEmptyIntervals=False)
     assert grid.maxTimestamp == 12.0
     assert [(tier.name, [tuple(e) for e in tier.entries]) for tier in grid.tiers] == [
-        ("A", [(3.0, 12.0, "x")]),
+        ("A", [(1.0, 1.001, "zero"), (2.0, 2.001, "backwards"), (3.0, 12.0, "x")]),
         ("B", []),
     ]
+
+
+# Out of order, one zero-length, one shorter than a millisecond, one before 0: as every timed format must show them,
+# in start order, each at least a millisecond long.
+AWKWARD = [
+    Segment(0, 5.0, 6.0, "last", "A"),
+    Segment(1, 2.0, 2.0, "zero", "B"),
+    Segment(2, 3.0004, 3.0008, "tiny", "A"),
+    Segment(3, -0.5, 1.0, "early", "B"),
+]
+AWKWARD_SHOWN = [
+    (0, 1000, "B", "early"),
+    (2000, 2001, "B", "zero"),
+    (3000, 3001, "A", "tiny"),
+    (5000, 6000, "A", "last"),
+]
+
+
+def awkward() -> Transcript:
+    return Transcript(AWKWARD, ["A", "B"], "en", 6.0)
+
+
+def test_srt_keeps_short_cues_and_sorts_them() -> None:
+    got = [
+        (ms(s.start.total_seconds()), ms(s.end.total_seconds()), s.content)
+        for s in srt.parse(formats.render(awkward(), "srt"))
+    ]
+    assert got == [(start, end, f"{speaker}: {text}") for start, end, speaker, text in AWKWARD_SHOWN]
+
+
+def test_vtt_keeps_short_cues_and_sorts_them() -> None:
+    vtt = webvtt.from_string(formats.render(awkward(), "vtt"), strict=True)
+    got = [(c.start_time.in_milliseconds(), c.end_time.in_milliseconds(), c.voice, c.text) for c in vtt.captions]
+    assert got == AWKWARD_SHOWN
+
+
+def test_rttm_keeps_short_turns() -> None:
+    lines = [line.split() for line in formats.render(awkward(), "rttm").splitlines()]
+    got = [(ms(float(f[3])), ms(float(f[3]) + float(f[4])), f[7]) for f in lines]
+    assert got == [(start, end, speaker) for start, end, speaker, _ in AWKWARD_SHOWN]
+
+
+def test_txt_keeps_short_turns_and_sorts_them() -> None:
+    assert formats.render(awkward(), "txt") == (
+        # In start order B speaks twice in a row, and A does: one turn each.
+        "[00:00:00.000 --> 00:00:02.001] B: early zero\n\n[00:00:03.000 --> 00:00:06.000] A: tiny last\n"
+    )
 
 
 def test_seglst_round_trip(transcript: Transcript) -> None:
@@ -203,6 +250,13 @@ def test_every_format_reads_back_all_entries(fmt: str, transcript: Transcript, t
     # txt joins the two consecutive SPEAKER_00 segments; textgrid merges the overlapping ones.
     want = {"txt": 4, "textgrid": 4}.get(fmt, len(SEGMENTS))
     assert _entries(fmt, formats.render(transcript, fmt), tmp_path) == want
+
+
+@pytest.mark.parametrize("fmt", formats.format_names())
+def test_no_format_loses_a_short_or_misplaced_segment(fmt: str, tmp_path: Path) -> None:
+    # txt joins B's and A's consecutive turns; each TextGrid tier holds its speaker's two segments apart.
+    want = {"txt": 2}.get(fmt, len(AWKWARD))
+    assert _entries(fmt, formats.render(awkward(), fmt), tmp_path) == want
 
 
 @pytest.mark.parametrize("fmt", formats.format_names())

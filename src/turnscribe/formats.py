@@ -106,6 +106,19 @@ def _speaker_tokens(transcript: Transcript) -> dict[str, str]:
     return tokens
 
 
+def _timeline(transcript: Transcript) -> list[Segment]:
+    """The segments as the timed formats (txt, SRT, WebVTT, RTTM, TextGrid) show them: in start order (WebVTT
+    requires it), on the millisecond grid those formats write, none before 0 and each at least a millisecond long.
+    A cue that ends where it starts is dropped by srt.compose and invalid in WebVTT, an RTTM turn of 0.000 s is
+    empty and a Praat interval must have length: a segment shorter than a millisecond would lose its text."""
+    timed = []
+    for seg in sorted(transcript.segments, key=lambda s: s.start):
+        start = max(round(seg.start * 1000), 0)
+        end = max(round(seg.end * 1000), start + 1)
+        timed.append(dataclasses.replace(seg, start=start / 1000, end=end / 1000))
+    return timed
+
+
 def _merge(segments: Iterable[Segment], joins: Callable[[Segment, Segment], bool]) -> list[Segment]:
     """Fold each segment into the one before it while `joins(previous, current)` holds."""
     merged: list[Segment] = []
@@ -162,7 +175,7 @@ def _full_json(transcript: Transcript, uri: str) -> str:
 
 
 def _txt(transcript: Transcript, uri: str) -> str:
-    turns = _merge(transcript.segments, lambda prev, seg: prev.speaker == seg.speaker)
+    turns = _merge(_timeline(transcript), lambda prev, seg: prev.speaker == seg.speaker)
     return "\n".join(f"[{_clock(t.start)} --> {_clock(t.end)}] {t.speaker}: {_one_line(t.text)}\n" for t in turns)
 
 
@@ -173,14 +186,14 @@ def _srt(transcript: Transcript, uri: str) -> str:
     # compose() numbers the cues.
     subtitles = [
         srt.Subtitle(None, at(seg.start), at(seg.end), f"{seg.speaker}: {_one_line(seg.text)}")
-        for seg in transcript.segments
+        for seg in _timeline(transcript)
     ]
     return srt.compose(subtitles)
 
 
 def _vtt(transcript: Transcript, uri: str) -> str:
     vtt = webvtt.WebVTT()
-    for seg in transcript.segments:
+    for seg in _timeline(transcript):
         # Cue text is markup: webvtt-py writes it verbatim, so '&', '<' and '>' must be escaped here.
         voice, text = (html.escape(s, quote=False) for s in (seg.speaker, _one_line(seg.text)))
         vtt.captions.append(webvtt.Caption(_clock(seg.start), _clock(seg.end), f"<v {voice}>{text}"))
@@ -190,20 +203,19 @@ def _vtt(transcript: Transcript, uri: str) -> str:
 def _rttm(transcript: Transcript, uri: str) -> str:
     annotation = Annotation(uri=_token(uri, DEFAULT_URI))
     tokens = _speaker_tokens(transcript)
-    for track, seg in enumerate(transcript.segments):
-        # One track per segment keeps overlapping turns, even of one speaker, apart; pyannote drops empty spans.
+    for track, seg in enumerate(_timeline(transcript)):
+        # One track per segment keeps overlapping turns, even of one speaker, apart.
         annotation[Span(seg.start, seg.end), track] = tokens[seg.speaker]
     return annotation.to_rttm()
 
 
 def _textgrid(transcript: Transcript, uri: str) -> str:
-    end = max([transcript.duration, *(seg.end for seg in transcript.segments)])
-    speakers = list(dict.fromkeys([*transcript.speakers, *(seg.speaker for seg in transcript.segments)]))
+    timeline = _timeline(transcript)
+    end = max([transcript.duration, *(seg.end for seg in timeline)])
+    speakers = list(dict.fromkeys([*transcript.speakers, *(seg.speaker for seg in timeline)]))
     grid = Textgrid(0, end)
     for speaker in speakers:
-        own = sorted(
-            (s for s in transcript.segments if s.speaker == speaker and s.end > s.start), key=lambda s: s.start
-        )
+        own = [s for s in timeline if s.speaker == speaker]
         # Praat intervals within a tier may not overlap, so a speaker's overlapping segments become one interval.
         intervals = _merge(own, lambda prev, seg: seg.start < prev.end)
         grid.addTier(IntervalTier(speaker, [(s.start, s.end, s.text) for s in intervals], 0, end))
