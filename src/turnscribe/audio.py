@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from fractions import Fraction
+from functools import partial
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 from types import TracebackType
@@ -36,6 +37,7 @@ __all__ = [
     "AudioInput",
     "AudioLoader",
     "AudioProcesses",
+    "AudioTooLong",
     "audio_duration",
     "audio_process_count",
     "load_audio",
@@ -53,9 +55,17 @@ _ESTIMATE_MARGIN = 1.01
 _MARGIN_SAMPLES = SAMPLE_RATE
 # Starting size when the container reports no duration (pipes, some streamed formats); grows from there.
 _UNKNOWN_CAPACITY = 60 * SAMPLE_RATE
+# A damaged or crafted header can claim years (an mp3's Xing frame count): the estimate is believed only as far as
+# the file could hold it, 64 output samples per byte (Opus at 6 kbit/s gives 21; what compresses further, such as
+# digital silence, grows the buffer), and 4 hours (0.9 GB) at most. Beyond that the buffer grows as samples arrive.
+_MAX_SAMPLES_PER_BYTE = 64
+_MAX_PREALLOCATED = 4 * 3600 * SAMPLE_RATE
 _GROWTH = 1.5
-# Decoded samples are checked for NaN/inf in blocks of this many (4 MB of float32, 1 MB of mask).
+# Decoded samples are checked for NaN/inf and absurd levels in blocks of this many (4 MB of float32).
 _CHECK_BLOCK = 1 << 20
+# Loudest sample accepted, 100 dB above full scale: float files a little over ±1, or stored on a 16-bit integer scale
+# (±32768), still work; beyond this the numbers are not audio, and the model's features overflow into NaN.
+MAX_PEAK = 1e5
 
 # Errors PyAV raises for unreadable input; several FFmpegError subclasses are also OSError/ValueError,
 # and metadata or I/O problems surface as the plain builtins.
@@ -66,7 +76,11 @@ class AudioError(TurnscribeError):
     """The audio input could not be read; the message names the input and the reason."""
 
 
-def load_audio(source: AudioInput, sampling_rate: int | None = None) -> np.ndarray:
+class AudioTooLong(AudioError):
+    """The audio runs longer than the caller's `max_seconds`: decoding stopped there, holding no more than that."""
+
+
+def load_audio(source: AudioInput, sampling_rate: int | None = None, *, max_seconds: float | None = None) -> np.ndarray:
     """Return mono float32 samples at 16 kHz (1-D, C-contiguous).
 
     ``source`` is a path, the bytes of a file, a binary file object, or samples as a numpy array or torch tensor.
@@ -82,20 +96,26 @@ def load_audio(source: AudioInput, sampling_rate: int | None = None) -> np.ndarr
     rather than copying), and at the end it is shrunk in place to the decoded length. The result owns its
     memory: no list of chunks, no ``np.concatenate``, and no oversized parent buffer kept alive behind a view.
 
-    Raises AudioError with the path and a short reason for missing, empty, corrupt or audio-less files and
-    for invalid arrays (no rate, NaN/inf, unsupported shape or dtype). Undecodable packets inside an otherwise
+    ``max_seconds`` caps the length: longer audio raises AudioTooLong as soon as decoding passes it, so a file
+    whose header understates its length (a server checks the header first) cannot fill memory.
+
+    Raises AudioError with the path and a short reason for missing, empty, corrupt or audio-less files (a file
+    that decodes to no samples included) and for invalid arrays (no rate, NaN/inf or samples far beyond full
+    scale, unsupported shape or dtype). Undecodable packets inside an otherwise
     readable file are skipped with a warning, as the ffmpeg command line does, so one damaged frame does not
     lose a long recording.
     """
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        return _from_array(source, sampling_rate)
+        return _from_array(source, sampling_rate, max_seconds)
     if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(source, "read"):
         if sampling_rate is not None:
             raise AudioError(
                 f"sampling_rate applies only to array and tensor input; {_label(source)} is a file and is "
                 "decoded at its own rate (pass sampling_rate=None)"
             )
-        return _from_file(source)
+        return _from_file(source, max_seconds)
     raise AudioError(
         f"Unsupported audio input of type {type(source).__name__}: pass a path, bytes, a binary file object, "
         "a numpy array or a torch tensor"
@@ -150,12 +170,15 @@ class AudioProcesses:
     AudioError; later files get a fresh pool. Use as a context manager, or call `close()`.
     """
 
-    def __init__(self, processes: int, *, load: AudioLoader = load_audio, min_piece_s: float = 60.0) -> None:
+    def __init__(
+        self, processes: int, *, load: Callable[..., np.ndarray] = load_audio, min_piece_s: float = 60.0
+    ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
         self.processes = processes
         self.min_piece_s = min_piece_s
-        self._load = load  # runs in the workers: a module-level function, so that it can be pickled
+        # Runs in the workers (a module-level function, so that it can be pickled), as load_audio is called.
+        self._load = load
         self._forked = sys.platform == "linux"
         self._context = multiprocessing.get_context("fork" if self._forked else "spawn")
         if self._forked:
@@ -168,38 +191,49 @@ class AudioProcesses:
         self._reserved = 0  # bytes of shared memory held by pieces in flight
         self._current_pool()
 
-    def load(self, source: AudioInput, sampling_rate: int | None = None) -> np.ndarray:
+    def load(
+        self, source: AudioInput, sampling_rate: int | None = None, *, max_seconds: float | None = None
+    ) -> np.ndarray:
+        """`load_audio` in a worker process (see the class docstring)."""
         if not isinstance(source, (str, os.PathLike, bytes, bytearray)):
-            return load_audio(source, sampling_rate)
+            return load_audio(source, sampling_rate, max_seconds=max_seconds)
+        # A module-level function and a partial of one pickle; a caller's `load` need not know max_seconds.
+        read = self._load if max_seconds is None else partial(self._load, max_seconds=max_seconds)
         pool = self._current_pool()
         try:
-            if (samples := self._in_pieces(pool, source, sampling_rate)) is not None:
+            if (samples := self._in_pieces(pool, source, sampling_rate, max_seconds)) is not None:
                 return samples
-            return pool.submit(self._load, source, sampling_rate).result()
+            return pool.submit(read, source, sampling_rate).result()
         except BrokenProcessPool:
             self._discard(pool)
             logger.warning("an audio decoding process died while reading %s; retrying it alone", _label(source))
         # Alone in a process of its own, so that another file that kills its worker cannot take this one along.
         try:
             with self._new_pool(1) as alone:
-                return alone.submit(self._load, source, sampling_rate).result()
+                return alone.submit(read, source, sampling_rate).result()
         except BrokenProcessPool as error:
             raise AudioError(
                 f"The process decoding {_label(source)} died (out of memory, or a crash in FFmpeg), also when "
                 "retried alone; the file was not read"
             ) from error
 
-    def _in_pieces(self, pool: ProcessPoolExecutor, source: AudioInput, sampling_rate: int | None) -> np.ndarray | None:
+    def _in_pieces(
+        self, pool: ProcessPoolExecutor, source: AudioInput, sampling_rate: int | None, max_seconds: float | None
+    ) -> np.ndarray | None:
         """The file decoded in pieces, or None where it cannot be (see the class docstring)."""
         if self.processes < 2 or sampling_rate is not None or not isinstance(source, (str, os.PathLike)):
             return None
         path = os.fsdecode(source)
+        if not os.path.isfile(path):  # a pipe can be read once only; the one-pass decode reports a missing file
+            return None
         try:
             seconds = _splittable_seconds(path)
         except AudioError:
             return None  # the one-pass decode says what is wrong with it
         if seconds is None or (count := min(self.processes, int(seconds // self.min_piece_s))) < 2:
             return None
+        if max_seconds is not None and seconds > max_seconds:
+            return None  # the one-pass decode stops at the limit
         starts = [round(seconds * SAMPLE_RATE * i / count) for i in range(count)]
         stops: list[int | None] = [*starts[1:], None]  # the last piece runs to the end, whatever the estimate said
         # The pieces come back through shared memory: through the pool's pipes, an hour of samples took longer
@@ -217,14 +251,14 @@ class AudioProcesses:
             return None
         try:
             futures = [
-                pool.submit(_decode_piece_into, path, start, stop, memory.name, capacity)
+                pool.submit(_decode_piece_into, path, start, stop, memory.name, capacity, max_seconds)
                 for start, stop in zip(starts, stops)
             ]
             wait(futures)  # every worker is done with the memory before it goes
             try:
                 pieces = [future.result() for future in futures]
-            except BrokenProcessPool:
-                raise  # a worker died: load() retries the file alone
+            except (BrokenProcessPool, AudioTooLong):
+                raise  # a worker died: load() retries the file alone; or the header understated the length
             except Exception as error:  # _NotSplittable, AudioError, or anything else: one pass will tell
                 logger.info("%s: decoding in one pass (%s)", path, error)
                 return None
@@ -298,13 +332,16 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _start_forked_worker(parent: int) -> None:
-    """Initializer of a forked worker: leave the parent's objects alone, and die with the parent.
+    """Initializer of a forked worker: leave the parent's objects alone, leave Ctrl-C to it, and die with it.
 
     The parent's cyclic garbage comes along in the fork, and PyAV 19's resamplers are among it: freeing one
     joins FFmpeg's filter threads, which exist only in the parent, so a worker whose garbage collector got to one
     hung for ever. Frozen, they are never collected here.
     """
     gc.freeze()
+    # Ctrl-C in a terminal signals the whole process group: the parent stops the pool; a worker interrupted
+    # mid-task printed a traceback and could die holding the pool's queue lock, hanging the parent's shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
 
 
@@ -344,7 +381,7 @@ def _checked_path(source: str | os.PathLike) -> str:
         raise AudioError(f"No such file: {path}")
     if os.path.isdir(path):
         raise AudioError(f"Is a directory, not an audio file: {path}")
-    if os.path.getsize(path) == 0:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:  # a pipe's size says nothing
         raise AudioError(f"Empty file (0 bytes): {path}")
     return path
 
@@ -378,7 +415,9 @@ def _estimated_seconds(container: av.container.InputContainer, stream: av.audio.
     return seconds if seconds > 0 else None
 
 
-def _from_file(source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO) -> np.ndarray:
+def _from_file(
+    source: str | os.PathLike | bytes | bytearray | memoryview | BinaryIO, max_seconds: float | None
+) -> np.ndarray:
     label = _label(source)
     file: str | BinaryIO
     if isinstance(source, (str, os.PathLike)):
@@ -392,15 +431,20 @@ def _from_file(source: str | os.PathLike | bytes | bytearray | memoryview | Bina
     with _open(file, label) as container:
         stream = _first_audio_stream(container, label)
         try:
-            return _decode(container, stream, label)
+            samples = _decode(container, stream, label, max_seconds)
         except _DECODE_ERRORS as e:
             raise AudioError(f"Cannot decode audio in {label}: {_reason(e)}") from e
+        except MemoryError as e:
+            raise AudioError(f"Cannot decode audio in {label}: not enough memory to hold it") from e
+    if samples.size == 0:
+        raise AudioError(f"No audio in {label}: its audio stream holds no samples")
+    return samples
 
 
-def _decode(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, label: str) -> np.ndarray:
-    seconds = _estimated_seconds(container, stream)
-    capacity = _UNKNOWN_CAPACITY if seconds is None else math.ceil(seconds * SAMPLE_RATE * _ESTIMATE_MARGIN)
-    out = _SampleBuffer(capacity + _MARGIN_SAMPLES, label)
+def _decode(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream, label: str, max_seconds: float | None
+) -> np.ndarray:
+    out = _SampleBuffer(_capacity(container, stream) + _MARGIN_SAMPLES, label, max_seconds)
     frames = _Frames(container, stream)
     resampler: av.AudioResampler | None = None
     setup: tuple[str, str, int] | None = None
@@ -410,12 +454,22 @@ def _decode(container: av.container.InputContainer, stream: av.audio.stream.Audi
         if resampler is None or _setup(frame) != setup:
             if resampler is not None:
                 out.extend(resampler.resample(None))
-            resampler, setup = _resampler(), _setup(frame)
+            resampler, setup = _resampler(frame), _setup(frame)
         out.extend(resampler.resample(frame))
     if resampler is not None:
         out.extend(resampler.resample(None))
     frames.report(label, decoded=out.size)
     return out.finish()
+
+
+def _capacity(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> int:
+    """Samples to preallocate: the duration estimate, as far as the file is large enough to hold it."""
+    seconds = _estimated_seconds(container, stream)
+    if seconds is None:
+        return _UNKNOWN_CAPACITY
+    estimate = math.ceil(seconds * SAMPLE_RATE * _ESTIMATE_MARGIN)
+    plausible = max(_UNKNOWN_CAPACITY, container.size * _MAX_SAMPLES_PER_BYTE) if container.size > 0 else estimate
+    return min(estimate, plausible, _MAX_PREALLOCATED)
 
 
 class _Frames:
@@ -446,17 +500,29 @@ def _setup(frame: av.AudioFrame) -> tuple[str, str, int]:
     return frame.format.name, frame.layout.name, frame.sample_rate
 
 
-def _resampler() -> av.AudioResampler:
+def _resampler(frame: av.AudioFrame) -> av.AudioResampler:
+    """To packed float32 at 16 kHz, mono; channels without positions (a WAV of 9 channels says none) stay apart.
+
+    FFmpeg downmixes by where each channel sits, and refuses channels that do not say ("Invalid argument"):
+    those come out interleaved, and `_samples` averages them. (Packed: PyAV 18 miscounts the planes of a planar
+    frame of more than 8 channels.)
+    """
+    if any(channel.name == "NONE" for channel in frame.layout.channels):
+        return av.AudioResampler(format="flt", rate=SAMPLE_RATE)
     return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
 
 
 def _samples(frame: av.AudioFrame) -> np.ndarray:
-    """A resampled frame's samples, read in place (packed float32 mono: its one plane holds them, then padding).
+    """A resampled frame's mono samples: its one plane read in place (float32, then padding), channels averaged.
 
     Per-frame costs add up (an hour of mp3 is ~150,000 frames), and to_ndarray's reshaping cost more than the copy
     into the sample buffer.
     """
-    return np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples)
+    channels = len(frame.layout.channels)
+    samples = np.frombuffer(memoryview(frame.planes[0]), dtype=np.float32, count=frame.samples * channels)
+    if channels == 1:
+        return samples
+    return samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
 
 
 class _NotSplittable(Exception):
@@ -475,7 +541,9 @@ _CHECK_PEAK = 1e-3  # -60 dBFS: a room's noise floor is louder; digital silence 
 _PIECEWISE_CODECS = frozenset({"flac", "mp3", "mp3float", "vorbis", "opus", "libopus"})
 
 
-def decode_piece(path: str, start: int, stop: int | None) -> tuple[np.ndarray, np.ndarray]:
+def decode_piece(
+    path: str, start: int, stop: int | None, max_seconds: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Output samples [start, stop) of a file (stop None: to its end), and the _CHECK_SAMPLES before `start`.
 
     Positions are in 16 kHz samples from the stream's first sample, as one pass over the file counts them. The
@@ -488,7 +556,7 @@ def decode_piece(path: str, start: int, stop: int | None) -> tuple[np.ndarray, n
     with _open(label, label) as container:
         stream = _first_audio_stream(container, label)
         try:
-            return _decode_piece(container, stream, label, start, stop)
+            return _decode_piece(container, stream, label, start, stop, max_seconds)
         except _DECODE_ERRORS as e:
             raise AudioError(f"Cannot decode audio in {label}: {_reason(e)}") from e
 
@@ -499,6 +567,7 @@ def _decode_piece(
     label: str,
     start: int,
     stop: int | None,
+    max_seconds: float | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     time_base = stream.time_base
     if time_base is None:
@@ -509,14 +578,14 @@ def _decode_piece(
         seconds = max(0.0, start / SAMPLE_RATE - _SEEK_MARGIN_S)
         container.seek(round(seconds / time_base) + (stream.start_time or 0), stream=stream, backward=True)
     capacity = (stop if stop is not None else start + 600 * SAMPLE_RATE) - keep + _MARGIN_SAMPLES
-    out = _SampleBuffer(capacity, label)
+    out = _SampleBuffer(capacity, label, max_seconds, start=keep)
     frames = _Frames(container, stream)
-    resampler = _resampler()
+    resampler: av.AudioResampler | None = None
     setup: tuple[str, str, int] | None = None
     position = 0  # output index of the resampler's next sample
     for frame in frames:
-        if setup is None:
-            setup = _setup(frame)
+        if resampler is None:
+            resampler, setup = _resampler(frame), _setup(frame)
             frame, position = _aligned(frame, stream.start_time or 0, time_base)
             if position > keep:
                 raise _NotSplittable(f"seeking landed after the piece's start ({position} > {keep})")
@@ -531,7 +600,7 @@ def _decode_piece(
         if stop is not None and position >= stop:
             break
     else:  # the end of the file: the resampler's tail belongs to the last piece
-        for resampled in resampler.resample(None):
+        for resampled in resampler.resample(None) if resampler is not None else []:
             out.append(_samples(resampled))
     frames.report(label, decoded=out.size)
     if stop is not None and out.size < stop - keep:
@@ -569,11 +638,11 @@ def _joined(
 
 
 def _decode_piece_into(
-    path: str, start: int, stop: int | None, memory_name: str, capacity: int
+    path: str, start: int, stop: int | None, memory_name: str, capacity: int, max_seconds: float | None
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Worker: decode a piece into the shared output at its place; return where it ends, its check samples, and
     what did not fit (the last piece, when the duration estimate was short)."""
-    samples, check = decode_piece(path, start, stop)
+    samples, check = decode_piece(path, start, stop, max_seconds)
     end = start + len(samples)
     memory = SharedMemory(name=memory_name)
     try:
@@ -591,6 +660,8 @@ def _splittable_seconds(path: str) -> float | None:
     path = _checked_path(path)
     with _open(path, path) as container:
         stream = _first_audio_stream(container, path)
+        if stream.codec_context is None:  # FFmpeg has no decoder for it: the one-pass decode says so
+            return None
         codec, rate = stream.codec_context.name, stream.codec_context.sample_rate
         if not (codec.startswith("pcm_") or codec in _PIECEWISE_CODECS):
             return None
@@ -628,11 +699,14 @@ def _aligned(frame: av.AudioFrame, start_time: int, time_base: Fraction) -> tupl
 class _SampleBuffer:
     """Growable float32 buffer that holds decoded audio in a single allocation."""
 
-    def __init__(self, capacity: int, label: str) -> None:
+    def __init__(self, capacity: int, label: str, max_seconds: float | None = None, *, start: int = 0) -> None:
         self._buf = np.empty(capacity, dtype=np.float32)
         self._size = 0
-        self._checked = 0  # samples before this index are known finite
+        self._checked = 0  # samples before this index are known to be audio
         self._label = label
+        self._max_seconds = max_seconds
+        # Samples this buffer may hold, counting from `start`, its first sample's position in the stream.
+        self._room = None if max_seconds is None else math.floor(max_seconds * SAMPLE_RATE) - start
 
     @property
     def size(self) -> int:
@@ -644,6 +718,8 @@ class _SampleBuffer:
 
     def append(self, samples: np.ndarray) -> None:
         end = self._size + samples.size
+        if self._room is not None and end > self._room:
+            raise _too_long(self._label, self._max_seconds)
         if end > self._buf.size:
             # Reallocated in place where numpy can (before 2.5); refcheck off is safe: no view is kept while it grows.
             self._buf.resize(max(end, int(self._buf.size * _GROWTH)), refcheck=False)
@@ -653,11 +729,9 @@ class _SampleBuffer:
             self._check_finite()
 
     def _check_finite(self) -> None:
-        # Float codecs (pcm_f32, some decoders on damaged input) can yield NaN/inf, which would poison every model
-        # downstream. Checked in blocks: per frame was a large part of decoding time, the whole buffer at once
-        # would need a mask as large as the audio.
-        if not np.isfinite(self._buf[self._checked : self._size]).all():
-            raise AudioError(f"Audio in {self._label} contains NaN or infinite samples")
+        # Float codecs (pcm_f32, some decoders on damaged input) can yield NaN/inf or absurd levels, which would
+        # poison every model downstream. Checked in blocks: per frame was a large part of decoding time.
+        _check_level(self._buf[self._checked : self._size], f"Audio in {self._label}")
         self._checked = self._size
 
     def finish(self) -> np.ndarray:
@@ -670,7 +744,24 @@ class _SampleBuffer:
         return samples
 
 
-def _from_array(data: np.ndarray | torch.Tensor, sampling_rate: int | None) -> np.ndarray:
+def _too_long(label: str, max_seconds: float | None) -> AudioTooLong:
+    return AudioTooLong(f"{label} runs longer than {max_seconds:g} s, the most accepted here")
+
+
+def _check_level(samples: np.ndarray, what: str) -> None:
+    """Raise AudioError for NaN/inf samples or samples beyond MAX_PEAK (min and max: no mask as large as them)."""
+    if not samples.size:
+        return
+    peak = max(float(samples.max()), -float(samples.min()))  # NaN if any sample is
+    if not math.isfinite(peak):
+        raise AudioError(f"{what} contains NaN or infinite samples")
+    if peak > MAX_PEAK:
+        raise AudioError(
+            f"{what} has samples up to {peak:.3g}, far beyond full scale (±1): not audio, or the wrong sample format"
+        )
+
+
+def _from_array(data: np.ndarray | torch.Tensor, sampling_rate: int | None, max_seconds: float | None) -> np.ndarray:
     rate = _checked_rate(sampling_rate)
     if isinstance(data, torch.Tensor):
         tensor = data.detach().cpu()
@@ -681,6 +772,8 @@ def _from_array(data: np.ndarray | torch.Tensor, sampling_rate: int | None) -> n
     array = np.asarray(data)
     if array.ndim not in (1, 2):
         raise AudioError(f"Audio array must be 1-D or 2-D (channels x samples), got shape {array.shape}")
+    if max_seconds is not None and max(array.shape, default=0) / rate > max_seconds:  # samples are the longer axis
+        raise _too_long("the audio array", max_seconds)
     if array.size == 0:
         return np.zeros(0, dtype=np.float32)
     samples = _to_float32(array)
@@ -699,6 +792,7 @@ def _checked_rate(sampling_rate: int | None) -> int:
     if (
         isinstance(sampling_rate, bool)
         or not isinstance(sampling_rate, numbers.Real)
+        or not math.isfinite(sampling_rate)
         or sampling_rate <= 0
         or sampling_rate != int(sampling_rate)
     ):
@@ -712,8 +806,7 @@ def _to_float32(array: np.ndarray) -> np.ndarray:
         # Values beyond float32's range become inf here on purpose, so the check below rejects them too.
         with np.errstate(over="ignore"):
             samples = array.astype(np.float32, copy=False)
-        if not np.isfinite(samples).all():
-            raise AudioError("Audio array contains NaN or infinite samples")
+        _check_level(samples, "Audio array")
         return samples
     if kind in "iu":
         full_scale = float(2 ** (array.dtype.itemsize * 8 - 1))
