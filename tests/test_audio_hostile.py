@@ -1,4 +1,4 @@
-"""Audio that lies or is out of the ordinary: each gets decoded or a clear AudioError, never a crash or a memory bomb."""
+"""Audio that lies or is out of the ordinary: decoded, or a clear AudioError; never a crash or a memory bomb."""
 
 from __future__ import annotations
 
