@@ -109,6 +109,24 @@ def test_bad_options_are_usage_errors(clip, tmp_path, args, message):
     assert message in flat(result)
 
 
+def test_file_names_are_printed_as_they_are_not_as_markup(tmp_path):
+    # '[final]' would vanish as an unknown style, and '[/]' closes nothing: Rich raised MarkupError.
+    result = run("transcribe", tmp_path / "[final].wav", tmp_path / "a[/]b.wav", "--model", tmp_path / "none")
+    assert result.exit_code == 1, result.output
+    assert "[final].wav: no such file" in flat(result) and "a[/]b.wav: no such file" in flat(result)
+
+
+def test_results_name_their_files_as_they_are(tiny_native, clip, tmp_path):
+    renamed = clip.rename(tmp_path / "[bold]take 2.wav")
+    corrupt = tmp_path / "a[" / "]b.mp3"  # printed as '…/a[/]b.mp3'
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(os.urandom(4096))
+    result = run("transcribe", renamed, corrupt, "--model", tiny_native, "--device", "cpu", "-f", "txt", "-o", tmp_path)
+    assert result.exit_code == 1, result.output
+    text = flat(result).replace(f"{tmp_path}/", "")
+    assert "done [bold]take 2.wav:" in text and "error a[/]b.mp3:" in text
+
+
 def test_unloadable_model_is_a_clear_error_and_writes_nothing(clip, tmp_path):
     out = tmp_path / "out"
     result = run("transcribe", clip, "--model", tmp_path / "no-such-model", "-o", out)

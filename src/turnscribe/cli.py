@@ -123,6 +123,12 @@ def _parse_speakers(values: list[str]) -> dict[str, str]:
     return dict(zip(names, (file for _, file in pairs), strict=True))
 
 
+def _report(label: str, style: str, path: Path, message: str) -> None:
+    """One line about one input. Paths and messages are printed as they are, not read as Rich markup: a file
+    named '[final].wav' would lose its brackets and one named 'a[/]b.wav' would raise."""
+    console.print(f"[{style}]{label}[/{style}] {escape(f'{path}: {message}')}")
+
+
 @app.command()
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio or video files, any format FFmpeg reads.")],
@@ -200,7 +206,7 @@ def transcribe(
             return
     missing = [f for f in files if not f.is_file()]
     for f in missing:
-        console.print(f"[red]error[/red] {f}: {'is a directory' if f.is_dir() else 'no such file'}")
+        _report("error", "red", f, "is a directory" if f.is_dir() else "no such file")
     todo = [f for f in files if f.is_file()]
 
     def output(path: Path, fmt: str) -> Path:
@@ -209,7 +215,7 @@ def transcribe(
     if skip_existing:
         done = [f for f in todo if all(output(f, fmt).exists() for fmt in formats)]
         for f in done:
-            console.print(f"[dim]skipped[/dim] {f}: its outputs exist")
+            _report("skipped", "dim", f, "its outputs exist")
         todo = [f for f in todo if f not in done]
         if not todo and not missing:
             return
@@ -218,7 +224,7 @@ def transcribe(
     attempted = len(todo) + len(missing)
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with console.status(f"Loading {model} …"):
+        with console.status(f"Loading {escape(model)} …"):
             pipeline = build_pipeline(
                 model=model,
                 embedder=embedder,
@@ -258,7 +264,8 @@ def transcribe(
             if event.kind == "window" and event.source is not None:
                 with lock:
                     if event.source not in window_tasks:
-                        window_tasks[event.source] = bar.add_task(f"  {Path(event.source).name}", total=event.total)
+                        name = escape(Path(event.source).name)
+                        window_tasks[event.source] = bar.add_task(f"  {name}", total=event.total)
                     bar.update(window_tasks[event.source], completed=event.done, total=event.total)
 
         results = run_many(
@@ -281,16 +288,17 @@ def transcribe(
                     written = [write(transcript, fmt, output(path, fmt), uri=path.stem) for fmt in formats]
                 except TurnscribeError as e:
                     failed += 1
-                    console.print(f"[red]error[/red] {path}: {e}")
+                    _report("error", "red", path, str(e))
                 else:
                     problems = [r for r in transcript.metadata.repairs if r.kind == "window_failed"]
                     for r in problems:
-                        console.print(
-                            f"[yellow]warning[/yellow] {path}: window {r.window} failed to decode: {r.detail}"
-                        )
-                    console.print(
-                        f"[green]done[/green] {path}: {transcript.duration:.1f}s, {len(transcript.speakers)} speakers, "
-                        f"{len(transcript.segments)} segments → {', '.join(str(p) for p in written)}"
+                        _report("warning", "yellow", path, f"window {r.window} failed to decode: {r.detail}")
+                    _report(
+                        "done",
+                        "green",
+                        path,
+                        f"{transcript.duration:.1f}s, {len(transcript.speakers)} speakers, "
+                        f"{len(transcript.segments)} segments → {', '.join(str(p) for p in written)}",
                     )
                 with lock:
                     if (task := window_tasks.pop(str(path), None)) is not None:
