@@ -127,6 +127,17 @@ def test_results_name_their_files_as_they_are(tiny_native, clip, tmp_path):
     assert "done [bold]take 2.wav:" in text and "error a[/]b.mp3:" in text
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_a_pipe_is_an_input_not_a_missing_file(tmp_path):
+    # What `turnscribe transcribe <(cat f.wav)` passes: the CLI lets the audio loader read it, so here the
+    # (unloadable) model is the first error, not the input.
+    pipe = tmp_path / "pipe.wav"
+    os.mkfifo(pipe)
+    result = run("transcribe", pipe, "--model", tmp_path / "no-such-model")
+    assert result.exit_code == 2 and "neither a folder" in flat(result)
+    assert "no such file" not in flat(result)
+
+
 def test_unloadable_model_is_a_clear_error_and_writes_nothing(clip, tmp_path):
     out = tmp_path / "out"
     result = run("transcribe", clip, "--model", tmp_path / "no-such-model", "-o", out)

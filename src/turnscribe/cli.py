@@ -123,6 +123,12 @@ def _parse_speakers(values: list[str]) -> dict[str, str]:
     return dict(zip(names, (file for _, file in pairs), strict=True))
 
 
+def _is_input(path: Path) -> bool:
+    """Anything that exists and is no directory: a pipe (`<(cat f.wav)`) or a device too, not only a regular file;
+    the audio loader says what is wrong with the rest."""
+    return path.exists() and not path.is_dir()
+
+
 def _report(label: str, style: str, path: Path, message: str) -> None:
     """One line about one input. Paths and messages are printed as they are, not read as Rich markup: a file
     named '[final].wav' would lose its brackets and one named 'a[/]b.wav' would raise."""
@@ -196,7 +202,7 @@ def transcribe(
     except TurnscribeError as e:
         raise typer.BadParameter(str(e)) from e
     # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's (also across shards).
-    stems = [f.stem for f in files if f.is_file()]
+    stems = [f.stem for f in files if _is_input(f)]
     if clashes := sorted({s for s in stems if stems.count(s) > 1}):
         raise typer.BadParameter(f"several inputs are named {', '.join(clashes)}; give each its own --output-dir run")
     if shard:
@@ -204,10 +210,10 @@ def transcribe(
         if not files:  # a job array with more jobs than files: nothing for this one, and that is no failure
             console.print(f"shard {shard}: none of the {given} files falls to it")
             return
-    missing = [f for f in files if not f.is_file()]
+    missing = [f for f in files if not _is_input(f)]
     for f in missing:
         _report("error", "red", f, "is a directory" if f.is_dir() else "no such file")
-    todo = [f for f in files if f.is_file()]
+    todo = [f for f in files if _is_input(f)]
 
     def output(path: Path, fmt: str) -> Path:
         return output_dir / f"{path.stem}{extension(fmt)}"
