@@ -23,7 +23,7 @@ from turnscribe.decoders import ScriptedDecoder
 from turnscribe.decoders.base import WindowAudio
 from turnscribe.scheduler import BatchScheduler, ScheduledDecoder, SchedulerFull, files_at_once_for, run_many
 from turnscribe.speakers import ClusteringLinker
-from turnscribe.types import SAMPLE_RATE, WindowSpan
+from turnscribe.types import SAMPLE_RATE, TurnscribeError, WindowSpan
 
 TIMEOUT = 30.0
 _ids = itertools.count()
@@ -272,6 +272,21 @@ def test_run_many_on_arrays_starts_no_audio_processes(audio_processes_started):
     results = list(run_many(pipeline, [tone(30), tone(5)], sampling_rate=SAMPLE_RATE, audio_processes=2))
     assert sorted(r.index for r in results) == [0, 1] and all(r.error is None for r in results)
     assert audio_processes_started == []  # nothing to decode: no processes forked for it
+
+
+def test_an_unexpected_error_in_one_file_fails_only_that_file(caplog):
+    # Anything a file raises (a bug, a crash in a library) is its result; the other files still run.
+    def load_or_crash(audio_input, sampling_rate):
+        if len(audio_input) == 7 * SAMPLE_RATE:
+            raise RuntimeError("boom")
+        return load_audio(audio_input, sampling_rate)
+
+    pipeline = Pipeline(ScriptedDecoder(script, batch_size=4), ClusteringLinker(FakeEmbedder()), load=load_or_crash)
+    results = sorted(run_many(pipeline, [tone(5), tone(7), tone(9)], sampling_rate=SAMPLE_RATE), key=lambda r: r.index)
+    assert [r.error is None for r in results] == [True, False, True]
+    assert isinstance(results[1].error, TurnscribeError) and "RuntimeError: boom" in str(results[1].error)
+    assert isinstance(results[1].error.__cause__, RuntimeError)
+    assert "boom" in caplog.text  # logged with its traceback
 
 
 def test_files_at_once_by_default_fills_the_decoders_batches():

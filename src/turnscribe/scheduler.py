@@ -334,6 +334,11 @@ def run_many(
             return FileResult(index, source, transcript, None)
         except TurnscribeError as error:
             return FileResult(index, source, None, error)
+        except Exception as error:  # a bug or a crash in one file must not lose the files after it
+            log.exception("%s failed", source)
+            failure = TurnscribeError(f"{source} failed: {type(error).__name__}: {error}")
+            failure.__cause__ = error
+            return FileResult(index, source, None, failure)
 
     with ExitStack() as stack:
         # Closed in reverse: the file threads end before the scheduler stops and the audio processes go; the
