@@ -275,6 +275,20 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         runner.start()
         services.engine, services.runner = engine, runner
 
+    def serve_until(stopping: threading.Event, store: JobStore) -> None:
+        """Load, wait for the server to stop, then stop what was started, all in this one thread.
+
+        The thread lives as long as the server because the kernel kills forked workers (the audio processes that
+        engine.start() forks arm PR_SET_PDEATHSIG, and so may whatever the pipeline factory forks) as soon as the
+        thread that forked them ends, not the process.
+        """
+        load(store)
+        stopping.wait()
+        if services.runner:
+            services.runner.stop()
+        if services.engine:
+            services.engine.stop()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         shutil.rmtree(settings.uploads / "requests", ignore_errors=True)  # left by a crash mid-request
@@ -282,14 +296,13 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         store = JobStore(settings.database)
         services.store = store
         metrics.queue_depth.labels("jobs").set_function(lambda: store.count("queued"))
-        loader = threading.Thread(target=load, args=(store,), name="turnscribe-load", daemon=True)
-        loader.start()
+        stopping = threading.Event()
+        # In a thread, so that /health answers while the model loads.
+        worker = threading.Thread(target=serve_until, args=(stopping, store), name="turnscribe-services", daemon=True)
+        worker.start()
         yield
-        loader.join()
-        if services.runner:
-            services.runner.stop()
-        if services.engine:
-            services.engine.stop()
+        stopping.set()
+        worker.join()
         store.close()
 
     app = FastAPI(

@@ -128,6 +128,8 @@ class Engine:
         return replace(self.enrolling_linker(), known_speakers=dict(known_speakers))
 
     def start(self) -> None:
+        """Start the audio processes and the scheduler. Call it in a thread that outlives the engine: the audio
+        processes are killed when the thread that forked them ends (see `turnscribe.audio._die_with_parent`)."""
         if (processes := audio_process_count()) > 0:  # one per core: a long upload is decoded in pieces across them
             self._audio = AudioProcesses(processes)
         self.scheduler.start()
