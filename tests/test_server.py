@@ -336,7 +336,12 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
 
 def test_unknown_routes_and_methods_are_openai_errors(scripted):
     assert_error(httpx.get(f"{scripted}/v1/nothing", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT), 404)
-    assert_error(httpx.get(f"{scripted}/v1/audio/transcriptions", timeout=TIMEOUT), 405)
+    assert_error(
+        httpx.get(f"{scripted}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT),
+        405,
+    )
+    # Without the key every /v1 path is a 401, found or not: the key is checked before anything else.
+    assert_error(httpx.get(f"{scripted}/v1/nothing", timeout=TIMEOUT), 401, "invalid_api_key")
 
 
 # --- streaming, batching, queueing, timeouts ---------------------------------------------------------------

@@ -233,22 +233,38 @@ def test_a_client_that_goes_away_stops_its_run(limited_server, limited, limited_
     assert decoded[0] == 0 and len(decoded) <= 2, decoded
 
 
-def test_a_stalled_upload_is_408(limited_server, limited):
-    url, data = limited_server
-    body, content_type = multipart(MAX_UPLOAD // 2)
+def send_head_and(url: str, body: bytes, *, key: str = KEY, length: int, content_type: str) -> tuple[str, float]:
+    """POST a request's head and then `body`, less than `length` says, and nothing more: the server must answer
+    without the rest, and close. Its answer, and the seconds it took."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
         sock.sendall(
             (
-                f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+                f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
             ).encode()
-            + body[:1000]
+            + body
         )
         started = time.monotonic()
-        answer = ""  # nothing more is sent: the server must give up, answer and close
+        answer = ""
         while chunk := sock.recv(65536):
             answer += chunk.decode(errors="replace")
+    return answer, time.monotonic() - started
+
+
+def test_a_stalled_upload_is_408(limited_server, limited):
+    url, data = limited_server
+    body, content_type = multipart(MAX_UPLOAD // 2)
+    answer, seconds = send_head_and(url, body[:1000], length=len(body), content_type=content_type)
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
-    assert '"upload_timeout"' in answer and 0.9 < time.monotonic() - started < 10
+    assert '"upload_timeout"' in answer and 0.9 < seconds < 10
     assert not any((data / "uploads" / "requests").iterdir())
+
+
+def test_a_wrong_key_is_refused_before_the_upload_is_read(limited_server, limited):
+    url, _ = limited_server
+    _, content_type = multipart(0)
+    # Not a byte of the body is sent: without the key checked first, the server would wait for it (408 after 1 s).
+    answer, seconds = send_head_and(url, b"", key="wrong", length=MAX_UPLOAD - 1, content_type=content_type)
+    assert answer.startswith("HTTP/1.1 401"), answer[:200]
+    assert '"invalid_api_key"' in answer and "connection: close" in answer.lower() and seconds < 0.9

@@ -29,6 +29,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
@@ -39,7 +40,7 @@ from ..types import Transcript
 from .disconnect import client_left_first
 from .engine import Engine, KnownSpeakersUnsupported, StreamSegment, as_api_error
 from .enrollment import read_known_speakers
-from .errors import APIError, KeyChecker, error_responses, install_error_handlers
+from .errors import APIError, KeyChecker, bearer, error_responses, install_error_handlers
 from .jobs import Job, JobRunner, JobStatus, JobStore, remove_file
 from .metrics import Metrics
 from .settings import ServerSettings
@@ -193,12 +194,14 @@ def _sse(data: dict[str, Any]) -> bytes:
     return format_sse_event(data_str=json.dumps(data, ensure_ascii=False))
 
 
-class UploadGuard:
-    """413 for bodies over the limit (at once from Content-Length, or as soon as a chunked body passes it), and 408
-    for an upload that stalls: a client that stops sending mid-body would otherwise hold a connection for ever."""
+class RequestGuard:
+    """Refuses what must be refused before the body is read: a /v1 request without a valid key (401), and a body
+    over the limit (413, at once from Content-Length, or as soon as a chunked body passes it); and answers 408 for
+    an upload that stalls: a client that stops sending mid-body would otherwise hold a connection for ever."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, idle_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyChecker, max_bytes: int, idle_timeout_s: float) -> None:
         self.app = app
+        self.keys = keys
         self.max_bytes = max_bytes
         self.idle_timeout_s = idle_timeout_s
 
@@ -210,10 +213,14 @@ class UploadGuard:
             f"The upload is larger than this server's limit of {self.max_bytes} bytes.",
             param="file",
             code="file_too_large",
+            headers=_CLOSE,
         )
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = Headers(scope=scope)
+        if _under_v1(scope["path"]) and not self.keys.accepts(headers.get("authorization")):
+            return await _refuse(self.keys.refusal(), scope, receive, send)
+        length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await too_large.response()(scope, receive, send)
+            return await _refuse(too_large, scope, receive, send)
         seen = 0
         body_done = False
 
@@ -229,6 +236,7 @@ class UploadGuard:
                     f"The upload stalled: nothing arrived for {self.idle_timeout_s:g} s.",
                     param="file",
                     code="upload_timeout",
+                    headers=_CLOSE,
                 ) from None
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
@@ -237,6 +245,21 @@ class UploadGuard:
             return message
 
         await self.app(scope, guarded, send)
+
+
+# Sent with an answer given before the whole body was read: the rest of it would otherwise have to be read (and
+# thrown away) before the connection could carry another request.
+_CLOSE = {"Connection": "close"}
+
+
+def _under_v1(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+async def _refuse(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    response = error.response()
+    response.headers.update(_CLOSE)
+    await response(scope, receive, send)
 
 
 class _Services:
@@ -313,7 +336,10 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
     )
     install_error_handlers(app)
     app.add_middleware(
-        UploadGuard, max_bytes=settings.max_upload_bytes + _FORM_SLACK, idle_timeout_s=settings.upload_timeout_s
+        RequestGuard,
+        keys=KeyChecker(settings.api_keys),
+        max_bytes=settings.max_upload_bytes + _FORM_SLACK,
+        idle_timeout_s=settings.upload_timeout_s,
     )
 
     @app.middleware("http")
@@ -345,7 +371,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(KeyChecker(settings.api_keys))])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer)])  # RequestGuard checks the key: see bearer
     common = error_responses(400, 401, 503)
 
     def model_ids(engine: Engine) -> list[str]:

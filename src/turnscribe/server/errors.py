@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -89,27 +90,34 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+# Declared on the /v1 routes so that the OpenAPI schema documents the key; KeyChecker is what checks it.
 bearer = HTTPBearer(auto_error=False, description="One of the server's API keys (--api-key).")
 
 
 class KeyChecker:
-    """`Authorization: Bearer <key>` against the configured keys; with none configured every request passes."""
+    """`Authorization: Bearer <key>` against the configured keys; with none configured every request passes.
+
+    Checked by the server's ASGI guard before the body is read, so that no client without a key can upload."""
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         self._keys = [k.encode() for k in keys]
 
-    def __call__(self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    def accepts(self, authorization: str | None) -> bool:
         if not self._keys:
-            return
-        given = credentials.credentials.encode() if credentials else b""
+            return True
+        scheme, credentials = get_authorization_scheme_param(authorization)
+        given = credentials.encode() if scheme.lower() == "bearer" else b""
         # Compare against every key, without stopping at a match, so timing says nothing about which key matched.
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(given, key)
-        if not matched:
-            raise APIError(
-                401,
-                "Incorrect or missing API key: send it as 'Authorization: Bearer <key>'.",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        return matched
+
+    @staticmethod
+    def refusal() -> APIError:
+        return APIError(
+            401,
+            "Incorrect or missing API key: send it as 'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
