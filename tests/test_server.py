@@ -25,6 +25,7 @@ import openai
 import pytest
 import typer
 import uvicorn
+from test_audio_hostile import mp3_claiming_frames
 from test_pipeline import FakeEmbedder, tone, write_wav
 from test_server_scripted import script
 from tiny_model import ScriptedLogits, build_tokenizer
@@ -34,10 +35,12 @@ from turnscribe import Pipeline
 from turnscribe.decoders import ScriptedDecoder
 from turnscribe.decoders.base import WindowAudio
 from turnscribe.decoders.transformers import TransformersDecoder
+from turnscribe.pipeline import RunStopped
 from turnscribe.server import ServerSettings, create_app
 from turnscribe.server.cli import serve
+from turnscribe.server.engine import as_api_error
 from turnscribe.speakers import ClusteringLinker
-from turnscribe.types import SAMPLE_RATE
+from turnscribe.types import SAMPLE_RATE, TurnscribeError
 
 KEY = "test-key"
 TIMEOUT = 30.0
@@ -268,6 +271,9 @@ def test_sdk_streams_segments_then_done(tiny_server, audio):
             )
         )
     assert "".join(e.delta for e in deltas[:-1]) == deltas[-1].text == done.text
+    # Each delta names its segment, as OpenAI's diarizing model does; the done event has no (token) usage.
+    assert [e.segment_id for e in deltas[:-1]] == [f"seg_{i}" for i in range(6)]
+    assert deltas[-1].usage is None
 
 
 def test_models_health_ready_metrics(tiny_server, audio):
@@ -299,9 +305,11 @@ def test_api_keys(tiny_server, audio):
 # --- bad input ---------------------------------------------------------------------------------------------
 
 
-def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted, audio, scripted_server):
+def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted, audio, scripted_server, tmp_path):
     url, data = scripted_server
     wav = audio(20).read_bytes()
+    # 120 s whose header claims 10 frames: the duration probe passes it, the decode stops at the server's limit.
+    understated = mp3_claiming_frames(tmp_path / "claim.mp3", 120, 10).read_bytes()
     rng = np.random.default_rng(0)
     cases = [
         (dict(content=rng.bytes(5000), filename="noise.wav"), 400, "invalid_audio"),
@@ -321,6 +329,7 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
         (dict(content=wav, **{"known_speaker_names[]": "a", "known_speaker_references[]": "hello"}), 400, None),
         (dict(content=wav, stream="true", response_format="srt"), 400, None),
         (dict(content=audio(120).read_bytes()), 413, "audio_too_long"),
+        (dict(content=understated, filename="claim.mp3"), 413, "audio_too_long"),
         (dict(content=b"\x00" * (4 << 20) + b"\x00" * 100_000), 413, "file_too_large"),  # over the file limit
         (dict(content=b"\x00" * (6 << 20)), 413, "file_too_large"),  # refused from Content-Length alone
         (dict(), 400, "invalid_value"),  # no file
@@ -330,16 +339,20 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
         filename = fields.pop("filename", "a.wav")
         error = assert_error(post(url, None, content=content, filename=filename, **fields), status, code)
         assert error["message"] and str(data) not in error["message"]  # no server paths leak
+    # The limit stated is the configured file limit, not the body limit (the file plus the form's other fields).
+    too_large = post(url, None, content=b"\x00" * (6 << 20), filename="a.wav").json()["error"]["message"]
+    assert f"limit of {4 << 20} bytes" in too_large
     assert post(url, audio(20), response_format="text").text.strip() == "window 0 one window 0 two"
     assert not any((data / "uploads" / "requests").iterdir())  # nothing left behind
 
 
 def test_unknown_routes_and_methods_are_openai_errors(scripted):
     assert_error(httpx.get(f"{scripted}/v1/nothing", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT), 404)
-    assert_error(
-        httpx.get(f"{scripted}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT),
-        405,
+    not_allowed = httpx.get(
+        f"{scripted}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT
     )
+    assert_error(not_allowed, 405)
+    assert not_allowed.headers["Allow"] == "POST"
     # Without the key every /v1 path is a 401, found or not: the key is checked before anything else.
     assert_error(httpx.get(f"{scripted}/v1/nothing", timeout=TIMEOUT), 401, "invalid_api_key")
 
@@ -362,6 +375,8 @@ def test_first_segment_arrives_before_later_windows_are_decoded(scripted, held, 
         timeout=TIMEOUT,
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
+        # Not cached, and not held back by a buffering proxy: each event must reach the client as it is sent.
+        assert (response.headers["cache-control"], response.headers["x-accel-buffering"]) == ("no-cache", "no")
         for line in response.iter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
@@ -390,7 +405,9 @@ def test_full_queue_is_429_and_a_slow_request_504(held, audio, tmp_path):
         busy = post(url, audio(3))
         assert_error(busy, 429, "queue_full")
         assert busy.headers["Retry-After"] == "7"
-        assert_error(slow.result(TIMEOUT), 504, "timeout")
+        timed_out = slow.result(TIMEOUT)
+        assert_error(timed_out, 504, "timeout")
+        assert timed_out.headers["x-should-retry"] == "false"  # the SDKs would otherwise send it again
         held.gate.set()
         wait_until(lambda: post(url, audio(3)).status_code == 200, what="the server to serve again")
 
@@ -492,3 +509,10 @@ def test_short_silence_gives_an_empty_transcript(scripted, tmp_path):
     write_wav(path, np.zeros(5 * SAMPLE_RATE, np.float32))
     result = post(scripted, path, response_format="diarized_json").json()
     assert result["segments"] == [] and result["duration"] == pytest.approx(5.0)
+
+
+def test_a_failed_run_tells_the_sdks_not_to_retry_and_a_stopped_one_may_be_retried():
+    failed = as_api_error(TurnscribeError("window 3 failed to decode"))
+    assert (failed.status_code, failed.headers) == (500, {"x-should-retry": "false"})
+    stopped = as_api_error(RunStopped("shutdown"))
+    assert stopped.status_code == 503 and "x-should-retry" not in (stopped.headers or {})

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..audio import AudioError, AudioProcesses, audio_duration, audio_process_count, load_audio
+from ..audio import AudioError, AudioProcesses, AudioTooLong, audio_duration, audio_process_count, load_audio
 from ..parse import parse_window
 from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent, RunControl, RunStopped
 from ..prompt import LanguageError, check_language
@@ -31,10 +31,6 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class AudioTooLong(TurnscribeError):
-    pass
 
 
 class KnownSpeakersUnsupported(TurnscribeError):
@@ -180,7 +176,7 @@ class Engine:
         try:
             seconds = audio_duration(path)
         except AudioError as e:
-            raise AudioError(str(e).replace(str(path), source)) from None
+            raise _naming(e, path, source) from None
         if seconds is not None:
             self._check_duration(seconds, source)
         return seconds
@@ -205,11 +201,16 @@ class Engine:
         language = check_language(language)
         control.check()
         started = time.perf_counter()
+        # The cap is also applied while decoding: a header that understates the length (probe passed it) must
+        # not let an upload decode into hours of samples.
+        limit = self.settings.max_audio_seconds
         try:
-            samples = self._audio.load(path) if self._audio is not None else load_audio(path)
-        except AudioError as e:  # the message names the server's temporary file: name the upload instead
-            raise AudioError(str(e).replace(str(path), source)) from None
-        self._check_duration(len(samples) / SAMPLE_RATE, source)
+            if self._audio is not None:
+                samples = self._audio.load(path, max_seconds=limit)
+            else:
+                samples = load_audio(path, max_seconds=limit)
+        except AudioError as e:
+            raise _naming(e, path, source) from None
         decoder = ScheduledDecoder(self.scheduler)
         # A per-run Pipeline (cheap: it only holds references) so that this run's decoder records its outputs.
         pipeline = Pipeline(
@@ -235,6 +236,15 @@ class Engine:
         return transcript
 
 
+# The OpenAI SDKs retry 5xx answers unless told not to: the same audio would time out or fail the same way again.
+_NO_RETRY = {"x-should-retry": "false"}
+
+
+def _naming(error: AudioError, path: Path, source: str) -> AudioError:
+    """The same error (AudioTooLong stays one) naming the upload instead of the server's temporary file."""
+    return type(error)(str(error).replace(str(path), source))
+
+
 def as_api_error(error: BaseException) -> APIError:
     """The client-facing form of anything a run raised; unexpected errors are logged, not shown."""
     if isinstance(error, APIError):
@@ -254,9 +264,10 @@ def as_api_error(error: BaseException) -> APIError:
                 "The transcription took longer than the server's request timeout.",
                 type="server_error",
                 code="timeout",
+                headers=_NO_RETRY,
             )
         return APIError(503, f"The transcription was stopped ({error.reason}).", type="server_error", code=error.reason)
     if isinstance(error, TurnscribeError):
-        return APIError(500, str(error), type="server_error", code="transcription_failed")
+        return APIError(500, str(error), type="server_error", code="transcription_failed", headers=_NO_RETRY)
     log.error("transcription failed", exc_info=error)
     return APIError(500, "Internal server error; see the server log.", type="server_error")

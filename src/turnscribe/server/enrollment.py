@@ -49,7 +49,8 @@ def read_known_speakers(names: list[str], references: list[str], *, limit: int) 
     speakers = {}
     for i, (name, url) in enumerate(zip(names, references)):
         try:
-            samples = load_audio(_decode_data_url(url, i))
+            # Capped while decoding: a few KB of compressed audio must not decode into hours of samples.
+            samples = load_audio(_decode_data_url(url, i), max_seconds=high)
         except AudioError as e:
             raise APIError(400, f"{PARAM_REFERENCES}[{i}]: {e}", param=PARAM_REFERENCES) from None
         seconds = len(samples) / SAMPLE_RATE
