@@ -173,15 +173,20 @@ def render_response(transcript: Transcript, fmt: str, source: str) -> Response:
 def _segment_event(seg: StreamSegment, fmt: str) -> dict[str, Any]:
     if fmt == "diarized_json":
         return {"type": "transcript.text.segment", **seg.__dict__}
-    return {"type": "transcript.text.delta", "delta": (" " if seg.id != "seg_0" else "") + seg.text}
+    # segment_id: OpenAI's diarizing model names the segment a delta belongs to, so clients can group by speaker.
+    return {
+        "type": "transcript.text.delta",
+        "delta": (" " if seg.id != "seg_0" else "") + seg.text,
+        "segment_id": seg.id,
+    }
 
 
 def _done_event(transcript: Transcript) -> dict[str, Any]:
     # OpenAI's done event carries the text; the final segments (file-wide speaker labels) are turnscribe's addition.
+    # No usage: the event's usage is OpenAI's token usage, which this model's duration-based usage is not.
     return {
         "type": "transcript.text.done",
         "text": transcript.text,
-        "usage": _usage(transcript),
         "duration": transcript.duration,
         "speakers": list(transcript.speakers),
         "segments": [
@@ -199,10 +204,13 @@ class RequestGuard:
     over the limit (413, at once from Content-Length, or as soon as a chunked body passes it); and answers 408 for
     an upload that stalls: a client that stops sending mid-body would otherwise hold a connection for ever."""
 
-    def __init__(self, app: ASGIApp, keys: KeyChecker, max_bytes: int, idle_timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: KeyChecker, max_file_bytes: int, form_slack: int, idle_timeout_s: float
+    ) -> None:
         self.app = app
         self.keys = keys
-        self.max_bytes = max_bytes
+        self.max_file_bytes = max_file_bytes  # the limit users are told of
+        self.max_bytes = max_file_bytes + form_slack  # what the body may hold: the file, its framing, the fields
         self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,7 +218,7 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         too_large = APIError(
             413,
-            f"The upload is larger than this server's limit of {self.max_bytes} bytes.",
+            f"The upload is larger than this server's limit of {self.max_file_bytes} bytes.",
             param="file",
             code="file_too_large",
             headers=_CLOSE,
@@ -338,7 +346,8 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
     app.add_middleware(
         RequestGuard,
         keys=KeyChecker(settings.api_keys),
-        max_bytes=settings.max_upload_bytes + _FORM_SLACK,
+        max_file_bytes=settings.max_upload_bytes,
+        form_slack=_FORM_SLACK,
         idle_timeout_s=settings.upload_timeout_s,
     )
 
@@ -495,6 +504,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
                 return result.result()
             except Exception as e:
                 raise as_api_error(e) from None
+        result.cancel()  # a run still queued never starts; one running ends at its next window (control.stop)
         reason: StopReason = "cancelled" if left else "timeout"
         control.stop(reason)
         if reason == "cancelled":
@@ -543,7 +553,8 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
                 control.stop("cancelled")  # a client that went away stops the work; harmless after the end
                 remove_file(path)
 
-        return EventSourceResponse(events())
+        # No caching, and no buffering by a reverse proxy (nginx), so that each event reaches the client as it is sent.
+        return EventSourceResponse(events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def job_or_404(store: JobStore, job_id: str) -> Job:
         job = store.get(job_id)
@@ -560,7 +571,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
     async def create_job(form: Annotated[TranscriptionForm, Depends(transcription_form)]) -> dict[str, Any]:
         engine, store, runner = services.ready()
         language = check_request(engine, form)
-        await known_speakers_of(form)  # a bad reference is the request's 400, not the job's failure
+        known = await known_speakers_of(form)  # a bad reference is the request's 400, not the job's failure
         if store.count("queued") >= settings.max_queued_jobs:
             raise APIError(
                 429,
@@ -580,7 +591,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
             filename=form.source,
             audio_path=path,
             duration=duration,
-            known_speakers=dict(zip(form.known_speaker_names, form.known_speaker_references)),
+            known_speakers=dict(zip(known, form.known_speaker_references)),  # the names as checked (stripped)
         )
         runner.notify()
         return job.to_api()

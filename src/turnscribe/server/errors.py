@@ -60,7 +60,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code)).response()
+    # Headers kept: a 405 says which methods are allowed.
+    headers = getattr(exc, "headers", None)
+    return APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code), headers=headers).response()
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
