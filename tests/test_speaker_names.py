@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from test_pipeline import tone, write_wav
 
+from turnscribe import AudioError, build_pipeline
 from turnscribe.server.enrollment import PARAM_NAMES, read_known_speakers
 from turnscribe.server.errors import APIError
 from turnscribe.speakers.names import MAX_SPEAKER_NAME_CHARS, SpeakerNameError, check_speaker_name, check_speaker_names
@@ -67,3 +68,13 @@ def test_the_server_answers_a_bad_name_with_a_400_on_the_names(names: list[str],
 
 def test_the_server_strips_the_names(reference: str) -> None:
     assert list(read_known_speakers([" Alice "], [reference], limit=4)) == ["Alice"]
+
+
+def test_the_library_checks_names_and_references_before_loading_anything(tmp_path):
+    # Neither the embedder nor the model exists: had either been loaded first, its error would come instead.
+    with pytest.raises(SpeakerNameError, match="empty"):
+        build_pipeline(model=str(tmp_path / "none"), embedder="no-such-embedder", known_speakers={" ": "a.wav"})
+    with pytest.raises(AudioError, match="missing.wav"):
+        build_pipeline(
+            model=str(tmp_path / "none"), embedder="no-such-embedder", known_speakers={"Ana": tmp_path / "missing.wav"}
+        )

@@ -68,12 +68,16 @@ def build_pipeline(
     from .decoders.replicas import device_list
     from .decoders.transformers import pick_device
     from .speakers import ClusteringLinker, SlotLinker, load_embedder
+    from .speakers.names import check_speaker_names
 
     if linker not in LINKERS:
         raise ValueError(f"Unknown linker {linker!r}; choose from {', '.join(LINKERS)}")
     if known_speakers and linker != "slots":
         raise ValueError("known speakers need the 'slots' linker")
     check_backend(backend)
+    # Names and reference recordings are checked before anything loads, so a typo fails in a second, not a minute.
+    names = check_speaker_names(known_speakers or {})
+    references = {name: load_audio(audio) for name, audio in zip(names, (known_speakers or {}).values())}
     device_name, _ = pick_device(device_list(device)[0])  # the embedder's; the model may have more
     loaded = load_embedder(embedder, device=device_name, **(embedder_options or {}))
     counts: dict[str, Any] = dict(
@@ -81,7 +85,6 @@ def build_pipeline(
     )
     speakers: ClusteringLinker | SlotLinker
     if linker == "slots":
-        references = {name: load_audio(audio) for name, audio in (known_speakers or {}).items()}
         speakers = SlotLinker(loaded, known_speakers=references, **counts)
     else:
         speakers = ClusteringLinker(loaded, **counts)
