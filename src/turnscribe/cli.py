@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -133,6 +134,16 @@ def _report(label: str, style: str, path: Path, message: str) -> None:
     """One line about one input. Paths and messages are printed as they are, not read as Rich markup: a file
     named '[final].wav' would lose its brackets and one named 'a[/]b.wav' would raise."""
     console.print(f"[{style}]{label}[/{style}] {escape(f'{path}: {message}')}")
+
+
+@contextlib.contextmanager
+def _interrupted(summary: Callable[[], str]) -> Iterator[None]:
+    """Ctrl-C ends the command with what was done and the shell's status for SIGINT (130), not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]: {summary()}; the others were not written")
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -282,8 +293,9 @@ def transcribe(
             audio_processes=audio_processes,
             progress=on_progress,
         )
+        finished = 0
         # Closed at once on Ctrl-C, so that the files in flight stop rather than run to the end for nobody.
-        with contextlib.closing(results):
+        with _interrupted(lambda: f"{finished} of {len(todo)} files finished"), contextlib.closing(results):
             for result in results:
                 path = todo[result.index]
                 try:
@@ -310,6 +322,7 @@ def transcribe(
                     if (task := window_tasks.pop(str(path), None)) is not None:
                         bar.remove_task(task)
                 bar.advance(files_task)
+                finished += 1
     if failed:
         console.print(f"[red]{failed} of {attempted} files failed[/red]")
         raise typer.Exit(1)

@@ -298,7 +298,7 @@ def run_many(
     that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
     """
     from .audio import AudioProcesses, audio_process_count
-    from .pipeline import Pipeline, ProgressEvent, RunControl
+    from .pipeline import Pipeline, ProgressEvent, RunControl, RunStopped
 
     if files_at_once is None:
         files_at_once = files_at_once_for(pipeline.decoder.batch_size)
@@ -334,6 +334,8 @@ def run_many(
             return FileResult(index, source, transcript, None)
         except TurnscribeError as error:
             return FileResult(index, source, None, error)
+        except RunStopped:  # the caller stopped reading (Ctrl-C): nobody waits for this file, and nothing failed
+            raise
         except Exception as error:  # a bug or a crash in one file must not lose the files after it
             log.exception("%s failed", source)
             failure = TurnscribeError(f"{source} failed: {type(error).__name__}: {error}")
