@@ -70,3 +70,11 @@ def test_scripts_without_spaces_align_by_character():
     raw1 = "<|spltoken0|><|t:0.0|> い天気ですね <|t:2.0|>"
     segments, _ = stitch([(W0, parse_window(raw0, 28.0)), (W1, parse_window(raw1, 28.0))], char_level=True)
     assert [s.text for s in segments] == ["今日はいい天気ですね"]
+
+
+def test_a_character_level_merge_keeps_punctuation_and_spaces():
+    # Alignment ignores punctuation and spaces, but the merged text must not lose them.
+    raw0 = "<|spltoken0|><|t:25.0|> 我们用 Python 写代码，今天 <|t:28.0|>"
+    raw1 = "<|spltoken0|><|t:0.0|> 写代码，今天很方便。 <|t:2.0|>"
+    segments, _ = stitch([(W0, parse_window(raw0, 28.0)), (W1, parse_window(raw1, 28.0))], char_level=True)
+    assert [s.text for s in segments] == ["我们用 Python 写代码，今天很方便。"]

@@ -39,9 +39,21 @@ class _Piece:
     also_seen_as: list[tuple[int, int]] = field(default_factory=list)
 
 
+def _char_units(text: str) -> tuple[list[str], list[int]]:
+    """The normalised characters of text, and for each the position in text just past it: punctuation and spaces
+    are no units (they do not align), yet a merge cuts the text itself, so they stay in the merged segment."""
+    units: list[str] = []
+    ends: list[int] = []
+    for position, char in enumerate(text):
+        for unit in _NORMALISE_RE.sub("", char.lower()):
+            units.append(unit)
+            ends.append(position + 1)
+    return units, ends
+
+
 def _units(words: list[str], char_level: bool) -> list[str]:
     if char_level:
-        return [c for c in _NORMALISE_RE.sub("", "".join(words).lower())]
+        return _char_units(" ".join(words))[0]
     return [_NORMALISE_RE.sub("", w.lower()) for w in words]
 
 
@@ -61,9 +73,10 @@ def _align(a: _Piece, b: _Piece, char_level: bool) -> tuple[int, int] | None:
 def _merge(a: _Piece, b: _Piece, cut: tuple[int, int], char_level: bool) -> _Piece:
     end_a, start_b = cut
     if char_level:
-        text_a = _NORMALISE_RE.sub("", "".join(a.words))
-        text_b = _NORMALISE_RE.sub("", "".join(b.words))
-        words = [text_a[:end_a] + text_b[start_b:]]
+        # a's text up to its last aligned character, then b's from just past its own (with what follows it).
+        text_a, text_b = " ".join(a.words), " ".join(b.words)
+        cut_a, cut_b = _char_units(text_a)[1][end_a - 1], _char_units(text_b)[1][start_b - 1]
+        words = (text_a[:cut_a] + text_b[cut_b:]).split()
     else:
         words = a.words[:end_a] + b.words[start_b:]
     return _Piece(
