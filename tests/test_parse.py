@@ -23,6 +23,30 @@ def test_truncated_last_segment_is_kept_to_window_end():
     assert "truncated" in kinds(parsed)
 
 
+def test_a_missing_end_time_ends_the_segment_at_the_next_segments_start():
+    # Ended at the window's end instead, "Hi" would overlap every later segment of the window.
+    raw = "<|spltoken0|><|t:0.0|> Hi <|spltoken1|><|t:1.5|> Thanks. <|t:2.4|><|spltoken0|><|t:3.0|> So. <|t:4.0|>"
+    parsed = parse_window(raw, 28.0)
+    assert parsed.segments == [
+        LocalSegment(0, 0.0, 1.5, "Hi"),
+        LocalSegment(1, 1.5, 2.4, "Thanks."),
+        LocalSegment(0, 3.0, 4.0, "So."),
+    ]
+    assert kinds(parsed) == ["missing_end"]
+
+
+def test_a_missing_end_and_next_start_bound_both_segments_by_the_next_time():
+    parsed = parse_window("<|spltoken0|><|t:5.0|> Hi <|spltoken1|> there <|t:6.0|>", 28.0)
+    assert parsed.segments == [LocalSegment(0, 5.0, 6.0, "Hi"), LocalSegment(1, 5.0, 6.0, "there")]
+    assert sorted(kinds(parsed)) == ["missing_end", "missing_start"]
+
+
+def test_a_missing_end_before_a_truncation_ends_at_the_window_end():
+    parsed = parse_window("<|spltoken0|><|t:5.0|> Hi <|spltoken1|>", 28.0)
+    assert parsed.segments == [LocalSegment(0, 5.0, 28.0, "Hi")]
+    assert kinds(parsed) == ["missing_end"]
+
+
 def test_missing_speaker_token_inherits_previous_slot():
     parsed = parse_window("<|spltoken1|><|t:0.0|> Hi <|t:1.0|><|t:1.2|> there <|t:2.0|>", 28.0)
     assert [s.slot for s in parsed.segments] == [1, 1]

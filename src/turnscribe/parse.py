@@ -43,6 +43,8 @@ class _Parser:
         # False once a segment has used the last speaker token: the grammar wants one per segment.
         self.slot_fresh = False
         self.open: _Open | None = None
+        # Segments cut short by the next speaker token, their end token missing: they end at the next time token.
+        self.unended: list[_Open] = []
         self.last_end = 0.0
 
     def repair(self, kind: str, detail: str) -> None:
@@ -56,8 +58,10 @@ class _Parser:
 
     def speaker(self, slot: int) -> None:
         if self.open is not None and self.open.words:
-            # A new speaker token while text is open: the end timestamp is missing.
-            self.close(None, reason="missing_end")
+            # A new speaker token while text is open: the end timestamp is missing. The next time token bounds it
+            # (the next segment's start); the window's end would stretch it over every segment after it.
+            self.unended.append(self.open)
+            self.open = None
         elif self.open is not None:
             self.repair("repeated_speaker_token", f"spltoken{self.open.slot} replaced by spltoken{slot}")
             self.open = None
@@ -73,12 +77,13 @@ class _Parser:
 
     def time(self, t: float) -> None:
         t = self.clamp(t)
+        self.end_unended(t)
         if self.open is None:
             self.new_segment(t, f"segment at {t:.1f}s")
         elif self.open.start is None:
             self.open.start = t
         else:
-            self.close(t)
+            self.close_open(t)
 
     def text(self, chunk: str) -> None:
         cleaned = _TOKEN_RESIDUE_RE.sub(" ", chunk)
@@ -89,21 +94,34 @@ class _Parser:
             return
         segment = self.open
         if segment is None:
-            segment = self.new_segment(self.last_end, f"text {' '.join(words)[:40]!r}")
-            self.repair("missing_start", "text without a start time starts at the last end")
+            segment = self.new_segment(self.last_start(), f"text {' '.join(words)[:40]!r}")
+            self.repair("missing_start", f"text without a start time starts at {segment.start:.1f}s")
         elif segment.start is None:
-            self.repair("missing_start", "speaker token followed by text: start set to the last end")
-            segment.start = self.last_end
+            segment.start = self.last_start()
+            self.repair("missing_start", f"speaker token followed by text: start set to {segment.start:.1f}s")
         segment.words.extend(words)
 
-    def close(self, end: float | None, reason: str = "") -> None:
+    def last_start(self) -> float:
+        """Where text without a start time starts: at the last end, or with the segment whose end is missing."""
+        return self.unended[-1].start if self.unended and self.unended[-1].start is not None else self.last_end
+
+    def end_unended(self, end: float | None) -> None:
+        for segment in self.unended:
+            self.close(segment, end, missing_end=True)
+        self.unended = []
+
+    def close_open(self, end: float | None) -> None:
         assert self.open is not None
-        seg, self.open = self.open, None
+        segment, self.open = self.open, None
+        self.close(segment, end)
+
+    def close(self, seg: _Open, end: float | None, missing_end: bool = False) -> None:
+        """End a segment at `end`; None: the stream stopped first, and the speech ran on to the window's end at most."""
         start = seg.start if seg.start is not None else self.last_end
-        if end is None:
-            # Truncated or unterminated: the speech ran on to the window's end at most.
-            end = self.window_duration
-            self.repair(reason or "truncated", f"segment at {start:.1f}s had no end time; ended at {end:.1f}s")
+        if end is None or missing_end:
+            end = self.window_duration if end is None else end
+            kind = "missing_end" if missing_end else "truncated"
+            self.repair(kind, f"segment at {start:.1f}s had no end time; ended at {end:.1f}s")
         if end < start:
             self.repair("end_before_start", f"{start:.1f}s > {end:.1f}s: times swapped")
             start, end = end, start
@@ -128,9 +146,10 @@ class _Parser:
         self.segments.append(LocalSegment(slot, start, end, text))
 
     def finish(self) -> None:
+        self.end_unended(None)
         if self.open is not None:
             if self.open.words:
-                self.close(None)
+                self.close_open(None)
             else:
                 self.repair("empty_text", "trailing speaker/time tokens with no words dropped")
                 self.open = None
