@@ -322,9 +322,10 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The store first: its lock refuses a second server before it could remove the first one's uploads.
+        store = JobStore(settings.database)
         shutil.rmtree(settings.uploads / "requests", ignore_errors=True)  # left by a crash mid-request
         (settings.uploads / "requests").mkdir(parents=True, exist_ok=True)
-        store = JobStore(settings.database)
         services.store = store
         metrics.queue_depth.labels("jobs").set_function(lambda: store.count("queued"))
         stopping = threading.Event()

@@ -1,0 +1,45 @@
+"""Server behaviours found in QA: a second server refused on the same data folder, and the web page's job
+following."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from test_pipeline import FakeEmbedder, tone, write_wav
+from test_server import TIMEOUT, HeldDecoder, post, running, settings_for, wait_until
+
+from turnscribe import Pipeline
+from turnscribe.server import create_app
+from turnscribe.server.jobs import DatabaseInUse
+from turnscribe.speakers import ClusteringLinker
+
+
+def test_a_second_server_on_the_same_data_folder_leaves_the_first_ones_requests_alone(tmp_path):
+    recording = tmp_path / "tone.wav"
+    write_wav(recording, tone(3))
+    held = HeldDecoder()
+    held.hold_from = 0
+    settings = settings_for(tmp_path / "data", workers=1)
+
+    def pipeline() -> Pipeline:
+        return Pipeline(held, ClusteringLinker(FakeEmbedder()))
+
+    requests = settings.uploads / "requests"
+    with running(settings, pipeline) as url, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, url, recording, response_format="text")
+        wait_until(lambda: held.batches, what="the first request to reach the decoder")
+        second = pool.submit(post, url, recording, response_format="text")  # waits for the worker, on disk
+        wait_until(lambda: len(list(requests.iterdir())) == 2, what="the second upload to be saved")
+
+        async def start_second_server() -> None:
+            app = create_app(settings, pipeline)
+            async with app.router.lifespan_context(app):
+                pass
+
+        with pytest.raises(DatabaseInUse):
+            asyncio.run(start_second_server())
+        held.gate.set()
+        for response in (first.result(TIMEOUT), second.result(TIMEOUT)):
+            assert response.status_code == 200, response.text
