@@ -319,6 +319,14 @@ def test_write_failing_midway_keeps_the_old_file_and_no_temp(
     assert target.read_text(encoding="utf-8") == "old"
 
 
+@pytest.mark.parametrize("stem", ["x" * 250, "é" * 125])  # 254 bytes with ".srt": the longest name allowed
+def test_write_takes_the_longest_name_the_filesystem_allows(stem: str, transcript: Transcript, tmp_path: Path) -> None:
+    # Its temporary, named after it, must not be the one name too long.
+    path = formats.write(transcript, "srt", tmp_path / f"{stem}.srt", uri="out")
+    assert os.listdir(tmp_path) == [path.name]
+    assert path.read_text(encoding="utf-8") == formats.render(transcript, "srt")
+
+
 # Times on a millisecond grid: both SRT and RTTM are millisecond formats.
 segment_lists = st.lists(
     st.builds(

@@ -33,6 +33,7 @@ from turnscribe.types import Segment, Transcript
 
 DEFAULT_URI = "audio"  # the recording's name where none is given, or where the given one is blank
 UNNAMED = "unnamed"  # a blank speaker's RTTM token
+_TEMP_NAME_BYTES = 255 - len(".") - len(".01234567.tmp")  # room for the output's name in its temporary's
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def write(transcript: Transcript, fmt: str, path: Path, *, uri: str) -> Path:
     path = Path(path)
     # Same directory so os.replace is a rename within one filesystem; O_EXCL with mode 0o666 lets the umask decide
     # permissions as for any new file (mkstemp would leave the output readable by its owner only).
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with open(fd, "w", encoding="utf-8", newline="") as f:
@@ -82,6 +83,13 @@ def write(transcript: Transcript, fmt: str, path: Path, *, uri: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _temp_path(path: Path) -> Path:
+    """A hidden, unique name beside `path` to write it under first. Its name is cut so that the whole stays within
+    the 255 bytes a file name may have: an output whose own name fits must not fail for its temporary's."""
+    name = os.fsdecode(os.fsencode(path.name)[:_TEMP_NAME_BYTES])
+    return path.with_name(f".{name}.{secrets.token_hex(4)}.tmp")
 
 
 def _token(name: str, placeholder: str) -> str:
