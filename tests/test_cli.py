@@ -276,3 +276,26 @@ def test_shards_split_the_file_list_and_skip_existing_resumes(tiny_native, tmp_p
 def test_bad_shards_are_usage_errors(clip, shard):
     result = run("transcribe", clip, "--shard", shard)
     assert result.exit_code == 2 and "--shard" in flat(result)
+
+
+@pytest.mark.parametrize("where", ["file", "file/sub"])
+def test_an_output_dir_that_cannot_be_written_stops_before_the_model_loads(clip, tmp_path, where):
+    (tmp_path / "file").write_text("not a folder")
+    result = run("transcribe", clip, "--model", tmp_path / "no-such-model", "-o", tmp_path / where)
+    assert result.exit_code == 2, result.output
+    assert f"--output-dir {tmp_path / where}: cannot write files there" in flat(result)
+    assert "Traceback" not in result.output and "neither a folder" not in flat(result)
+
+
+def test_an_output_that_cannot_be_saved_fails_its_file_only(tiny_native, clip, tmp_path):
+    # '<stem>.wav' fits in a file name, '<stem>.diarized.json' does not: the OS refuses that one output.
+    long = clip.rename(tmp_path / f"{'x' * 245}.wav")
+    other = tmp_path / "other.wav"
+    write_wav(other, tone(2.0))
+    out = tmp_path / "out"
+    result = run("transcribe", long, other, "--model", tiny_native, "--device", "cpu", "-f", "diarized_json", "-o", out)
+    assert result.exit_code == 1, result.output
+    text = flat(result)
+    assert "File name too long" in text and "1 of 2 files failed" in text and "done" in text
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert sorted(p.name for p in out.iterdir()) == ["other.diarized.json"]

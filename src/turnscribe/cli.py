@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,6 +137,19 @@ def _report(label: str, style: str, path: Path, message: str) -> None:
     console.print(f"[{style}]{label}[/{style}] {escape(f'{path}: {message}')}")
 
 
+def _prepare_output_dir(output_dir: Path) -> None:
+    """Create `output_dir` and check that a file can be written there: better to stop now, before the model is loaded,
+    than after hours of transcription whose outputs cannot be saved."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as e:
+        message = f"--output-dir {output_dir}: cannot write files there ({e.strerror or e})"
+        console.print(f"[red]error[/red] {escape(message)}")
+        raise typer.Exit(2) from e
+
+
 @contextlib.contextmanager
 def _interrupted(summary: Callable[[], str]) -> Iterator[None]:
     """Ctrl-C ends the command with what was done and the shell's status for SIGINT (130), not a traceback."""
@@ -239,7 +253,7 @@ def transcribe(
     if not todo:
         raise typer.Exit(1)
     attempted = len(todo) + len(missing)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_output_dir(output_dir)
     try:
         with console.status(f"Loading {escape(model)} …"):
             pipeline = build_pipeline(
@@ -304,7 +318,7 @@ def transcribe(
                     assert result.transcript is not None
                     transcript = result.transcript
                     written = [write(transcript, fmt, output(path, fmt), uri=path.stem) for fmt in formats]
-                except TurnscribeError as e:
+                except (TurnscribeError, OSError) as e:  # OSError: an output that cannot be written (disk full)
                     failed += 1
                     _report("error", "red", path, str(e))
                 else:
