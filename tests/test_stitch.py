@@ -78,3 +78,28 @@ def test_a_character_level_merge_keeps_punctuation_and_spaces():
     raw1 = "<|spltoken0|><|t:0.0|> 写代码，今天很方便。 <|t:2.0|>"
     segments, _ = stitch([(W0, parse_window(raw0, 28.0)), (W1, parse_window(raw1, 28.0))], char_level=True)
     assert [s.text for s in segments] == ["我们用 Python 写代码，今天很方便。"]
+
+
+def test_speech_one_window_split_in_two_and_the_other_heard_whole_is_kept_once():
+    # Window 0 split it at a pause (and cut "seven" at its edge); window 1 heard it as one segment.
+    raw0 = "<|spltoken0|><|t:24.0|> one two three four <|t:27.5|><|spltoken0|><|t:27.5|> five six sev <|t:28.0|>"
+    raw1 = "<|spltoken1|><|t:0.0|> three four five six seven eight nine <|t:3.5|>"
+    segments, repairs = run(raw0, raw1)
+    assert [(s.start, s.end, s.text) for s in segments] == [
+        (24.0, 29.5, "one two three four five six seven eight nine")
+    ]
+    assert [r.kind for r in repairs] == ["overlap_merged", "overlap_repeated"]
+
+
+def test_speech_the_later_window_split_in_two_is_kept_once():
+    raw0 = "<|spltoken0|><|t:24.0|> one two three four five six seven <|t:28.0|>"
+    raw1 = "<|spltoken0|><|t:0.0|> three four <|t:0.8|><|spltoken0|><|t:1.0|> six seven eight nine <|t:4.0|>"
+    segments, _ = run(raw0, raw1)
+    assert [s.text for s in segments] == ["one two three four five six seven eight nine"]
+
+
+def test_two_speakers_saying_the_same_words_in_the_overlap_stay_two_segments():
+    raw0 = "<|spltoken0|><|t:26.2|> yes exactly <|t:27.0|><|spltoken1|><|t:26.5|> yes exactly <|t:27.4|>"
+    raw1 = "<|spltoken0|><|t:0.2|> yes exactly <|t:1.0|><|spltoken1|><|t:0.5|> yes exactly <|t:1.4|>"
+    segments, _ = run(raw0, raw1)
+    assert [(s.start, s.end, s.slot) for s in segments] == [(26.2, 27.0, 0), (26.5, 27.4, 1)]

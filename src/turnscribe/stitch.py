@@ -10,6 +10,8 @@ The rule (documented in the README):
   aligned run, then window i+1's words after it. Words window i heard cut off at its right edge and
   words window i+1 heard cut off at its left edge are the ones dropped; every word heard whole by
   either window is kept exactly once.
+* A segment whose words a merged segment already holds (the same slot of its window, overlapping it in
+  time) is dropped: one window split at a pause the speech that the other window heard as one segment.
 * Segments that find no partner are kept as they are: two people talking over each other in the
   overlap stay two segments, and speech only one window transcribed is not lost.
 * A merge records that (window i, slot a) and (window i+1, slot b) spoke the same words: evidence the
@@ -89,6 +91,18 @@ def _merge(a: _Piece, b: _Piece, cut: tuple[int, int], char_level: bool) -> _Pie
     )
 
 
+def _repeats(piece: _Piece, words: list[str], merged: _Piece, char_level: bool) -> bool:
+    """Whether `piece` is speech `merged` already holds: the same slot of the same window went into the merge,
+    they overlap in time, and `words` (the piece's) are a run of the merged words."""
+    if (piece.window, piece.slot) not in {(merged.window, merged.slot), *merged.also_seen_as}:
+        return False
+    if min(piece.end, merged.end) <= max(piece.start, merged.start):
+        return False
+    units, host = _units(words, char_level), _units(merged.words, char_level)
+    match = SequenceMatcher(None, units, host, autojunk=False).find_longest_match(0, len(units), 0, len(host))
+    return bool(units) and match.size == len(units)
+
+
 def stitch(
     windows: Sequence[tuple[WindowSpan, ParsedWindow]], *, char_level: bool = False
 ) -> tuple[list[StitchedSegment], list[Repair]]:
@@ -111,16 +125,37 @@ def stitch(
                     overlap = min(a.end, b.end) - max(a.start, b.start)
                     candidates.append((overlap, a, b, cut))
         used: set[int] = set()
+        merges: list[_Piece] = []
         for _, a, b, cut in sorted(candidates, key=lambda c: -c[0]):
             if id(a) in used or id(b) in used:
                 continue
             used.update((id(a), id(b)))
             merged = _merge(a, b, cut, char_level)
+            merges.append(merged)
             pieces[i].remove(a)
             pieces[i + 1][pieces[i + 1].index(b)] = merged
             repairs.append(
                 Repair("overlap_merged", f"{a.start:.1f}-{b.end:.1f}s decoded by windows {i} and {i + 1}", i + 1)
             )
+        # One window may split speech in two segments (at a pause) that the other heard as one: the merge keeps
+        # the whole of it, and the other half's segment would say its words twice.
+        for side, unmerged, at_window_start in ((pieces[i], left, False), (pieces[i + 1], right, True)):
+            for piece in [p for p in unmerged if id(p) not in used]:
+                words = piece.words
+                # The word a window heard at its edge may be cut off: it need not be among the merged words.
+                if (piece.start <= overlap_start if at_window_start else piece.end >= overlap_end) and len(words) > 1:
+                    words = words[1:] if at_window_start else words[:-1]
+                host = next((m for m in merges if _repeats(piece, words, m, char_level)), None)
+                if host is not None:
+                    side.remove(piece)
+                    repairs.append(
+                        Repair(
+                            "overlap_repeated",
+                            f"{piece.start:.1f}-{piece.end:.1f}s repeats words of the segment merged at "
+                            f"{host.start:.1f}-{host.end:.1f}s: dropped",
+                            i + 1,
+                        )
+                    )
     stitched = [
         StitchedSegment(
             start=round(p.start, 3),
