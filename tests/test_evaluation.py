@@ -113,6 +113,31 @@ def test_formats_are_detected_from_content(tmp_path: Path) -> None:
     assert as_seglst[0]["end_time"] == 4.0
 
 
+# sclite's STM as TED-LIUM and NIST write it: labels before the words, gaps that nobody speaks in, a span out of bounds.
+SCLITE_STM = """;; CATEGORY "0" "" ""
+;; LABEL "O" "Overall" "Overall"
+meet 1 A 0.0 4.0 <o,f0,female> hello there my friend
+meet 1 inter_segment_gap 4.0 5.0 <o,,unknown>
+meet 1 B 5.0 8.0 <O,F0,male> good to see you
+meet 1 inter_segment_gap 8.0 10.0 <o,,unknown> IGNORE_TIME_SEGMENT_IN_SCORING
+"""
+
+
+def test_sclite_stm_labels_gaps_and_ignored_spans(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", SCLITE_STM)
+    said = [(0, 4, "1", "hello there my friend"), (5, 8, "2", "good to see you")]
+    applause = (8.5, 9.5, "3", "clapping heard as words")  # in the ignored span: not scored, not even as speech
+    result = evaluate(ref, write(tmp_path, "hyp.json", seglst(*said, applause)))
+    assert result.ref_speakers == 2 and result.der(0.0) == result.der(0.25) == 0.0
+    assert [(w.error_rate, w.length) for w in result.word_errors] == [(0.0, 8), (0.0, 8)]
+    # The gap is a pause like any other: speech the hypothesis puts there is a false alarm and an insertion.
+    result = evaluate(ref, write(tmp_path, "hyp.json", seglst(*said, (4.2, 4.8, "1", "um"))))
+    assert result.diarization[0].false_alarm == pytest.approx(0.6) and result.der(0.0) == pytest.approx(0.6 / 7)
+    assert result.wer("cpWER") == pytest.approx(1 / 8)
+    # A first word in angle brackets is a word, not a label.
+    assert load_segments(write(tmp_path, "unk.stm", "meet 1 A 0 4 <unk> hello\n"))[0]["words"] == "<unk> hello"
+
+
 def test_in_memory_inputs_and_session_names(tmp_path: Path) -> None:
     ref = write(tmp_path, "ref.stm", REF_STM)
     transcript = Transcript(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,13 @@ FORMATS = ("rttm", "stm", "seglst")
 
 Source: TypeAlias = "str | os.PathLike[str] | Transcript | SegLST | Sequence[ReferenceTurn]"
 _SEGLST_KEYS = ("session_id", "speaker", "start_time", "end_time")
+IGNORED = "ignore_time_segment_in_scoring"
+"""sclite's words (in any case) for a reference span that is out of bounds: nothing said in it is scored."""
+GAP_SPEAKER = "inter_segment_gap"
+"""sclite's speaker for a reference span in which nobody speaks."""
+# sclite's optional STM label before the words, e.g. <o,f0,male>; meeteval leaves it in the words. The comma keeps a
+# first word in angle brackets (<unk>, <laugh>) from being taken for one.
+_STM_LABEL = re.compile(r"^<[^<>\s]*,[^<>\s]*>\s*")
 
 
 class EvaluationError(TurnscribeError):
@@ -128,7 +136,8 @@ def load_segments(path: str | os.PathLike[str], fmt: str | None = None) -> SegLS
             turns = "\n".join(line for line in text.splitlines() if line.split()[:1] == ["SPEAKER"])
             return RTTM.parse(turns, parse_float=float).to_seglst()
         if fmt == "stm":
-            return STM.parse(text, parse_float=float).to_seglst()
+            segments = STM.parse(text, parse_float=float).to_seglst()
+            return segments.map(lambda s: {**s, "words": _STM_LABEL.sub("", s["words"], count=1)})
         # meeteval's SegLST.load needs simplejson (an optional extra of meeteval); the format is plain JSON.
         return _seglst_from_json(json.loads(text))
     except EvaluationError as exc:
@@ -165,6 +174,32 @@ def as_segments(source: Source, *, uri: str = "audio") -> SegLST:
     )
 
 
+def _split_ignored(ref: SegLST) -> tuple[SegLST, dict[str, Timeline]]:
+    """The reference's speech, and per session the spans it puts out of bounds (sclite's STM conventions, which
+    TED-LIUM and NIST references follow). An `inter_segment_gap` line is no one's speech: the hypothesis is scored
+    there as in any pause, unless the line's words also say IGNORE_TIME_SEGMENT_IN_SCORING."""
+    speech: list[dict[str, Any]] = []
+    ignored: dict[str, Timeline] = {}
+    for seg in ref:
+        if str(seg.get("words", "")).strip().lower() == IGNORED:
+            span = Segment(float(seg["start_time"]), float(seg["end_time"]))
+            ignored.setdefault(seg["session_id"], Timeline()).add(span)
+        elif seg["speaker"] != GAP_SPEAKER:
+            speech.append(seg)
+    return SegLST(speech), ignored
+
+
+def _outside(segments: SegLST, ignored: dict[str, Timeline]) -> SegLST:
+    """`segments` less those whose middle lies in an ignored span of their session: sclite leaves out each hypothesis
+    word whose middle does, and a segment's words have no times of their own."""
+
+    def kept(seg: dict[str, Any]) -> bool:
+        middle = (float(seg["start_time"]) + float(seg["end_time"])) / 2
+        return not any(span.start <= middle <= span.end for span in ignored.get(seg["session_id"], ()))
+
+    return segments.filter(kept)
+
+
 def _has_words(segments: SegLST) -> bool:
     return all("words" in s for s in segments)
 
@@ -194,15 +229,17 @@ def _line_up(ref: SegLST, hyp: SegLST, notes: list[str]) -> tuple[list[str], Seg
     return ref_sessions, hyp
 
 
-def _diarization(ref: SegLST, hyp: SegLST, sessions: list[str], collar: float) -> DiarizationScores:
+def _diarization(
+    ref: SegLST, hyp: SegLST, sessions: list[str], collar: float, ignored: dict[str, Timeline]
+) -> DiarizationScores:
     # pyannote's collar is the whole width, centred on the boundary: twice the NIST "either side" value.
     der = DiarizationErrorRate(collar=2 * collar, skip_overlap=False)
     jer = JaccardErrorRate(collar=2 * collar, skip_overlap=False)
     for session in sessions:
         reference, hypothesis = _annotation(ref, session), _annotation(hyp, session)
         end = max(s.end for s in (*reference.itersegments(), *hypothesis.itersegments()))
-        # Everything is scored: an explicit UEM over the whole span instead of pyannote's guessed one.
-        uem = Timeline([Segment(0.0, end)])
+        # Everything is scored but the ignored spans: an explicit UEM instead of pyannote's guessed one.
+        uem = Timeline([Segment(0.0, end)]).extrude(ignored.get(session, Timeline()))
         der(reference, hypothesis, uem=uem)
         jer(reference, hypothesis, uem=uem)
     parts = der.accumulated_
@@ -266,15 +303,16 @@ def evaluate(
     two kinds of in-memory input are session `uri`. A lone session on each side is scored as one recording
     whatever its name.
     """
-    ref_segments, hyp_segments = as_segments(ref, uri=uri), as_segments(hyp, uri=uri)
+    ref_segments, ignored = _split_ignored(as_segments(ref, uri=uri))
+    hyp_segments = as_segments(hyp, uri=uri)
     if not any(s["end_time"] > s["start_time"] for s in ref_segments):
         raise EvaluationError("the reference has no speech: there is nothing to score against")
     notes: list[str] = []
     sessions, hyp_segments = _line_up(ref_segments, hyp_segments, notes)
-    diarization = [_diarization(ref_segments, hyp_segments, sessions, c) for c in collars]
+    diarization = [_diarization(ref_segments, hyp_segments, sessions, c, ignored) for c in collars]
     word_errors: list[WordErrorScores] = []
     if _has_words(ref_segments) and _has_words(hyp_segments):
-        word_errors = _word_errors(ref_segments, hyp_segments, sessions, tcp_collar, normalizer)
+        word_errors = _word_errors(ref_segments, _outside(hyp_segments, ignored), sessions, tcp_collar, normalizer)
     else:
         side = "reference" if not _has_words(ref_segments) else "hypothesis"
         notes.append(f"cpWER and tcpWER skipped: the {side} has no words (RTTM carries none)")
