@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -153,3 +154,11 @@ def test_truncation_keeps_every_complete_segment(segs, data):
     parsed = parse_window(raw[:cut], 28.0)
     complete = [s for s in segs if format_segments([s]).removesuffix("<|endoftext|>") in raw[:cut]]
     assert parsed.segments[: len(complete)] == complete
+
+
+def test_a_segment_clamped_to_a_window_ending_just_past_a_step_is_widened():
+    # A last window of 2.0000625 s: the end clamped to it would leave a 62.5 µs segment, 0 ms on the timeline.
+    parsed = parse_window("<|spltoken0|><|t:2.0|> late words <|t:2.1|>", 2.0000625)
+    (segment,) = parsed.segments
+    assert segment.end == 2.0000625 and segment.end - segment.start == pytest.approx(0.1)
+    assert "zero_length" in kinds(parsed)

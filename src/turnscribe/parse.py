@@ -22,6 +22,9 @@ _TOKEN_RESIDUE_RE = re.compile(r"<\|\S*|\S*\|>")
 _PROMPT_END = "<|diarize|>"
 
 TIME_STEP = 0.1
+# The file timeline is rounded to the millisecond: a segment shorter (a time clamped to a window ending just past a
+# 0.1 s step) would come out with end == start.
+MIN_LENGTH = 1e-3
 MAX_REPEATS = 2
 """A phrase repeated back-to-back more than this many times is a decoding loop, not speech."""
 
@@ -125,10 +128,9 @@ class _Parser:
         if end < start:
             self.repair("end_before_start", f"{start:.1f}s > {end:.1f}s: times swapped")
             start, end = end, start
-        if end == start:
+        if end - start < MIN_LENGTH:
             end = min(start + TIME_STEP, self.window_duration)
-            if end == start:
-                start = max(0.0, end - TIME_STEP)
+            start = min(start, max(0.0, end - TIME_STEP))
             self.repair("zero_length", f"segment at {start:.1f}s widened to one {TIME_STEP}s step")
         text = collapse_repetitions(" ".join(seg.words))
         if text != " ".join(seg.words):
