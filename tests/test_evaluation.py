@@ -113,6 +113,13 @@ def test_formats_are_detected_from_content(tmp_path: Path) -> None:
     assert as_seglst[0]["end_time"] == 4.0
 
 
+def test_a_session_of_zero_length_turns_only_scores_nothing(tmp_path: Path) -> None:
+    # Nothing on either side to take the session's end from: max() of nothing ended the command.
+    ref = write(tmp_path, "ref.rttm", REF_RTTM + rttm((1, 1, "C"), uri="blank"))
+    result = evaluate(ref, write(tmp_path, "hyp.rttm", REF_RTTM))
+    assert result.der(0.0) == 0.0 and result.diarization[0].total == pytest.approx(7.0)
+
+
 # sclite's STM as TED-LIUM and NIST write it: labels before the words, gaps that nobody speaks in, a span out of bounds.
 SCLITE_STM = """;; CATEGORY "0" "" ""
 ;; LABEL "O" "Overall" "Overall"
@@ -244,6 +251,7 @@ def test_eval_rttm_notes_the_skipped_wer(tmp_path: Path, cli: typer.Typer) -> No
         ("ref.abc", "nothing to see\n", [], "unknown format"),
         ("ref.rttm", REF_RTTM, ["--format", "xml"], "table, json"),
         ("ref.stm", REF_STM, ["--normalizer", "shout"], "shout"),
+        ("ref.stm", REF_STM, ["--json", "/no/such/folder/scores.json"], "/no/such/folder/scores.json"),
     ],
 )
 def test_eval_bad_input_exits_2_without_a_traceback(

@@ -63,7 +63,11 @@ def eval_command(
         raise typer.Exit(2) from None
     data = json.dumps(result.to_dict(), indent=2) + "\n"
     if json_path is not None:
-        json_path.write_text(data, encoding="utf-8")
+        try:
+            json_path.write_text(data, encoding="utf-8")
+        except OSError as exc:
+            typer.echo(f"error: --json {json_path}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(2) from None
     if output == "json":
         typer.echo(data, nl=False)
         return

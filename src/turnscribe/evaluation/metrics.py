@@ -237,7 +237,8 @@ def _diarization(
     jer = JaccardErrorRate(collar=2 * collar, skip_overlap=False)
     for session in sessions:
         reference, hypothesis = _annotation(ref, session), _annotation(hyp, session)
-        end = max(s.end for s in (*reference.itersegments(), *hypothesis.itersegments()))
+        # No segments at all: a session whose reference turns are all 0 s long, and no hypothesis for it.
+        end = max((s.end for s in (*reference.itersegments(), *hypothesis.itersegments())), default=0.0)
         # Everything is scored but the ignored spans: an explicit UEM instead of pyannote's guessed one.
         uem = Timeline([Segment(0.0, end)]).extrude(ignored.get(session, Timeline()))
         der(reference, hypothesis, uem=uem)
