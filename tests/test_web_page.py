@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from test_pipeline import FakeEmbedder, tone, write_wav
-from test_server import KEY, TIMEOUT, library_result, running, settings_for
+from test_server import KEY, TIMEOUT, HeldDecoder, library_result, running, settings_for
 from test_server_scripted import script
 
 from turnscribe import Pipeline
@@ -37,14 +38,23 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, server):
+@contextmanager
+def opened(browser, url: str) -> Iterator[object]:
+    """The web page of the server at `url`, in a browser context of its own."""
     context = browser.new_context(accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
-    page.goto(server + "/")
-    yield page
-    context.close()
+    page.goto(url + "/")
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    with opened(browser, server) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +116,49 @@ def test_errors_from_the_api_are_shown(page, recording, tmp_path):
     transcribe(page, notes)
     page.wait_for_function("document.querySelector('#message').textContent.includes('notes.wav')")
     assert page.is_visible("#message.error")
+
+
+@pytest.fixture(scope="module")
+def held() -> HeldDecoder:
+    return HeldDecoder()
+
+
+@pytest.fixture(scope="module")
+def held_server(held, tmp_path_factory) -> Iterator[str]:
+    settings = settings_for(tmp_path_factory.mktemp("web-held"))
+    with running(settings, lambda: Pipeline(held, ClusteringLinker(FakeEmbedder()))) as url:
+        yield url
+
+
+@pytest.fixture
+def held_page(browser, held_server, held):
+    held.reset()
+    held.hold_from = 0  # jobs stay running until the test ends
+    with opened(browser, held_server) as page:
+        yield page
+    held.gate.set()
+
+
+def test_a_second_job_takes_the_page_over_from_the_first(held_page, held_server, recording):
+    page = held_page
+    transcribe(page, recording)
+    page.wait_for_function("document.querySelector('#message').textContent.startsWith('Transcribing')")
+    first = page.evaluate("location.hash").removeprefix("#job=")
+    transcribe(page, recording)
+    page.wait_for_function(f"location.hash.startsWith('#job=') && location.hash !== '#job={first}'")
+    second = page.evaluate("location.hash").removeprefix("#job=")
+    # The first job's loop polls every 400 ms: by the second job's third poll it has woken and stopped, and
+    # must have left the page (its Cancel button above all) to the second job.
+    for _ in range(3):
+        with page.expect_request(lambda request: request.url.endswith(f"/v1/audio/jobs/{second}")):
+            pass
+    assert page.is_visible("#cancel")
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#message').textContent.includes('cancelled')")
+    statuses = {
+        job_id: httpx.get(
+            f"{held_server}/v1/audio/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT
+        ).json()["status"]
+        for job_id in (first, second)
+    }
+    assert statuses == {first: "running", second: "cancelled"}

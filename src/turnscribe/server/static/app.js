@@ -67,13 +67,17 @@ async function follow(jobId) {
   currentJob = jobId;
   location.hash = `job=${jobId}`;
   $("cancel").hidden = false;
-  while (currentJob === jobId) {
+  // A job started later takes the page over: this loop then stops without touching it.
+  const current = () => currentJob === jobId;
+  while (current()) {
     const job = await (await api(`v1/audio/jobs/${jobId}`)).json();
+    if (!current()) return;
     recordingName = job.filename.replace(/\.[^.]*$/, "") || "transcript";
     const { windows_done: done, windows_total: total } = job.progress;
     if (job.status === "succeeded") {
-      const result = await api(`v1/audio/jobs/${jobId}/result?response_format=diarized_json`);
-      render(await result.json());
+      const transcript = await (await api(`v1/audio/jobs/${jobId}/result?response_format=diarized_json`)).json();
+      if (!current()) return;
+      render(transcript);
       show(`Done: ${job.filename}, ${Math.round(job.duration || 0)} s.`);
       break;
     }
@@ -87,7 +91,7 @@ async function follow(jobId) {
     });
     await new Promise((resolve) => setTimeout(resolve, 400));
   }
-  $("cancel").hidden = true;
+  if (current()) $("cancel").hidden = true;
 }
 
 async function start(event) {
