@@ -118,6 +118,11 @@ def test_errors_from_the_api_are_shown(page, recording, tmp_path):
     assert page.is_visible("#message.error")
 
 
+def test_times_are_rounded_before_they_are_split_into_minutes(page):
+    times = [0, 5.04, 59.96, 61.04, 125.97, 3600]
+    assert page.evaluate(f"{times}.map(clock)") == ["0:00.0", "0:05.0", "1:00.0", "1:01.0", "2:06.0", "60:00.0"]
+
+
 @pytest.fixture(scope="module")
 def held() -> HeldDecoder:
     return HeldDecoder()

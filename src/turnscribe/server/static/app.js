@@ -36,8 +36,9 @@ function show(message, { error = false, progress = null } = {}) {
 }
 
 function clock(seconds) {
-  const m = Math.floor(seconds / 60);
-  return `${m}:${(seconds - m * 60).toFixed(1).padStart(4, "0")}`;
+  const tenths = Math.round(seconds * 10); // rounded before splitting: 59.96 s is 1:00.0, not 0:60.0
+  const m = Math.floor(tenths / 600);
+  return `${m}:${((tenths - m * 600) / 10).toFixed(1).padStart(4, "0")}`;
 }
 
 function colour(speaker) {
