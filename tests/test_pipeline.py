@@ -1,6 +1,7 @@
 """End to end: audio file → windows → tiny model generate (forced) → parse → stitch → embed → cluster → formats."""
 
 import json
+from concurrent.futures import Future
 
 import av
 import numpy as np
@@ -188,6 +189,35 @@ def test_every_window_failing_is_an_error():
 
     with pytest.raises(DecoderError, match="Every window failed"):
         pipeline_with(scripted(script)).run(tone(40), sampling_rate=SAMPLE_RATE)
+
+
+def speech_then_silence():
+    return np.concatenate([tone(40), np.zeros(30 * SAMPLE_RATE, np.float32)])
+
+
+def test_every_window_with_sound_failing_is_an_error_though_a_silent_one_was_skipped():
+    def script(span):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(DecoderError, match="Every window failed"):
+        pipeline_with(scripted(script)).run(speech_then_silence(), sampling_rate=SAMPLE_RATE)
+
+
+def test_every_window_with_sound_failing_through_a_streaming_decoder_is_an_error():
+    class Failing:
+        name, model_id, batch_size = "failing", "x", 4
+
+        def decode(self, windows, language):
+            raise AssertionError("a streaming decoder is fed through submit")
+
+        def submit(self, windows, language):
+            futures = [Future() for _ in windows]
+            for future in futures:
+                future.set_exception(RuntimeError("out of memory"))
+            return futures
+
+    with pytest.raises(DecoderError, match="Every window failed"):
+        pipeline_with(Failing()).run(speech_then_silence(), sampling_rate=SAMPLE_RATE)
 
 
 def test_a_decoder_returning_the_wrong_count_is_isolated():

@@ -87,6 +87,10 @@ def _batches(items: Sequence[WindowSpan], size: Callable[[], int]) -> Iterator[S
         start = end
 
 
+# A window's raw output (None: it failed), and whether it was sent to the model (False: digital silence).
+_Output = tuple[WindowSpan, str | None, bool]
+
+
 def _window_failed(index: int, error: Exception, repairs: list[Repair]) -> None:
     """Record a window that failed even alone; the file goes on without it."""
     log.warning("window %d failed: %s", index, error)
@@ -180,16 +184,17 @@ class Pipeline:
             else self._batch_outputs(samples, spans, language, repairs)
         )
         parsed: list[tuple[WindowSpan, ParsedWindow]] = []
-        failed = 0
+        failed = decoded = 0
         for group in outputs:  # progress after each group of windows that arrived together
-            for span, raw in group:
-                if raw is None:
-                    failed += 1
+            for span, raw, sent in group:
+                failed += raw is None
+                decoded += sent and raw is not None
                 parsed.append((span, parse_window(raw or "", span.duration, span.index)))
                 repairs.extend(parsed[-1][1].repairs)
             if progress:
                 progress(ProgressEvent("window", len(parsed), len(spans), source))
-        if spans and failed == len(spans):
+        # Silent windows are not sent: speech whose every window failed is an error even in a file with silence.
+        if failed and not decoded:
             raise DecoderError(f"Every window failed to decode; see the log. First failure: {repairs[0].detail}")
         return parsed
 
@@ -200,13 +205,13 @@ class Pipeline:
 
     def _batch_outputs(
         self, samples: np.ndarray, spans: Sequence[WindowSpan], language: str, repairs: list[Repair]
-    ) -> Iterator[list[tuple[WindowSpan, str | None]]]:
-        """Each batch's raw outputs in order (None: failed), decoded `batch_size` windows per call."""
+    ) -> Iterator[list[_Output]]:
+        """Each batch's raw outputs in order, decoded `batch_size` windows per call."""
         for batch in _batches(spans, lambda: self.decoder.batch_size):
             windows = [self._window(samples, s) for s in batch]
             audible = [w for w, loud in windows if loud]
             outputs = dict(zip((w.span.index for w in audible), self._decode_batch(audible, language, repairs)))
-            yield [(w.span, outputs.get(w.span.index, "")) for w, _ in windows]
+            yield [(w.span, outputs.get(w.span.index, ""), loud) for w, loud in windows]
 
     def _stream_outputs(
         self,
@@ -215,7 +220,7 @@ class Pipeline:
         spans: Sequence[WindowSpan],
         language: str,
         repairs: list[Repair],
-    ) -> Iterator[list[tuple[WindowSpan, str | None]]]:
+    ) -> Iterator[list[_Output]]:
         """Each window's raw output in order, one at a time; up to `batch_size` windows are queued ahead of it.
 
         Windows are submitted in groups (whenever half the look-ahead has drained), so that a batch can form from
@@ -240,7 +245,7 @@ class Pipeline:
                     except Exception as error:  # the scheduler already retried it alone: this window is lost
                         _window_failed(span.index, error, repairs)
                         raw = None
-                yield [(span, raw)]
+                yield [(span, raw, future is not None)]
         finally:  # stopped early (cancelled, timed out): free the model from this file's queued windows
             for _, future in in_flight:
                 if future is not None:
