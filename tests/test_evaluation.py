@@ -72,6 +72,18 @@ def test_overlapping_speech_is_scored(tmp_path: Path) -> None:
     assert result.diarization[0].missed == pytest.approx(4.0)
 
 
+def test_a_speakers_own_overlapping_segments_are_one_voice(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.rttm", rttm((0, 4, "A")))
+    # x speaks from 0 to 6 in two pieces: 2 s of false alarm, not 4 (2 to 4 is no second voice).
+    result = evaluate(ref, write(tmp_path, "hyp.rttm", rttm((0, 4, "x"), (2, 6, "x"))))
+    assert result.diarization[0].false_alarm == pytest.approx(2.0) and result.der(0.0) == pytest.approx(2 / 4)
+    # The same on the reference side: A speaks for 6 s, all of them found.
+    result = evaluate(
+        write(tmp_path, "ref2.rttm", rttm((0, 4, "A"), (2, 6, "A"))), write(tmp_path, "h.rttm", rttm((0, 6, "x")))
+    )
+    assert result.diarization[0].total == pytest.approx(6.0) and result.der(0.0) == 0.0 == result.diarization[0].jer
+
+
 def test_cpwer_ignores_speaker_names_and_punctuation_by_default(tmp_path: Path) -> None:
     ref = write(tmp_path, "ref.stm", REF_STM)
     hyp = write(tmp_path, "hyp.json", seglst((0, 4, "1", "Hello there, my friend."), (5, 8, "2", "good to see you")))

@@ -205,11 +205,14 @@ def _has_words(segments: SegLST) -> bool:
 
 
 def _annotation(segments: SegLST, session: str) -> Annotation:
+    """Who speaks when in `session`: each speaker's segments merged where they overlap or touch, as md-eval and
+    dscore merge a speaker's turns. pyannote scores each track, so a speaker's two overlapping segments would count
+    as two voices there (a false alarm in the hypothesis, speech to find twice in the reference)."""
     annotation = Annotation(uri=session)
     for track, seg in enumerate(s for s in segments if s["session_id"] == session):
         # One track per segment: a speaker's own overlapping segments must not overwrite each other.
         annotation[Segment(float(seg["start_time"]), float(seg["end_time"])), track] = str(seg["speaker"])
-    return annotation
+    return annotation.support()
 
 
 def _line_up(ref: SegLST, hyp: SegLST, notes: list[str]) -> tuple[list[str], SegLST]:
