@@ -56,9 +56,16 @@ LanguageOption = Annotated[str, typer.Option("--language", "-l", help="Language 
 
 @prepare_app.command("ami")
 def prepare_ami_command(
-    corpus: Annotated[Path, typer.Argument(help="Local AMI copy: <MEETING>/audio/*.Array1-01.wav + annotations.")],
+    corpus: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="Local AMI copy: <MEETING>/audio/*.Array1-01.wav + annotations."
+        ),
+    ],
     out: Annotated[Path, typer.Argument(help="Output folder: train/ and dev/ shards, summary.json.")],
-    annotations: Annotated[Path | None, typer.Option(help="ami_public_manual_1.6.2 folder or zip.")] = None,
+    annotations: Annotated[
+        Path | None, typer.Option(exists=True, help="ami_public_manual_1.6.2 folder or zip.")
+    ] = None,
     partition: Annotated[str, typer.Option(help="full-corpus, full-corpus-asr or scenario-only.")] = "full-corpus",
     text: Annotated[str, typer.Option(help="kaldi (upper case, no punctuation) or punctuated.")] = "kaldi",
     window: WindowOption = 28.0,
@@ -89,9 +96,14 @@ def prepare_ami_command(
 @prepare_app.command("mixtures")
 def prepare_mixtures_command(
     out: Annotated[Path, typer.Argument(help="Output folder: train/ and dev/ shards, summary.json.")],
-    librispeech: Annotated[Path | None, typer.Option(help="Local LibriSpeech copy (lhotse's recipe).")] = None,
+    librispeech: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="Local LibriSpeech copy (lhotse's recipe).")
+    ] = None,
     parts: Annotated[str, typer.Option(help="Comma-separated LibriSpeech parts, or auto.")] = "auto",
-    cuts: Annotated[Path | None, typer.Option(help="Or: any lhotse CutSet manifest of single-speaker cuts.")] = None,
+    cuts: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Or: any lhotse CutSet manifest of single-speaker cuts."),
+    ] = None,
     count: Annotated[int, typer.Option(help="Training mixtures (the card: 11,813).")] = 11813,
     dev_count: Annotated[int, typer.Option(help="Held-out mixtures.")] = 200,
     max_duration: Annotated[float, typer.Option(help="Longest mixture in seconds (≤ 30).")] = 28.0,
@@ -129,8 +141,12 @@ def prepare_mixtures_command(
 @prepare_app.command("corpus")
 def prepare_corpus_command(
     out: Annotated[Path, typer.Argument(help="Output folder: train/ (and dev/) shards, summary.json.")],
-    audio: Annotated[list[Path], typer.Option(help="An audio file; repeatable. Session id = file stem.")],
-    ref: Annotated[list[Path], typer.Option(help="SegLST or STM reference(s) with words; repeatable.")],
+    audio: Annotated[
+        list[Path], typer.Option(exists=True, dir_okay=False, help="An audio file; repeatable. Session id = file stem.")
+    ],
+    ref: Annotated[
+        list[Path], typer.Option(exists=True, dir_okay=False, help="SegLST or STM reference(s) with words; repeatable.")
+    ],
     dev_recordings: Annotated[int, typer.Option(help="Recordings held out for evaluation.")] = 1,
     language: LanguageOption = "en",
     window: WindowOption = 28.0,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 import random
 import re
 from collections import Counter
@@ -34,12 +35,14 @@ from ..decoders.reference import MIN_VISIBLE_S, ReferenceTurn, reference_output
 from ..parse import parse_window
 from ..prompt import check_language
 from ..types import SAMPLE_RATE, TurnscribeError, WindowSpan
+from ..windows import MAX_WINDOW_S
 
 log = logging.getLogger(__name__)
 
 SHARD_FIELDS = {"recording": "flac"}
 SUMMARY_FILE = "summary.json"
 _EDGE_TOLERANCE_S = 0.01
+LAST_TIME_S = 29.9  # the last timestamp token, <|t:29.9|>: speech that runs on to 30.0 s ends there in a target
 AmiText = Literal["kaldi", "punctuated"]
 
 
@@ -54,6 +57,13 @@ class WindowConfig:
     max_speakers: int = 4
     min_duration_s: float = 1.0  # a recording's last window may be shorter; shorter than this it is left out
 
+    def __post_init__(self) -> None:
+        if not 0 < self.window_s <= MAX_WINDOW_S or self.hop_s <= 0:
+            raise DataPreparationError(
+                f"windows must be in (0, {MAX_WINDOW_S:g}] s (one decoder pass) with a positive hop, "
+                f"got {self.window_s:g} s every {self.hop_s:g} s"
+            )
+
 
 @dataclass(frozen=True)
 class MixtureConfig:
@@ -66,6 +76,12 @@ class MixtureConfig:
     overlap_probability: float = 0.0  # chance that a turn starts before the previous one has ended
     max_overlap_s: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_duration_s <= MAX_WINDOW_S:
+            raise DataPreparationError(
+                f"mixtures must be in (0, {MAX_WINDOW_S:g}] s (one decoder pass), got {self.max_duration_s:g} s"
+            )
 
 
 @dataclass
@@ -102,7 +118,7 @@ def window_turns(cut: Any) -> list[ReferenceTurn] | None:
         if not text or sup.speaker is None:
             continue
         if sup.start >= -_EDGE_TOLERANCE_S and sup.end <= duration + _EDGE_TOLERANCE_S:
-            turns.append(ReferenceTurn(max(sup.start, 0.0), min(sup.end, duration), str(sup.speaker), text))
+            turns.append(ReferenceTurn(max(sup.start, 0.0), _window_end(sup.end, duration), str(sup.speaker), text))
             continue
         if min(sup.end, duration) - max(sup.start, 0.0) < MIN_VISIBLE_S:
             continue  # reference_output leaves such slivers out anyway
@@ -113,9 +129,13 @@ def window_turns(cut: Any) -> list[ReferenceTurn] | None:
         inside = [w for w in words if 0.0 <= w.start + w.duration / 2 - cut.start <= duration]
         if inside:
             start = max(inside[0].start - cut.start, 0.0)
-            end = min(inside[-1].end - cut.start, duration)
+            end = _window_end(inside[-1].end - cut.start, duration)
             turns.append(ReferenceTurn(start, end, str(sup.speaker), _join_words(w.symbol for w in inside)))
     return turns
+
+
+def _window_end(end: float, duration: float) -> float:
+    return min(end, duration, LAST_TIME_S)
 
 
 def window_target(cut: Any, max_speakers: int) -> WindowTarget | str:
@@ -221,7 +241,13 @@ def librispeech_cuts(corpus_dir: Path, parts: Sequence[str] | str = "auto") -> A
     from lhotse import CutSet
     from lhotse.recipes import prepare_librispeech
 
-    manifests = prepare_librispeech(corpus_dir, dataset_parts=parts)
+    try:
+        manifests = prepare_librispeech(corpus_dir, dataset_parts=parts)
+    except (AssertionError, ValueError) as e:
+        raise DataPreparationError(
+            f"lhotse's LibriSpeech recipe failed on {corpus_dir} ({e or type(e).__name__}); it reads "
+            "<PART>/<SPEAKER>/<CHAPTER>/*.flac and *.trans.txt, e.g. train-clean-100/19/198/19-198-0001.flac"
+        ) from e
     sets = [
         CutSet.from_manifests(recordings=m["recordings"], supervisions=m["supervisions"]) for m in manifests.values()
     ]
@@ -295,6 +321,7 @@ def _mixture(by_speaker: dict[str, list[Any]], chosen: list[str], config: Mixtur
     they fit; None when a chosen speaker has no utterance that fits."""
     budget = config.max_duration_s - 0.2  # room for a little trailing silence
     placed: list[tuple[float, Any]] = []
+    ends: dict[str, float] = {}  # each speaker's last turn end
     queue = list(chosen)
     previous: str | None = None
     while len(placed) < 64:
@@ -313,6 +340,8 @@ def _mixture(by_speaker: dict[str, list[Any]], chosen: list[str], config: Mixtur
             else:
                 gap = min(float(rng.lognormal(np.log(config.gap_median_s), config.gap_sigma)), config.max_gap_s)
                 start = last_start + last.duration + gap
+        # Overlap is between speakers: after a short turn of another speaker, one cannot talk over oneself.
+        start = max(start, ends.get(speaker, 0.0))
         limit = (budget - start) / max(len(queue), 1)
         used = {cut.id for _, cut in placed}
         fits = [c for c in by_speaker[speaker] if c.id not in used and c.duration <= limit]
@@ -321,6 +350,7 @@ def _mixture(by_speaker: dict[str, list[Any]], chosen: list[str], config: Mixtur
                 return None
             break
         placed.append((round(start, 3), fits[int(rng.integers(len(fits)))]))
+        ends[speaker] = math.ceil(1000 * (placed[-1][0] + placed[-1][1].duration)) / 1000  # starts are in 1 ms
         if queue:
             queue.pop(0)
         previous = speaker

@@ -16,10 +16,10 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from ..parse import parse_window
 from ..prompt import diarize_prompt_ids
@@ -76,6 +76,8 @@ class TrainConfig:
             self.eval_data = [self.eval_data]
         if not self.train_data:
             raise TrainingError("train_data names no Shar folder")
+        if min(self.micro_batch, self.effective_batch) < 1 or self.epochs <= 0:
+            raise TrainingError("micro_batch, effective_batch and epochs must be positive")
         if self.effective_batch % self.micro_batch:
             raise TrainingError(f"effective_batch {self.effective_batch} is not a multiple of micro_batch")
 
@@ -86,7 +88,10 @@ def load_config(path: Path | None, overrides: Sequence[str] = ()) -> TrainConfig
 
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise TrainingError(f"cannot read the config {path}: {e}") from e
         if not isinstance(loaded, dict):
             raise TrainingError(f"{path}: expected a mapping of settings")
         data.update(loaded)
@@ -95,13 +100,46 @@ def load_config(path: Path | None, overrides: Sequence[str] = ()) -> TrainConfig
         if not sep:
             raise TrainingError(f"override {item!r} is not KEY=VALUE")
         data[key.strip()] = yaml.safe_load(value)
-    known = {f.name for f in fields(TrainConfig)}
-    if unknown := sorted(set(data) - known):
-        raise TrainingError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    hints = get_type_hints(TrainConfig)
+    if unknown := sorted(set(data) - set(hints)):
+        raise TrainingError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
     try:
-        return TrainConfig(**data)
+        return TrainConfig(**{key: _typed(key, value, hints[key]) for key, value in data.items()})
     except TypeError as e:
         raise TrainingError(f"incomplete config: {e}") from e
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """A setting as its field's type, or a TrainingError naming it. YAML 1.1 reads a number without a dot
+    (`peak_lr: 1e-4`) as a string, so numbers are also taken from text."""
+    options = get_args(hint)
+    if type(None) in options:  # X | None
+        if value is None:
+            return None
+        (hint,) = [o for o in options if o is not type(None)]
+        options = get_args(hint)
+    if get_origin(hint) is Literal:
+        if value in options:
+            return value
+        expected = " or ".join(map(repr, options))
+    elif get_origin(hint) is list:
+        items = [] if value is None else [value] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(i, str) for i in items):
+            return items
+        expected = "a list of folders"
+    elif hint in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isfinite(number) and (hint is float or number.is_integer()):
+            return hint(number)
+        expected = "a whole number" if hint is int else "a number"
+    elif isinstance(value, hint):  # bool, str
+        return value
+    else:
+        expected = "true or false" if hint is bool else "text"
+    raise TrainingError(f"setting {key}: expected {expected}, got {value!r}")
 
 
 # --- batches -------------------------------------------------------------------------------------------------
@@ -314,7 +352,8 @@ def make_optimizer(parameters: Iterable[Any], config: TrainConfig, on_cuda: bool
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = sorted((output_dir / CHECKPOINTS).glob("step-*"))
+    """The newest complete checkpoint: its state file is written last, so a run stopped while saving leaves none."""
+    found = sorted(p for p in (output_dir / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).is_file())
     return found[-1] if found else None
 
 
@@ -332,6 +371,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     accelerator = Accelerator(mixed_precision="bf16" if on_cuda and config.precision == "bf16" else "no")
     set_seed(config.seed)
     output_dir = Path(config.output_dir)
+    if not resume and any((output_dir / CHECKPOINTS).glob("step-*")):
+        # A second run would mix its checkpoints with the first's, and pruning by step number would delete its own.
+        raise TrainingError(
+            f"{output_dir} holds checkpoints of an earlier run: --resume continues it; to start over, "
+            f"choose another output_dir or delete {output_dir / CHECKPOINTS}"
+        )
     world = accelerator.num_processes
     if config.effective_batch % (config.micro_batch * world):
         raise TrainingError(
@@ -340,6 +385,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         )
     accumulation = config.effective_batch // (config.micro_batch * world)
     windows = sum(count_windows(Path(f)) for f in config.train_data)
+    for folder in config.eval_data:
+        count_windows(Path(folder))  # a wrong folder fails now, by name, not in lhotse once the model has loaded
     steps_per_epoch = math.ceil(windows / config.effective_batch)
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     last_step = min(total_steps, config.max_steps or total_steps)
@@ -367,6 +414,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         accelerator.load_state(str(checkpoint))
         state = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
         accelerator.print(f"resumed from {checkpoint} at step {state.step}")
+    elif resume:
+        accelerator.print(f"no checkpoint in {output_dir / CHECKPOINTS}: starting at step 0")
 
     collate = WindowCollator(processor)
     held_out = eval_cuts(config.eval_data, config.eval_windows) if config.eval_data else []
