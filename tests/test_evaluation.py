@@ -263,6 +263,7 @@ def test_eval_rttm_notes_the_skipped_wer(tmp_path: Path, cli: typer.Typer) -> No
         ("ref.abc", "nothing to see\n", [], "unknown format"),
         ("ref.rttm", REF_RTTM, ["--format", "xml"], "table, json"),
         ("ref.stm", REF_STM, ["--normalizer", "shout"], "shout"),
+        ("ref.json", '{"segments": [], "speakers": []}', [], "not SegLST: score the .seglst.json"),
         ("ref.stm", REF_STM, ["--json", "/no/such/folder/scores.json"], "/no/such/folder/scores.json"),
     ],
 )

@@ -148,6 +148,8 @@ def load_segments(path: str | os.PathLike[str], fmt: str | None = None) -> SegLS
 
 
 def _seglst_from_json(data: Any) -> SegLST:
+    if isinstance(data, dict) and "segments" in data:  # `turnscribe transcribe`'s default json, or diarized_json
+        raise EvaluationError("a transcript's JSON, not SegLST: score the .seglst.json or .rttm of `-f seglst,rttm`")
     if not isinstance(data, list) or not all(isinstance(s, dict) for s in data):
         raise EvaluationError("SegLST must be a JSON list of segment objects")
     for i, seg in enumerate(data):
