@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from test_cli import flat
 from test_pipeline import tone, write_wav
 from typer.testing import CliRunner
+from vllm_fakes import FakeLLM
 
 from turnscribe.bench import render
 from turnscribe.cli import app
@@ -60,7 +65,8 @@ def test_each_measurement_is_reported_as_it_completes():
     snapshots: list[dict] = []
     settings = BenchSettings.quick(size="tiny", device="cpu", long_form_s=(), many_files=0)
     final = run(settings, log=lambda _: None, on_update=lambda r: snapshots.append(json.loads(json.dumps(r))))
-    assert [len(s["backends"]["transformers"]["clips"]) for s in snapshots] == [1, 2]
+    assert [len(s["backends"]["transformers"]["clips"]) for s in snapshots] == [1, 2, 2]
+    assert "vllm" not in snapshots[1]["backends"] and "skipped" in snapshots[2]["backends"]["vllm"]
     assert snapshots[-1] == json.loads(json.dumps(final))
 
 
@@ -125,3 +131,82 @@ def test_an_encoder_call_that_raised_is_left_out_of_the_encoder_time(monkeypatch
 def test_the_benchmark_takes_one_device():
     result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--device", "cpu,cpu"])
     assert result.exit_code == 2 and "one device" in result.output
+
+
+def test_vllm_windows_are_held_at_the_forced_length_with_the_cards_decoding_kept():
+    from turnscribe.bench import forced_length
+    from turnscribe.decoders.base import WindowAudio
+    from turnscribe.decoders.vllm import build_requests
+    from turnscribe.types import SAMPLE_RATE, WindowSpan
+
+    windows = [
+        WindowAudio(WindowSpan(i, 0, round(s * SAMPLE_RATE)), np.zeros(round(s * SAMPLE_RATE)))
+        for i, s in enumerate((28.0, 14.0, 2.5))
+    ]
+    make = forced_length(dict, tokens_per_28s=180)
+    params = [make(**r.sampling_options()) for r in build_requests(windows, [1, 2, 3])]
+    assert [(p["min_tokens"], p["max_tokens"]) for p in params] == [(180, 180), (90, 90), (16, 16)]
+    assert all(p["temperature"] == 0.0 and p["skip_special_tokens"] is False for p in params)
+
+
+def fake_vllm(monkeypatch, answer) -> list[FakeLLM]:
+    """vLLM "installed": its module a stand-in whose LLM answers from `answer` and whose SamplingParams is a dict."""
+    import importlib.util
+
+    engines: list[FakeLLM] = []
+
+    def llm(model: str, **engine_args) -> FakeLLM:
+        engines.append(engine := FakeLLM(answer))
+        engine.args = {"model": model, **engine_args}
+        return engine
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else find_spec(name, *a)
+    )
+    monkeypatch.setattr("turnscribe.decoders.vllm.import_vllm", lambda: SimpleNamespace(LLM=llm, SamplingParams=dict))
+    return engines
+
+
+def test_each_backend_present_is_measured_in_turn_vllm_with_its_own_stages(monkeypatch, tiny_original, tmp_path):
+    from turnscribe.bench import BenchSettings, run
+    from turnscribe.checkpoint import fix_for_vllm
+
+    model = tmp_path / "fixed"
+    shutil.copytree(tiny_original, model)
+    fix_for_vllm(model)
+    engines = fake_vllm(monkeypatch, lambda prompt: "<|spltoken0|><|t:1.0|> hello there <|t:5.0|><|endoftext|>")
+    settings = BenchSettings.quick(model=str(model), device="cpu", long_form_s=(60.0,), many_files=0)
+    lines: list[str] = []
+    result = run(settings, log=lines.append)
+    assert list(result["backends"]) == ["transformers", "vllm"]
+    transformers, vllm = result["backends"]["transformers"], result["backends"]["vllm"]
+    assert set(transformers["long_form"][0]["stages_s"]) == STAGES
+    assert [row["concurrency"] for row in vllm["clips"]] == [1, 4] and not any(r["failed"] for r in vllm["clips"])
+    (long_form,) = vllm["long_form"]
+    assert set(long_form["stages_s"]) == {"audio_decode", "model", "parse_stitch", "embedder", "linking"}
+    assert long_form["stages_s"]["model"] > 0 and long_form["peak_gpu_gib"] is None and long_form["windows"] == 3
+    assert vllm["batch_size"] == 64 and vllm["dtype"] == "auto" and vllm["largest_batch"] is None
+    # One engine, on the fixed checkpoint; every 28 s clip held at 180 tokens.
+    (engine,) = engines
+    assert engine.args["model"] == str(model)
+    clip_params = [p for _, params, _ in engine.calls for p in params if p["max_tokens"] == 180]
+    assert clip_params and all(p["min_tokens"] == 180 for p in clip_params)
+    assert any(line.startswith("vllm: 60 s file: ") for line in lines)
+    table = render(result)
+    assert "transformers float32" in table and "vllm auto" in table and "| model s |" in table
+
+
+def test_a_backend_that_cannot_run_is_skipped_with_its_reason_or_refused_when_asked_for(monkeypatch):
+    from turnscribe.bench import BenchSettings, unavailable
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert "not installed" in unavailable("vllm", BenchSettings())
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--device", "cpu", "--backend", "vllm"])
+    assert result.exit_code == 2 and "not installed" in flat(result)
+    fake_vllm(monkeypatch, lambda prompt: "")
+    assert "needs --model" in unavailable("vllm", BenchSettings())
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--device", "cpu", "--backend", "vllm"])
+    assert result.exit_code == 2 and "needs --model" in flat(result)
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--backend", "nope"])
+    assert result.exit_code == 2 and "choose from transformers, vllm" in flat(result)

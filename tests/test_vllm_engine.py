@@ -49,6 +49,14 @@ def test_vllm_accepts_the_requests_turnscribe_builds():
     assert TokensPrompt(**request.prompt()) == request.prompt()
 
 
+def test_vllm_takes_the_benchmarks_fixed_output_length():
+    from turnscribe.bench import forced_length
+
+    (request,) = build_requests(windows(28.0), [1, 2, 3])
+    params = forced_length(vllm.SamplingParams, 180)(**request.sampling_options())
+    assert params.min_tokens == params.max_tokens == 180 and params.skip_special_tokens is False
+
+
 def test_the_plugin_satisfies_vllms_endpoint_plugin_protocol():
     from vllm.plugins.endpoint_plugins.interface import EndpointPlugin
 

@@ -1,6 +1,7 @@
 """`turnscribe bench`: how fast the whole pipeline runs here, stage by stage, next to the model card's figures.
 
-What it measures, for each decoder backend present (today: transformers):
+What it measures, for each decoder backend present (transformers always; vLLM where it is installed and a
+checkpoint fixed for it is given):
 
 * throughput for 28 s clips sent by 1, 8, 32 and 128 concurrent streams (the model card's vLLM test), through
   `run_many` and its scheduler, in audio seconds per wall second (× real time);
@@ -14,12 +15,14 @@ What it measures, for each decoder backend present (today: transformers):
 With no `--model` it runs the full-size architecture with random weights (no download), forcing every window to
 emit a realistic stream in the diarize grammar of `tokens_per_28s` tokens (the real model writes about 180 for a
 busy 28 s window); decoding costs the same whatever the weights say. With `--model PATH` it runs that checkpoint,
-forced the same way. `--tiny --quick` is the CPU smoke test CI runs.
+forced the same way: on vLLM, whose engine takes no logits processor per batch, by `min_tokens` = `max_tokens`
+(the stream's tokens are then the model's own, its length fixed). `--tiny --quick` is the CPU smoke test CI runs.
 """
 
 from __future__ import annotations
 
 import datetime
+import gc
 import importlib.util
 import json
 import platform
@@ -43,6 +46,8 @@ from .pipeline import Pipeline
 from .scheduler import run_many
 from .types import SAMPLE_RATE, WindowSpan
 
+BACKENDS = ("transformers", "vllm")
+
 MODEL_CARD_3090: dict[str, Any] = {
     "gpu": "NVIDIA GeForce RTX 3090 (model card)",
     "clips": {1: "22× (vLLM); one generate() stream ≈ 14×", 8: "117× (vLLM)", 32: "171× (vLLM)", 128: "249× (vLLM)"},
@@ -54,6 +59,7 @@ MODEL_CARD_3090: dict[str, Any] = {
 class BenchSettings:
     size: str = "full"  # "full" or "tiny" random model; ignored with `model`
     model: str | None = None  # a checkpoint folder or hub id instead of random weights
+    backends: tuple[str, ...] = BACKENDS  # each one measured where it can run (see `unavailable`)
     device: str = "auto"
     fast: bool = False  # SpeedOptions.fast
     batch_size: int | None = None  # None: from free GPU memory (4 on the CPU)
@@ -95,6 +101,7 @@ class StageClock:
     cpu_s: dict[str, float] = field(default_factory=dict)
     model_s: float = 0.0
     embedder_s: float = 0.0
+    attached: bool = False  # features and encoder timed inside the model (transformers)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _started: dict[str, float] = field(default_factory=dict)
 
@@ -124,6 +131,7 @@ class StageClock:
         encoder.register_forward_pre_hook(lambda *_: self.begin("encoder"))
         encoder.register_forward_hook(lambda *_: self.end("encoder"))
         log_mel = decoder.log_mel
+        self.attached = True
 
         def timed_log_mel(clips: Any) -> Any:
             self.begin("features")
@@ -187,9 +195,10 @@ class _TimedEmbedder:
 
 @dataclass
 class Bench:
-    """The loaded parts: a decoder forced to scripted output, a pipeline over it, and the stage clock."""
+    """The loaded parts: a decoder forced to a fixed output length, a pipeline over it, and the stage clock."""
 
     settings: BenchSettings
+    backend: str
     decoder: Any
     pipeline: Pipeline
     clock: StageClock
@@ -201,16 +210,47 @@ class Bench:
         return self.clock.cuda
 
 
-def load(settings: BenchSettings) -> Bench:
+def unavailable(backend: str, settings: BenchSettings) -> str | None:
+    """Why `backend` cannot be measured with `settings`, or None if it can."""
+    if backend != "vllm":
+        return None
+    if importlib.util.find_spec("vllm") is None:
+        return "not installed (pip install 'turnscribe[vllm]')"
+    if not settings.model:
+        return (
+            "needs --model, a checkpoint fixed for vLLM (turnscribe fix-checkpoint): "
+            "random weights are built for transformers only"
+        )
+    return None
+
+
+def load(settings: BenchSettings, backend: str = "transformers") -> Bench:
     import torch
 
-    from .decoders.transformers import SpeedOptions, TransformersDecoder, pick_device
-    from .random_model import ForcedTokens, random_model, scripted_window
+    from .decoders.transformers import pick_device
     from .speakers import SlotLinker, load_embedder
 
     device, dtype = pick_device(settings.device)
-    speed = SpeedOptions.fast(device) if settings.fast else SpeedOptions()
+    clock = StageClock(cuda=device.startswith("cuda"))
     t0 = time.perf_counter()
+    if backend == "vllm":
+        decoder, description = _vllm_decoder(settings), str(settings.model)
+    else:
+        decoder, description = _transformers_decoder(settings, device, dtype)
+        clock.attach(decoder)
+    embedder = _TimedEmbedder(load_embedder(settings.embedder, device=device), clock)
+    pipeline = Pipeline(_TimedDecoder(decoder, clock), SlotLinker(embedder))  # type: ignore[arg-type]
+    if clock.cuda:
+        torch.cuda.synchronize()
+    return Bench(settings, backend, decoder, pipeline, clock, description, time.perf_counter() - t0)
+
+
+def _transformers_decoder(settings: BenchSettings, device: str, dtype: Any) -> tuple[Any, str]:
+    """The transformers decoder, each window forced to a scripted stream of the settings' length."""
+    from .decoders.transformers import SpeedOptions, TransformersDecoder
+    from .random_model import ForcedTokens, random_model, scripted_window
+
+    speed = SpeedOptions.fast(device) if settings.fast else SpeedOptions()
     if settings.model:
         decoder = TransformersDecoder(settings.model, device=device, batch_size=settings.batch_size, speed=speed)
         description = settings.model
@@ -238,13 +278,34 @@ def load(settings: BenchSettings) -> Bench:
         return [ForcedTokens(scripts, prompt_len, tokenizer.eos_token_id)]
 
     decoder.logits_processor_factory = force
-    clock = StageClock(cuda=device.startswith("cuda"))
-    clock.attach(decoder)
-    embedder = _TimedEmbedder(load_embedder(settings.embedder, device=device), clock)
-    pipeline = Pipeline(_TimedDecoder(decoder, clock), SlotLinker(embedder))  # type: ignore[arg-type]
-    if clock.cuda:
-        torch.cuda.synchronize()
-    return Bench(settings, decoder, pipeline, clock, description, time.perf_counter() - t0)
+    return decoder, description
+
+
+def _vllm_decoder(settings: BenchSettings) -> Any:
+    from .decoders.vllm import DEFAULT_BATCH_SIZE, VllmDecoder, import_vllm
+
+    assert settings.model, unavailable("vllm", replace(settings, model=None))
+    return VllmDecoder.from_pretrained(
+        settings.model,
+        batch_size=settings.batch_size or DEFAULT_BATCH_SIZE,
+        sampling_params=forced_length(import_vllm().SamplingParams, settings.tokens_per_28s),
+    )
+
+
+def forced_length(sampling_params: Callable[..., Any], tokens_per_28s: int) -> Callable[..., Any]:
+    """vLLM's SamplingParams with each window's output held at `tokens_per_28s` per 28 s: `min_tokens` keeps
+    end-of-text back until then and `max_tokens` stops it there. The window's length is read back from the token
+    budget the decoder sized to it (`max_new_tokens_for`)."""
+    from .decoders.transformers import TOKENS_PER_SECOND, max_new_tokens_for
+
+    slack = max_new_tokens_for(0.0)
+
+    def forced(**options: Any) -> Any:
+        seconds = (options["max_tokens"] - slack) / TOKENS_PER_SECOND
+        tokens = max(1, round(tokens_per_28s * seconds / 28.0))
+        return sampling_params(**{**options, "min_tokens": tokens, "max_tokens": tokens})
+
+    return forced
 
 
 def _noise(seconds: float, seed: int) -> np.ndarray:
@@ -255,7 +316,9 @@ def _noise(seconds: float, seed: int) -> np.ndarray:
 
 
 def _peak_gib(bench: Bench) -> float | None:
-    if not bench.cuda:
+    """This process's peak; None for vLLM, whose engine runs in a process of its own (with the memory that
+    `gpu_memory_utilization` reserves)."""
+    if not bench.cuda or bench.backend == "vllm":
         return None
     import torch
 
@@ -349,12 +412,9 @@ def measure_long_form(bench: Bench, seconds: float, folder: Path) -> dict[str, A
     if result.transcript is None:
         raise RuntimeError(f"the {seconds:g} s file failed: {result.error}")
     timings = result.transcript.metadata.timings
-    features, encoder = bench.clock.seconds("features"), bench.clock.seconds("encoder")
     stages = {
         "audio_decode": timings["audio"],
-        "features": features,
-        "encoder": encoder,
-        "decoder": bench.clock.model_s - features - encoder,  # generate's decoding loop, token decoding
+        **_model_stages(bench),
         "parse_stitch": timings["decode"] - bench.clock.model_s + timings["stitch"],  # incl. queueing
         "embedder": bench.clock.embedder_s,
         "linking": timings["speakers"] - bench.clock.embedder_s,
@@ -368,6 +428,16 @@ def measure_long_form(bench: Bench, seconds: float, folder: Path) -> dict[str, A
         "stages_s": stages,
         "peak_gpu_gib": _peak_gib(bench),
     }
+
+
+def _model_stages(bench: Bench) -> dict[str, float]:
+    """The model's seconds: split into features, encoder and decoding loop where the clock sees inside the model
+    (transformers); one figure for vLLM's engine."""
+    if not bench.clock.attached:
+        return {"model": bench.clock.model_s}
+    features, encoder = bench.clock.seconds("features"), bench.clock.seconds("encoder")
+    # The rest of the decoder call: generate's decoding loop and token decoding.
+    return {"features": features, "encoder": encoder, "decoder": bench.clock.model_s - features - encoder}
 
 
 RECORDING_RATE = 44100  # what phones and recorders write; decoding resamples it to 16 kHz
@@ -439,29 +509,14 @@ def machine(cuda: bool) -> dict[str, Any]:
 def run(
     settings: BenchSettings, log: Any = print, on_update: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """Every measurement of `settings`; `on_update` gets the results so far after each one (a run stopped at a
-    time limit keeps what it measured)."""
-    bench = load(settings)
-    log(f"loaded {bench.description} in {bench.load_s:.1f} s; batch size {bench.decoder.batch_size}")
-    # Warm-up (CUDA context, kernels, and with --fast the first compilation) outside every measurement.
-    measure_clips(replace(bench, settings=replace(settings, clips_per_stream=1)), 1)
-    transformers_result: dict[str, Any] = {
-        "model": bench.description,
-        "device": bench.decoder.device,
-        "dtype": str(bench.decoder.dtype).removeprefix("torch."),
-        "speed": asdict(bench.decoder.speed),
-        "batch_size": bench.decoder.batch_size,
-        "load_s": bench.load_s,
-        "clips": [],
-        "largest_batch": None,
-        "long_form": [],
-        "many_files": None,
-    }
-    vllm = "installed, not yet benchmarked here" if importlib.util.find_spec("vllm") else "not installed"
-    result = {
-        "machine": machine(bench.cuda),
+    """Every measurement of `settings`, backend after backend; `on_update` gets the results so far after each one
+    (a run stopped at a time limit keeps what it measured)."""
+    from .decoders.transformers import pick_device
+
+    result: dict[str, Any] = {
+        "machine": machine(pick_device(settings.device)[0].startswith("cuda")),
         "settings": asdict(settings),
-        "backends": {"transformers": transformers_result, "vllm": {"skipped": vllm}},
+        "backends": {},
         "model_card_3090": MODEL_CARD_3090,
     }
 
@@ -470,23 +525,66 @@ def run(
         if on_update:
             on_update(result)
 
+    for backend in settings.backends:
+        if reason := unavailable(backend, settings):
+            result["backends"][backend] = {"skipped": reason}
+            measured(f"{backend}: skipped, {reason}")
+            continue
+        bench = load(settings, backend)
+        log(f"{backend}: loaded {bench.description} in {bench.load_s:.1f} s; batch size {bench.decoder.batch_size}")
+        try:
+            measure_backend(bench, result["backends"], measured)
+        finally:
+            _release(bench)
+    return result
+
+
+def measure_backend(bench: Bench, results: dict[str, Any], measured: Callable[[str], None]) -> None:
+    """Every measurement of one backend, each added to `results[bench.backend]` and reported as it completes."""
+    settings, decoder = bench.settings, bench.decoder
+
+    def done(line: str) -> None:
+        measured(f"{bench.backend}: {line}")
+
+    # Warm-up (CUDA context, kernels, and with --fast the first compilation) outside every measurement.
+    measure_clips(replace(bench, settings=replace(settings, clips_per_stream=1)), 1)
+    results[bench.backend] = row = {
+        "model": bench.description,
+        # vLLM places the model and picks its dtype itself (the checkpoint's, with dtype="auto").
+        "device": getattr(decoder, "device", "vLLM's"),
+        "dtype": str(getattr(decoder, "dtype", "auto")).removeprefix("torch."),
+        "speed": asdict(decoder.speed) if hasattr(decoder, "speed") else {},
+        "batch_size": decoder.batch_size,
+        "load_s": bench.load_s,
+        "clips": [],
+        "largest_batch": None,
+        "long_form": [],
+        "many_files": None,
+    }
     for c in settings.concurrency:
-        transformers_result["clips"].append(row := measure_clips(bench, c))
-        measured(f"28 s clips, concurrency {c}: {row['throughput_x']:.0f}× real time")
-    if settings.find_largest_batch and bench.cuda:
-        transformers_result["largest_batch"] = largest = find_largest_batch(bench)
-        measured(f"largest batch that fits: {largest['largest']} windows")
+        row["clips"].append(clips := measure_clips(bench, c))
+        done(f"28 s clips, concurrency {c}: {clips['throughput_x']:.0f}× real time")
+    # Straight through transformers' generate: vLLM schedules its own batches.
+    if settings.find_largest_batch and bench.cuda and bench.backend == "transformers":
+        row["largest_batch"] = largest = find_largest_batch(bench)
+        done(f"largest batch that fits: {largest['largest']} windows")
     with tempfile.TemporaryDirectory(prefix="turnscribe-bench-") as tmp:
         for seconds in settings.long_form_s:
-            transformers_result["long_form"].append(row := measure_long_form(bench, seconds, Path(tmp)))
-            measured(f"{seconds:g} s file: {row['real_time_x']:.0f}× real time")
+            row["long_form"].append(long_form := measure_long_form(bench, seconds, Path(tmp)))
+            done(f"{seconds:g} s file: {long_form['real_time_x']:.0f}× real time")
         if settings.many_files:
-            many = measure_many_files(bench, settings.many_files, settings.many_files_s, Path(tmp))
-            transformers_result["many_files"] = many
-            measured(
-                f"{settings.many_files} files of {settings.many_files_s:g} s: {many['throughput_x']:.0f}× real time"
-            )
-    return result
+            row["many_files"] = many = measure_many_files(bench, settings.many_files, settings.many_files_s, Path(tmp))
+            done(f"{settings.many_files} files of {settings.many_files_s:g} s: {many['throughput_x']:.0f}× real time")
+
+
+def _release(bench: Bench) -> None:
+    """Free the backend's GPU memory before the next one loads (vLLM reserves a share of what is free)."""
+    del bench.decoder, bench.pipeline
+    gc.collect()
+    if bench.cuda:
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def _x(value: float) -> str:
@@ -548,10 +646,12 @@ def render(result: dict[str, Any]) -> str:
         blocks.append("\n".join(lines))
     settings = result["settings"]
     skipped = "; ".join(f"{n}: {b['skipped']}" for n, b in result["backends"].items() if "skipped" in b)
-    model = next(iter(result["backends"].values()))["model"] if result["backends"] else "?"
+    ran = [b for b in result["backends"].values() if "skipped" not in b]
+    model = ran[0]["model"] if ran else "no backend ran"
+    batches = ", ".join(f"{n} {b['batch_size']}" for n, b in result["backends"].items() if "skipped" not in b)
     blocks.append(
         f"{model}; every window forced to {settings['tokens_per_28s']} tokens per 28 s; batch size "
-        f"{next(iter(result['backends'].values())).get('batch_size')}; embedder {settings['embedder']}. "
+        f"{batches or '–'}; embedder {settings['embedder']}. "
         f"{where}, torch {info['torch']}, transformers {info['transformers']}, {info['date']}."
         + (f" Not run: {skipped}." if skipped else "")
     )
@@ -567,6 +667,10 @@ def _duration(seconds: float) -> str:
 def bench_command(
     model: Annotated[str | None, typer.Option(help="A checkpoint instead of random full-size weights.")] = None,
     tiny: Annotated[bool, typer.Option(help="A tiny random model (CPU smoke test).")] = False,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(help="transformers or vllm (needs --model); repeatable. Default: each one that can run here."),
+    ] = None,
     quick: Annotated[
         bool, typer.Option(help="Few clips, one 1-minute file, two 30 s files at once, no batch search.")
     ] = False,
@@ -601,6 +705,13 @@ def bench_command(
         "tokens_per_28s": tokens_per_28s,
         "embedder": embedder,
     }
+    if backend:
+        for name in backend:
+            if name not in BACKENDS:
+                raise typer.BadParameter(f"{name!r}: choose from {', '.join(BACKENDS)}", param_hint="--backend")
+            if reason := unavailable(name, replace(settings, model=model)):
+                raise typer.BadParameter(f"{name}: {reason}", param_hint="--backend")
+        overrides["backends"] = tuple(dict.fromkeys(backend))
     if concurrency:
         overrides["concurrency"] = tuple(concurrency)
     if long_form:

@@ -201,15 +201,20 @@ class VllmDecoder(_EngineRequests):
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        sampling_params: SamplingParamsFactory | None = None,
         **engine_args: Any,
     ) -> VllmDecoder:
-        """Start vLLM's engine on a (fixed) checkpoint; `engine_args` go to ``vllm.LLM`` (e.g. max_num_seqs)."""
+        """Start vLLM's engine on a (fixed) checkpoint; `engine_args` go to ``vllm.LLM`` (e.g. max_num_seqs).
+        `sampling_params` builds each window's ``SamplingParams`` from turnscribe's options (the benchmark fixes
+        the output length with it)."""
         vllm = import_vllm()
         path = servable_checkpoint(model, revision)
         engine_args.setdefault("gpu_memory_utilization", GPU_MEMORY_UTILIZATION)
         engine_args.setdefault("hf_overrides", no_dither_overrides(path))
         llm = vllm.LLM(model=str(path), trust_remote_code=trust_remote_code, **engine_args)
-        return cls(llm, model_id=str(model), batch_size=batch_size, max_tokens=max_tokens)
+        return cls(
+            llm, model_id=str(model), batch_size=batch_size, max_tokens=max_tokens, sampling_params=sampling_params
+        )
 
     def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
         if not windows:
