@@ -162,3 +162,10 @@ def test_a_segment_clamped_to_a_window_ending_just_past_a_step_is_widened():
     (segment,) = parsed.segments
     assert segment.end == 2.0000625 and segment.end - segment.start == pytest.approx(0.1)
     assert "zero_length" in kinds(parsed)
+
+
+def test_text_after_a_dropped_empty_segment_starts_where_that_segment_ended():
+    # A repeated start time leaves an empty segment; its times still place the words after it, not 5 s earlier.
+    parsed = parse_window("<|spltoken0|><|t:0.0|> a <|t:1.0|><|spltoken1|><|t:5.0|><|t:5.5|> hello <|t:6.0|>", 28.0)
+    assert parsed.segments == [LocalSegment(0, 0.0, 1.0, "a"), LocalSegment(1, 5.5, 6.0, "hello")]
+    assert "empty_text" in kinds(parsed)

@@ -125,6 +125,11 @@ class _Parser:
             end = self.window_duration if end is None else end
             kind = "missing_end" if missing_end else "truncated"
             self.repair(kind, f"segment at {start:.1f}s had no end time; ended at {end:.1f}s")
+        if not seg.words:
+            self.repair("empty_text", f"segment {start:.1f}-{end:.1f}s with no words dropped")
+            # Its times still say where the stream is: text after it that lacks a start time begins there.
+            self.last_end = max(start, end)
+            return
         if end < start:
             self.repair("end_before_start", f"{start:.1f}s > {end:.1f}s: times swapped")
             start, end = end, start
@@ -135,9 +140,6 @@ class _Parser:
         text = collapse_repetitions(" ".join(seg.words))
         if text != " ".join(seg.words):
             self.repair("repetition_loop", f"repeated phrase collapsed in segment at {start:.1f}s")
-        if not text:
-            self.repair("empty_text", f"segment {start:.1f}-{end:.1f}s with no words dropped")
-            return
         slot = seg.slot if seg.slot is not None else 0
         self.last_end = end
         if len(self.segments) >= MAX_REPEATS and all(
