@@ -118,6 +118,24 @@ def test_errors_from_the_api_are_shown(page, recording, tmp_path):
     assert page.is_visible("#message.error")
 
 
+def test_the_page_keeps_following_a_job_while_the_server_cannot_answer(page, recording):
+    # A restarting server first answers nothing, then 503 while it loads its model; then the job is still there.
+    not_ready = {"error": {"message": "Not ready", "type": "server_error", "param": None, "code": "not_ready"}}
+    outages = [lambda route: route.abort(), lambda route: route.fulfill(status=503, json=not_ready)]
+
+    def flaky(route) -> None:
+        if outages:
+            outages.pop(0)(route)
+        else:
+            route.continue_()
+
+    page.route("**/v1/audio/jobs/job_*", flaky)  # the job's status, not its upload or result
+    transcribe(page, recording)
+    page.wait_for_function("document.querySelector('#message').textContent.includes('not answering')")
+    page.wait_for_selector("#result:not([hidden])")
+    assert not outages and rows(page) == [(speaker, text) for _, _, text, speaker in library_result(recording)]
+
+
 def test_times_are_rounded_before_they_are_split_into_minutes(page):
     times = [0, 5.04, 59.96, 61.04, 125.97, 3600]
     assert page.evaluate(f"{times}.map(clock)") == ["0:00.0", "0:05.0", "1:00.0", "1:01.0", "2:06.0", "60:00.0"]

@@ -6,6 +6,8 @@ const $ = (id) => document.getElementById(id);
 const EXTENSIONS = { srt: "srt", vtt: "vtt", text: "txt", diarized_json: "json", rttm: "rttm" };
 let currentJob = null;
 let recordingName = "transcript";
+// Answers of a server that is restarting (its jobs survive that) or loading its model, or of a proxy in front of it.
+const UNAVAILABLE = new Set([502, 503, 504]);
 
 function headers() {
   const key = $("key").value.trim();
@@ -22,9 +24,21 @@ async function api(path, options = {}) {
     } catch (_) {
       // not an OpenAI error object: keep the status line
     }
-    throw new Error(message);
+    throw Object.assign(new Error(message), { status: response.status });
   }
   return response;
+}
+
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// The job, or null while the server cannot answer (fetch itself fails with a TypeError when nothing answers).
+async function jobStatus(jobId) {
+  try {
+    return await (await api(`v1/audio/jobs/${jobId}`)).json();
+  } catch (error) {
+    if (error instanceof TypeError || UNAVAILABLE.has(error.status)) return null;
+    throw error;
+  }
 }
 
 function show(message, { error = false, progress = null } = {}) {
@@ -71,8 +85,13 @@ async function follow(jobId) {
   // A job started later takes the page over: this loop then stops without touching it.
   const current = () => currentJob === jobId;
   while (current()) {
-    const job = await (await api(`v1/audio/jobs/${jobId}`)).json();
+    const job = await jobStatus(jobId);
     if (!current()) return;
+    if (job === null) {
+      show("The server is not answering; trying again…", { error: true });
+      await pause(2000);
+      continue;
+    }
     recordingName = job.filename.replace(/\.[^.]*$/, "") || "transcript";
     const { windows_done: done, windows_total: total } = job.progress;
     if (job.status === "succeeded") {
@@ -90,7 +109,7 @@ async function follow(jobId) {
     show(`${job.status === "queued" ? "Queued" : "Transcribing"} ${job.filename}: ${label}`, {
       progress: total ? done / total : 0,
     });
-    await new Promise((resolve) => setTimeout(resolve, 400));
+    await pause(400);
   }
   if (current()) $("cancel").hidden = true;
 }
