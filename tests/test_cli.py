@@ -7,11 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+import typer
 from test_pipeline import tone, write_wav
 from typer.testing import CliRunner
 
 from turnscribe import __version__
-from turnscribe.cli import app
+from turnscribe.cli import _parse_formats, app
+from turnscribe.formats import format_names
 
 runner = CliRunner()
 
@@ -299,3 +301,10 @@ def test_an_output_that_cannot_be_saved_fails_its_file_only(tiny_native, clip, t
     assert "File name too long" in text and "1 of 2 files failed" in text and "done" in text
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert sorted(p.name for p in out.iterdir()) == ["other.diarized.json"]
+
+
+def test_a_format_list_names_each_format_once_and_may_hold_all():
+    assert _parse_formats("srt, srt,vtt") == ["srt", "vtt"]
+    assert _parse_formats("all,srt") == format_names()
+    with pytest.raises(typer.BadParameter, match="unknown format 'docx'"):
+        _parse_formats("all,docx")

@@ -94,13 +94,14 @@ def _parse_shard(shard: str) -> tuple[int, None, int]:
 
 def _parse_formats(value: str) -> list[str]:
     names = format_names()
-    chosen = names if value.strip() == "all" else [f.strip() for f in value.split(",") if f.strip()]
-    unknown = [f for f in chosen if f not in names]
-    if unknown or not chosen:
+    given = list(dict.fromkeys(f.strip() for f in value.split(",") if f.strip()))  # each format written once
+    unknown = [f for f in given if f not in [*names, "all"]]
+    if unknown or not given:
         raise typer.BadParameter(
             f"unknown format {', '.join(map(repr, unknown)) or repr(value)}; choose from {', '.join(names)}, all"
         )
-    return chosen
+    # 'all' among others ('all,srt') is all: it was refused as unknown by an error that listed it as valid.
+    return names if "all" in given else given
 
 
 def _key_value(item: str, option: str, form: str = "KEY=VALUE") -> tuple[str, str]:
