@@ -76,10 +76,25 @@ def test_repetition_loops_collapse():
     loop = "<|spltoken0|><|t:0.0|> yes <|t:0.5|>" * 6
     parsed = parse_window(loop + "<|spltoken0|><|t:0.0|> the the the the the the end <|t:3.0|>", 28.0)
     texts = [s.text for s in parsed.segments]
-    assert texts.count("yes") == 2
+    assert texts.count("yes") == 1  # the same words at the same times: said once
     assert texts[-1] == "the the end"
     assert "repetition_loop" in kinds(parsed)
     assert collapse_repetitions("a b a b a b a b c") == "a b a b c"
+
+
+def test_a_segment_loop_with_advancing_times_keeps_two():
+    loop = "".join(f"<|spltoken0|><|t:{t}.0|> yes <|t:{t}.5|>" for t in range(6))
+    assert [s.text for s in parse_window(loop, 28.0).segments] == ["yes", "yes"]
+
+
+def test_a_decoder_going_back_over_a_segment_says_it_once():
+    raw = (
+        "<|spltoken0|><|t:0.0|> Welcome back. <|t:1.5|><|spltoken1|><|t:1.5|> Thanks. <|t:2.4|>"
+        "<|spltoken0|><|t:0.0|> Welcome back. <|t:1.5|><|spltoken1|><|t:1.5|> Thanks. <|t:2.4|>"
+    )
+    parsed = parse_window(raw, 28.0)
+    assert [s.text for s in parsed.segments] == ["Welcome back.", "Thanks."]
+    assert kinds(parsed) == ["repetition_loop", "repetition_loop"]
 
 
 def test_speaker_token_loop_without_text():

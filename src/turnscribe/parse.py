@@ -142,12 +142,17 @@ class _Parser:
             self.repair("repetition_loop", f"repeated phrase collapsed in segment at {start:.1f}s")
         slot = seg.slot if seg.slot is not None else 0
         self.last_end = end
+        segment = LocalSegment(slot, start, end, text)
+        if segment in self.segments:
+            # One speaker cannot say the same words twice over the same stretch: the decoder went back over it.
+            self.repair("repetition_loop", f"segment {text[:40]!r} at {start:.1f}s said again, same times: dropped")
+            return
         if len(self.segments) >= MAX_REPEATS and all(
             s.slot == slot and s.text == text for s in self.segments[-MAX_REPEATS:]
         ):
             self.repair("repetition_loop", f"segment {text[:40]!r} repeated again: dropped")
             return
-        self.segments.append(LocalSegment(slot, start, end, text))
+        self.segments.append(segment)
 
     def finish(self) -> None:
         self.end_unended(None)
