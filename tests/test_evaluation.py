@@ -157,6 +157,17 @@ def test_sclite_stm_labels_gaps_and_ignored_spans(tmp_path: Path) -> None:
     assert load_segments(write(tmp_path, "unk.stm", "meet 1 A 0 4 <unk> hello\n"))[0]["words"] == "<unk> hello"
 
 
+@pytest.mark.parametrize(
+    ("name", "text"), [("ref.rttm", REF_RTTM), ("ref.stm", REF_STM), ("ref.json", seglst((0, 4, "A", "hi")))]
+)
+def test_files_from_windows_tools_read_the_same(tmp_path: Path, name: str, text: str) -> None:
+    # A byte-order mark and CRLF line ends: the mark hid the first RTTM turn and made the first STM line a session.
+    windows = tmp_path / "windows" / name
+    windows.parent.mkdir()
+    windows.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    assert list(load_segments(windows)) == list(load_segments(write(tmp_path, name, text)))
+
+
 def test_in_memory_inputs_and_session_names(tmp_path: Path) -> None:
     ref = write(tmp_path, "ref.stm", REF_STM)
     transcript = Transcript(

@@ -124,7 +124,9 @@ def load_segments(path: str | os.PathLike[str], fmt: str | None = None) -> SegLS
     if not path.is_file():
         raise EvaluationError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows tools write one) would stick to the first line, which then was no
+        # RTTM turn (dropped without a word) or an STM line of a session of its own.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise EvaluationError(f"{path}: cannot be read as text ({exc})") from exc
     fmt = fmt or detect_format(path, text)
