@@ -229,6 +229,19 @@ def test_count_hints() -> None:
     assert len(set(link(three, np.eye(3), max_speakers=2).tolist())) == 2
 
 
+def test_a_count_hint_keeps_a_short_slot_the_model_told_apart_from_everyone() -> None:
+    # Window 0: two people talk at length, a third says one short thing (too short to decide anything alone).
+    three = SlotGraph([(0, 0), (0, 1), (0, 2)], np.arange(3), [])
+    speech = np.array([5.0, 5.0, 0.8])
+    voices = np.eye(3)
+    for hint in ({"num_speakers": 3}, {"min_speakers": 3}):
+        labels = link_slots(three, voices, speech, threshold=0.5, fallback_threshold=0.3, **hint).labels
+        assert len(set(labels.tolist())) == 3, hint
+    # With no hint it still joins the nearest speaker (it decides nothing).
+    labels = link_slots(three, voices, speech, threshold=0.5, fallback_threshold=0.3).labels
+    assert len(set(labels.tolist())) == 2
+
+
 def test_a_speaker_with_little_speech_folds_into_its_nearest_speaker() -> None:
     # A speaks in windows 0-3, B in windows 0-3 too; window 4 has one slot whose voice came out off A's
     # (0.35 from A, over the threshold 0.3) with only 2 s of speech: a speaker of its own unless folded.

@@ -6,7 +6,8 @@ Inside one window the model has already told its speakers apart, so the unit of 
 1. Each segment's speech, less the stretches where someone else talks at the same time, is embedded alone when
    it lasts `min_segment_s`; a slot's vector is the speech-weighted mean of those (`embed_slots`). Slots with
    less than `min_speech_s` of speech are "weak": they take part in no decision and are attached, at the end,
-   to the nearest speaker not already talking in their window.
+   to the nearest speaker not already talking in their window (one in conflict with every speaker is a speaker
+   of its own while a count hint wants more).
    A slot whose segments embedded alone disagree holds two people (the model gave a segment another
    speaker's slot of its window): its minority voices are strays (`find_strays`, average linkage of the
    slot's segments cut at the threshold). They are set aside (`set_strays_aside`): the slot is pooled again
@@ -515,10 +516,25 @@ def link_slots(
     weak = np.flatnonzero(labels < 0)
     if len(weak):
         weak_means = sparse.csr_matrix((np.maximum(speech_s, 1e-3), (group, np.arange(n))), shape=(n_groups, n))
-        scores = (weak_means[weak] @ embeddings) @ centroids.T
-        clash = (incidence[weak] @ (members @ incidence).T).toarray() > 0
+        weak_vectors, weak_s = weak_means[weak] @ embeddings, np.asarray(weak_means[weak].sum(axis=1)).ravel()
+        weak_windows, speaker_windows = incidence[weak], (members @ incidence).toarray()
+        # A count hint the decided speakers fall short of: a weak group in conflict with every speaker is someone
+        # else by the model's word, so it is one of the people missing (most speech first), not the nearest.
+        for _ in range(max(0, (num_speakers or min_speakers or 0) - len(centroids))):
+            clash_all = (weak_windows @ speaker_windows.T > 0).all(axis=1)
+            missing = np.flatnonzero(clash_all & (labels[weak] < 0))
+            if not len(missing):
+                break
+            new = missing[weak_s[missing].argmax()]
+            labels[weak[new]] = len(centroids)
+            norm = np.linalg.norm(weak_vectors[new])
+            centroids = np.vstack([centroids, weak_vectors[new] / norm if norm > 0 else weak_vectors[new]])
+            speaker_windows = np.vstack([speaker_windows, weak_windows[new].toarray()])
+        rest = np.flatnonzero(labels[weak] < 0)
+        scores = weak_vectors[rest] @ centroids.T
+        clash = weak_windows[rest] @ speaker_windows.T > 0
         clash &= ~clash.all(axis=1, keepdims=True)  # in conflict with everyone: then simply the nearest
-        labels[weak] = np.where(clash, -np.inf, scores).argmax(axis=1)
+        labels[weak[rest]] = np.where(clash, -np.inf, scores).argmax(axis=1)
     return Linking(labels[group], centroids, threshold)
 
 
