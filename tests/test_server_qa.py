@@ -1,5 +1,4 @@
-"""Server behaviours found in QA: a second server refused on the same data folder, and the web page's job
-following."""
+"""Server behaviours found in QA: a second server refused on the same data folder, and a job's duration."""
 
 from __future__ import annotations
 
@@ -7,10 +6,13 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from test_audio_hostile import mp3_claiming_frames
 from test_pipeline import FakeEmbedder, tone, write_wav
-from test_server import TIMEOUT, HeldDecoder, post, running, settings_for, wait_until
+from test_server import TIMEOUT, HeldDecoder, job, linker, post, running, settings_for, wait_until
+from test_server_scripted import script
 
 from turnscribe import Pipeline
+from turnscribe.decoders import ScriptedDecoder
 from turnscribe.server import create_app
 from turnscribe.server.jobs import DatabaseInUse
 from turnscribe.speakers import ClusteringLinker
@@ -43,3 +45,15 @@ def test_a_second_server_on_the_same_data_folder_leaves_the_first_ones_requests_
         held.gate.set()
         for response in (first.result(TIMEOUT), second.result(TIMEOUT)):
             assert response.status_code == 200, response.text
+
+
+def test_a_finished_job_says_how_long_its_recording_really_is(tmp_path):
+    # A header can understate the length (or, as in a browser's WebM recording, not give it at all): the probe's
+    # estimate is all a queued job has, the decoded length is what a finished one reports.
+    recording = mp3_claiming_frames(tmp_path / "claim.mp3", 30, 10)
+    with running(settings_for(tmp_path / "data"), lambda: Pipeline(ScriptedDecoder(script), linker())) as url:
+        created = post(url, recording, endpoint="/v1/audio/jobs")
+        assert created.status_code == 202 and created.json()["duration"] < 1
+        job_id = created.json()["id"]
+        wait_until(lambda: job(url, job_id)["status"] == "succeeded", what="the job to finish")
+        assert job(url, job_id)["duration"] == pytest.approx(30, abs=0.1)

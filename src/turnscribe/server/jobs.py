@@ -222,16 +222,28 @@ class JobStore:
             "UPDATE jobs SET windows_done=?, windows_total=? WHERE id=? AND status='running'", done, total, job_id
         )
 
-    def finish(self, job: Job, status: JobStatus, *, result: str | None = None, error: str | None = None) -> bool:
-        """End a claimed job; False if it is no longer this claim's to end (cancelled, deleted)."""
+    def finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        duration: float | None = None,
+    ) -> bool:
+        """End a claimed job; False if it is no longer this claim's to end (cancelled, deleted).
+
+        `duration`, the decoded length, replaces the container's estimate made at upload (which a header can
+        understate, or not give at all)."""
         return bool(
             self._exec(
-                "UPDATE jobs SET status=?, finished_at=?, result=?, error=? "
+                "UPDATE jobs SET status=?, finished_at=?, result=?, error=?, duration=COALESCE(?, duration) "
                 "WHERE id=? AND status='running' AND attempts=?",
                 status,
                 time.time(),
                 result,
                 error,
+                duration,
                 job.id,
                 job.attempts,
             )
@@ -358,7 +370,8 @@ class JobRunner:
             body = as_api_error(error).body.model_dump()
             self.store.finish(job, "failed", error=json.dumps(body))
         else:
-            self.store.finish(job, "succeeded", result=json.dumps(transcript.to_dict(), ensure_ascii=False))
+            result = json.dumps(transcript.to_dict(), ensure_ascii=False)
+            self.store.finish(job, "succeeded", result=result, duration=transcript.duration)
         finally:
             with self._controls_lock:
                 self._controls.pop(job.id, None)
