@@ -12,7 +12,9 @@ def test_short_audio_is_one_window():
     assert plan_windows(0) == []
 
 
-@pytest.mark.parametrize(("window", "overlap"), [(31, 2), (0, 0), (28, 14), (28, -1)])
+@pytest.mark.parametrize(
+    ("window", "overlap"), [(31, 2), (0, 0), (28, 14), (28, -1), (0.00001, 0), (float("nan"), 0), (28, float("nan"))]
+)
 def test_invalid_windows_are_refused(window, overlap):
     with pytest.raises(WindowConfigError):
         plan_windows(100 * SAMPLE_RATE, window, overlap)

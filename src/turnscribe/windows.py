@@ -7,6 +7,7 @@ import math
 from .types import SAMPLE_RATE, TurnscribeError, WindowSpan
 
 MAX_WINDOW_S = 30.0
+MIN_WINDOW_S = 0.1  # one of the model's timestamp steps: a shorter window can hold no segment
 DEFAULT_WINDOW_S = 28.0
 DEFAULT_OVERLAP_S = 2.0
 
@@ -16,8 +17,8 @@ class WindowConfigError(TurnscribeError, ValueError):
 
 
 def check_window(window_s: float, overlap_s: float) -> None:
-    if not 0 < window_s <= MAX_WINDOW_S:
-        raise WindowConfigError(f"window must be in (0, {MAX_WINDOW_S:g}] seconds, got {window_s:g}")
+    if not MIN_WINDOW_S <= window_s <= MAX_WINDOW_S:
+        raise WindowConfigError(f"window must be in [{MIN_WINDOW_S:g}, {MAX_WINDOW_S:g}] seconds, got {window_s:g}")
     if not 0 <= overlap_s < window_s / 2:
         raise WindowConfigError(f"overlap must be in [0, window/2) = [0, {window_s / 2:g}) seconds, got {overlap_s:g}")
 
