@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,34 @@ def test_sclite_stm_labels_gaps_and_ignored_spans(tmp_path: Path) -> None:
     assert load_segments(write(tmp_path, "unk.stm", "meet 1 A 0 4 <unk> hello\n"))[0]["words"] == "<unk> hello"
 
 
+def test_a_uem_limits_what_is_scored(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    said = [(0, 4, "1", "hello there my friend"), (5, 8, "2", "good to see you")]
+    music = (9, 12, "3", "la la la")  # after the annotated part of the recording
+    hyp = write(tmp_path, "hyp.json", seglst(*said, music))
+    assert evaluate(ref, hyp).der(0.0) == pytest.approx(3 / 7) and evaluate(ref, hyp).wer() == pytest.approx(3 / 8)
+    result = evaluate(ref, hyp, uem=write(tmp_path, "all.uem", ";; scored\nmeet 1 0.0 8.5\n"))
+    assert result.der(0.0) == 0.0 and result.wer() == 0.0
+    # Two spans, B's turn cut at 6 s: 5 s of speech scored; B's words go by their segment's middle (6.5 s), out.
+    result = evaluate(ref, hyp, uem=write(tmp_path, "two.uem", "meet 1 0 4\nmeet 1 5.0 6.0\n"))
+    assert result.diarization[0].total == pytest.approx(5.0) and result.der(0.0) == 0.0
+    assert [(w.length, w.errors) for w in result.word_errors] == [(4, 0), (4, 0)]
+
+
+@pytest.mark.parametrize(
+    ("uem", "message"),
+    [
+        ("meet 1 0.0\n", "two.uem:2: expected '<recording> <channel> <start> <end>', got 'meet 1 0.0'"),
+        ("other 1 0 9\n", "the UEM has no spans for session(s) meet"),
+        (";; nothing\n", "no spans to score"),
+    ],
+)
+def test_a_bad_uem_is_a_clear_error(tmp_path: Path, uem: str, message: str) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    with pytest.raises(EvaluationError, match=re.escape(message)):
+        evaluate(ref, ref, uem=write(tmp_path, "two.uem", ";; header\n" + uem))
+
+
 @pytest.mark.parametrize(
     ("name", "text"), [("ref.rttm", REF_RTTM), ("ref.stm", REF_STM), ("ref.json", seglst((0, 4, "A", "hi")))]
 )
@@ -276,6 +305,7 @@ def test_eval_rttm_notes_the_skipped_wer(tmp_path: Path, cli: typer.Typer) -> No
         ("ref.stm", REF_STM, ["--normalizer", "shout"], "shout"),
         ("ref.json", '{"segments": [], "speakers": []}', [], "not SegLST: score the .seglst.json"),
         ("ref.stm", REF_STM, ["--json", "/no/such/folder/scores.json"], "/no/such/folder/scores.json"),
+        ("ref.stm", REF_STM, ["--uem", "/no/such/folder/ref.uem"], "/no/such/folder/ref.uem: no such file"),
     ],
 )
 def test_eval_bad_input_exits_2_without_a_traceback(

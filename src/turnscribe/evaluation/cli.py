@@ -42,6 +42,10 @@ def result_table(result: EvaluationResult) -> Table:
 def eval_command(
     ref: Annotated[Path, typer.Option("--ref", help="Reference: RTTM, STM or SegLST (.rttm, .stm, .json).")],
     hyp: Annotated[Path, typer.Option("--hyp", help="Hypothesis in one of the same formats.")],
+    uem: Annotated[
+        Path | None,
+        typer.Option("--uem", help="Score only these spans: a UEM file (<recording> <channel> <start> <end>)."),
+    ] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the scores as JSON to this file.")
     ] = None,
@@ -57,7 +61,9 @@ def eval_command(
     if output not in OUTPUTS:
         raise typer.BadParameter(f"choose one of {', '.join(OUTPUTS)}", param_hint="--format")
     try:
-        result = evaluate(ref, hyp, tcp_collar=tcp_collar, normalizer=None if normalizer == "none" else normalizer)
+        result = evaluate(
+            ref, hyp, tcp_collar=tcp_collar, normalizer=None if normalizer == "none" else normalizer, uem=uem
+        )
     except (EvaluationError, ValueError) as exc:  # meeteval rejects an unknown normalizer with ValueError
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

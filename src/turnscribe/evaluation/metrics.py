@@ -118,17 +118,21 @@ def _numbers(fields: Sequence[str]) -> bool:
     return True
 
 
-def load_segments(path: str | os.PathLike[str], fmt: str | None = None) -> SegLST:
-    """Read an RTTM, STM or SegLST file as meeteval segments (float times; `words` only where the format has them)."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
     if not path.is_file():
         raise EvaluationError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
     try:
         # utf-8-sig: a byte-order mark (Windows tools write one) would stick to the first line, which then was no
         # RTTM turn (dropped without a word) or an STM line of a session of its own.
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise EvaluationError(f"{path}: cannot be read as text ({exc})") from exc
+
+
+def load_segments(path: str | os.PathLike[str], fmt: str | None = None) -> SegLST:
+    """Read an RTTM, STM or SegLST file as meeteval segments (float times; `words` only where the format has them)."""
+    path = Path(path)
+    text = _read_text(path)
     fmt = fmt or detect_format(path, text)
     if fmt not in FORMATS:
         raise EvaluationError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -193,15 +197,47 @@ def _split_ignored(ref: SegLST) -> tuple[SegLST, dict[str, Timeline]]:
     return SegLST(speech), ignored
 
 
-def _outside(segments: SegLST, ignored: dict[str, Timeline]) -> SegLST:
-    """`segments` less those whose middle lies in an ignored span of their session: sclite leaves out each hypothesis
-    word whose middle does, and a segment's words have no times of their own."""
+def load_uem(path: str | os.PathLike[str]) -> dict[str, Timeline]:
+    """A NIST UEM file (as md-eval, dscore and pyannote read it): `<recording> <channel> <start> <end>` per scored
+    span, ';;' comments. Returns each recording's scored spans."""
+    path = Path(path)
+    spans: dict[str, Timeline] = {}
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip() or line.startswith(";;"):
+            continue
+        try:
+            recording, _channel, start, end = line.split()
+            spans.setdefault(recording, Timeline()).add(Segment(float(start), float(end)))
+        except ValueError:
+            expected = "'<recording> <channel> <start> <end>'"
+            raise EvaluationError(f"{path}:{number}: expected {expected}, got {line!r}") from None
+    if not spans:
+        raise EvaluationError(f"{path}: no spans to score")
+    return spans
 
-    def kept(seg: dict[str, Any]) -> bool:
+
+@dataclass(frozen=True)
+class _Bounds:
+    """What is scored of each session: the UEM's spans (all of it where no UEM is given) less the ignored spans."""
+
+    uem: dict[str, Timeline] | None
+    ignored: dict[str, Timeline]
+
+    def timeline(self, session: str, end: float) -> Timeline:
+        scored = self.uem[session] if self.uem is not None else Timeline([Segment(0.0, end)])
+        return scored.extrude(self.ignored.get(session, Timeline()))
+
+    def holds(self, seg: dict[str, Any]) -> bool:
+        """Whether a segment's words are scored, by its middle: sclite keeps or leaves out each word by the time of its
+        middle, and a segment's words have no times of their own."""
         middle = (float(seg["start_time"]) + float(seg["end_time"])) / 2
-        return not any(span.start <= middle <= span.end for span in ignored.get(seg["session_id"], ()))
+        session = seg["session_id"]
+        in_uem = self.uem is None or _covers(self.uem[session], middle)
+        return in_uem and not _covers(self.ignored.get(session, Timeline()), middle)
 
-    return segments.filter(kept)
+
+def _covers(spans: Timeline, time: float) -> bool:
+    return any(span.start <= time <= span.end for span in spans)
 
 
 def _has_words(segments: SegLST) -> bool:
@@ -236,9 +272,7 @@ def _line_up(ref: SegLST, hyp: SegLST, notes: list[str]) -> tuple[list[str], Seg
     return ref_sessions, hyp
 
 
-def _diarization(
-    ref: SegLST, hyp: SegLST, sessions: list[str], collar: float, ignored: dict[str, Timeline]
-) -> DiarizationScores:
+def _diarization(ref: SegLST, hyp: SegLST, sessions: list[str], collar: float, bounds: _Bounds) -> DiarizationScores:
     # pyannote's collar is the whole width, centred on the boundary: twice the NIST "either side" value.
     der = DiarizationErrorRate(collar=2 * collar, skip_overlap=False)
     jer = JaccardErrorRate(collar=2 * collar, skip_overlap=False)
@@ -246,8 +280,8 @@ def _diarization(
         reference, hypothesis = _annotation(ref, session), _annotation(hyp, session)
         # No segments at all: a session whose reference turns are all 0 s long, and no hypothesis for it.
         end = max((s.end for s in (*reference.itersegments(), *hypothesis.itersegments())), default=0.0)
-        # Everything is scored but the ignored spans: an explicit UEM instead of pyannote's guessed one.
-        uem = Timeline([Segment(0.0, end)]).extrude(ignored.get(session, Timeline()))
+        # An explicit UEM instead of pyannote's guessed one.
+        uem = bounds.timeline(session, end)
         der(reference, hypothesis, uem=uem)
         jer(reference, hypothesis, uem=uem)
     parts = der.accumulated_
@@ -304,12 +338,13 @@ def evaluate(
     tcp_collar: float = TCP_COLLAR,
     normalizer: str | None = DEFAULT_NORMALIZER,
     uri: str = "audio",
+    uem: str | os.PathLike[str] | dict[str, Timeline] | None = None,
 ) -> EvaluationResult:
     """Score `hyp` against `ref`: DER and JER at each collar; cpWER and tcpWER when both sides have words.
 
     Each side is a path (RTTM, STM or SegLST), a Transcript, meeteval segments, or ReferenceTurns; the last
     two kinds of in-memory input are session `uri`. A lone session on each side is scored as one recording
-    whatever its name.
+    whatever its name. `uem` (a UEM file, or each session's spans) limits scoring to its spans.
     """
     ref_segments, ignored = _split_ignored(as_segments(ref, uri=uri))
     hyp_segments = as_segments(hyp, uri=uri)
@@ -317,10 +352,16 @@ def evaluate(
         raise EvaluationError("the reference has no speech: there is nothing to score against")
     notes: list[str] = []
     sessions, hyp_segments = _line_up(ref_segments, hyp_segments, notes)
-    diarization = [_diarization(ref_segments, hyp_segments, sessions, c, ignored) for c in collars]
+    if isinstance(uem, (str, os.PathLike)):
+        uem = load_uem(uem)
+    if uem is not None and (unbounded := [s for s in sessions if s not in uem]):
+        raise EvaluationError(f"the UEM has no spans for session(s) {', '.join(map(str, unbounded))}")
+    bounds = _Bounds(uem, ignored)
+    diarization = [_diarization(ref_segments, hyp_segments, sessions, c, bounds) for c in collars]
     word_errors: list[WordErrorScores] = []
     if _has_words(ref_segments) and _has_words(hyp_segments):
-        word_errors = _word_errors(ref_segments, _outside(hyp_segments, ignored), sessions, tcp_collar, normalizer)
+        scored_ref, scored_hyp = ref_segments.filter(bounds.holds), hyp_segments.filter(bounds.holds)
+        word_errors = _word_errors(scored_ref, scored_hyp, sessions, tcp_collar, normalizer)
     else:
         side = "reference" if not _has_words(ref_segments) else "hypothesis"
         notes.append(f"cpWER and tcpWER skipped: the {side} has no words (RTTM carries none)")
