@@ -184,3 +184,10 @@ def test_text_after_a_dropped_empty_segment_starts_where_that_segment_ended():
     parsed = parse_window("<|spltoken0|><|t:0.0|> a <|t:1.0|><|spltoken1|><|t:5.0|><|t:5.5|> hello <|t:6.0|>", 28.0)
     assert parsed.segments == [LocalSegment(0, 0.0, 1.0, "a"), LocalSegment(1, 5.5, 6.0, "hello")]
     assert "empty_text" in kinds(parsed)
+
+
+def test_a_loop_on_a_whole_sentence_collapses():
+    sentence = "and then we went to the market to buy some fresh bread."
+    parsed = parse_window(f"<|spltoken0|><|t:0.0|> {' '.join([sentence] * 20)} <|t:27.0|>", 28.0)
+    assert [s.text for s in parsed.segments] == [f"{sentence} {sentence}"]
+    assert kinds(parsed) == ["repetition_loop"]

@@ -170,7 +170,9 @@ def collapse_repetitions(text: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(words):
-        for n in range(1, min(8, (len(words) - i) // (MAX_REPEATS + 1)) + 1):
+        # Any length of phrase (a greedy decoder loops on whole sentences); only where the phrase could restart.
+        lengths = range(1, (len(words) - i) // (MAX_REPEATS + 1) + 1)
+        for n in (n for n in lengths if words[i + n] == words[i]):
             gram = words[i : i + n]
             reps = 1
             while words[i + reps * n : i + (reps + 1) * n] == gram:
