@@ -103,3 +103,11 @@ def test_two_speakers_saying_the_same_words_in_the_overlap_stay_two_segments():
     raw1 = "<|spltoken0|><|t:0.2|> yes exactly <|t:1.0|><|spltoken1|><|t:0.5|> yes exactly <|t:1.4|>"
     segments, _ = run(raw0, raw1)
     assert [(s.start, s.end, s.slot) for s in segments] == [(26.2, 27.0, 0), (26.5, 27.4, 1)]
+
+
+def test_the_same_words_in_segments_that_only_touch_in_time_merge():
+    # Window 1 places the start of the last word a 0.1 s step after window 0 ended the segment.
+    raw0 = "<|spltoken0|><|t:22.0|> we will meet again next week <|t:26.4|>"
+    raw1 = "<|spltoken1|><|t:0.4|> week <|t:0.8|>"
+    segments, _ = run(raw0, raw1)
+    assert [(s.start, s.end, s.text) for s in segments] == [(22.0, 26.8, "we will meet again next week")]

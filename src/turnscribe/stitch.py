@@ -4,7 +4,7 @@ The rule (documented in the README):
 
 * Every segment is shifted by its window's start.
 * Where window i and window i+1 overlap, a segment of window i that reaches into the overlap and a
-  segment of window i+1 that starts inside it are the SAME speech when they overlap in time and
+  segment of window i+1 that starts inside it are the SAME speech when they overlap (or touch) in time and
   their words align (longest common run of normalised words, at least two words, or all the words
   of a one-word segment). They merge into one segment: window i's words up to the end of the
   aligned run, then window i+1's words after it. Words window i heard cut off at its right edge and
@@ -59,9 +59,15 @@ def _units(words: list[str], char_level: bool) -> list[str]:
     return [_NORMALISE_RE.sub("", w.lower()) for w in words]
 
 
+def _meet(a: _Piece, b: _Piece) -> bool:
+    """Whether two pieces overlap in time or touch: two decoder passes may place one word boundary a 0.1 s step
+    apart, so the same speech can end in one window where it starts in the other."""
+    return min(a.end, b.end) >= max(a.start, b.start)
+
+
 def _align(a: _Piece, b: _Piece, char_level: bool) -> tuple[int, int] | None:
     """Where the aligned run ends in a and starts-after in b, or None if a and b are not the same speech."""
-    if min(a.end, b.end) <= max(a.start, b.start):
+    if not _meet(a, b):
         return None
     ua, ub = _units(a.words, char_level), _units(b.words, char_level)
     match = SequenceMatcher(None, ua, ub, autojunk=False).find_longest_match(0, len(ua), 0, len(ub))
@@ -96,7 +102,7 @@ def _repeats(piece: _Piece, words: list[str], merged: _Piece, char_level: bool) 
     they overlap in time, and `words` (the piece's) are a run of the merged words."""
     if (piece.window, piece.slot) not in {(merged.window, merged.slot), *merged.also_seen_as}:
         return False
-    if min(piece.end, merged.end) <= max(piece.start, merged.start):
+    if not _meet(piece, merged):
         return False
     units, host = _units(words, char_level), _units(merged.words, char_level)
     match = SequenceMatcher(None, units, host, autojunk=False).find_longest_match(0, len(units), 0, len(host))
