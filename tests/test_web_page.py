@@ -136,6 +136,14 @@ def test_the_page_keeps_following_a_job_while_the_server_cannot_answer(page, rec
     assert not outages and rows(page) == [(speaker, text) for _, _, text, speaker in library_result(recording)]
 
 
+def test_the_language_menu_starts_at_the_servers_default_language(browser, tmp_path):
+    # A server for German recordings: its page must not send English for every file the user does not set.
+    settings = settings_for(tmp_path, default_language="DE")  # as --language takes it
+    pipeline = Pipeline(ScriptedDecoder(script), ClusteringLinker(FakeEmbedder()))
+    with running(settings, lambda: pipeline) as url, opened(browser, url) as page:
+        assert page.input_value("#language") == "de"
+
+
 def test_times_are_rounded_before_they_are_split_into_minutes(page):
     times = [0, 5.04, 59.96, 61.04, 125.97, 3600]
     assert page.evaluate(f"{times}.map(clock)") == ["0:00.0", "0:05.0", "1:00.0", "1:01.0", "2:06.0", "60:00.0"]

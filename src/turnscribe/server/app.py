@@ -361,7 +361,13 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
         return response
 
-    page = (STATIC / "index.html").read_text().replace("__LANGUAGES__", json.dumps(LANGUAGES))
+    page = (
+        (STATIC / "index.html")
+        .read_text()
+        .replace("__LANGUAGES__", json.dumps(LANGUAGES))
+        # The page's menu starts at --language, the language of a request that names none.
+        .replace("__DEFAULT_LANGUAGE__", check_language(settings.default_language))
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -147,7 +147,10 @@ async function download(format) {
 
 function setUp() {
   const languages = JSON.parse($("languages").textContent);
-  for (const [code, name] of Object.entries(languages)) $("language").add(new Option(name, code, code === "en", code === "en"));
+  const preferred = $("language").dataset.default;
+  for (const [code, name] of Object.entries(languages)) {
+    $("language").add(new Option(name, code, code === preferred, code === preferred));
+  }
   $("key").value = localStorage.getItem("turnscribe-key") || "";
   $("upload").addEventListener("submit", start);
   $("cancel").addEventListener("click", () => api(`v1/audio/jobs/${currentJob}/cancel`, { method: "POST" }));
