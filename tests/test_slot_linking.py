@@ -17,6 +17,7 @@ from turnscribe.evaluation.synthetic import MeetingConfig, generate_meeting, hav
 from turnscribe.speakers import ClusteringLinker, load_embedder
 from turnscribe.speakers.names import MAX_SPEAKER_NAME_CHARS, SpeakerNameError
 from turnscribe.speakers.slots import (
+    KnownSpeakerError,
     Linking,
     SlotGraph,
     SlotLinker,
@@ -356,6 +357,13 @@ def test_known_speaker_names_are_stripped_and_checked_before_any_work() -> None:
     ]:
         with pytest.raises(SpeakerNameError, match=message):
             SlotLinker(OracleEmbedder(), known_speakers=dict.fromkeys(names, clip))
+
+
+@pytest.mark.parametrize("clip", [np.zeros(0, np.float32), np.zeros(3 * SAMPLE_RATE, np.float32)])
+def test_a_known_speakers_empty_or_silent_reference_is_refused(clip: np.ndarray) -> None:
+    # Its embedding is no one's voice, yet it could name a speaker who comes within the threshold of it.
+    with pytest.raises(KnownSpeakerError, match="'Alice': the reference recording is empty or silent"):
+        SlotLinker(OracleEmbedder(), known_speakers={"Alice": clip})
 
 
 def test_single_window_keeps_the_models_slots_without_embedding() -> None:

@@ -22,7 +22,16 @@ from .decoders.base import Decoder, DecoderError, StreamingDecoder, WindowAudio
 from .parse import parse_window
 from .prompt import check_language
 from .stitch import stitch
-from .types import SAMPLE_RATE, ParsedWindow, Repair, Segment, Transcript, TranscriptMetadata, WindowSpan
+from .types import (
+    SAMPLE_RATE,
+    SILENCE_PEAK,
+    ParsedWindow,
+    Repair,
+    Segment,
+    Transcript,
+    TranscriptMetadata,
+    WindowSpan,
+)
 from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, check_window, plan_windows
 
 if TYPE_CHECKING:
@@ -30,8 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SILENCE_PEAK = 1e-4
-"""Windows whose loudest sample is below this (-80 dBFS: digital silence) are not sent to the model."""
 NO_SPACE_LANGUAGES = {"ja", "zh"}
 
 
@@ -201,6 +208,7 @@ class Pipeline:
     @staticmethod
     def _window(samples: np.ndarray, span: WindowSpan) -> tuple[WindowAudio, bool]:
         window = WindowAudio(span, samples[span.start_sample : span.end_sample])
+        # Digital silence is not sent to the model.
         return window, bool(np.abs(window.samples).max(initial=0.0) >= SILENCE_PEAK)
 
     def _batch_outputs(

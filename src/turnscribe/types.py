@@ -7,6 +7,8 @@ from typing import Any
 
 SAMPLE_RATE = 16_000
 """Every stage after audio decoding works on mono float32 samples at this rate."""
+SILENCE_PEAK = 1e-4
+"""Audio whose loudest sample is below this (-80 dBFS) is digital silence: no window or voice to be heard in it."""
 
 
 class TurnscribeError(Exception):

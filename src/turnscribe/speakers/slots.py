@@ -61,12 +61,16 @@ from turnscribe.speakers.clustering import check_counts
 from turnscribe.speakers.embedders import Embedder
 from turnscribe.speakers.linking import SpeakerAssignment, embed_in_chunks, segment_clip
 from turnscribe.speakers.names import check_speaker_names
-from turnscribe.types import SAMPLE_RATE, StitchedSegment
+from turnscribe.types import SAMPLE_RATE, SILENCE_PEAK, StitchedSegment, TurnscribeError
 
 MIN_CALIBRATION_PAIRS = 3
 DIFFERENT_QUANTILE = 0.25  # where known-different pairs begin (module docstring)
 BLOCK = 300  # slot groups clustered together at most; bounds the distance matrix to BLOCK² entries
 _FRAME = SAMPLE_RATE // 100  # overlap bookkeeping in 10 ms frames: 3.6 M counters for 10 hours
+
+
+class KnownSpeakerError(TurnscribeError, ValueError):
+    """A known speaker's reference recording that holds no voice to match."""
 
 
 @dataclass(frozen=True)
@@ -584,8 +588,12 @@ class SlotLinker:
     def __post_init__(self) -> None:
         check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
         names = check_speaker_names(self.known_speakers)
-        self.known_speakers = dict(zip(names, self.known_speakers.values(), strict=True))
         clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in self.known_speakers.values()]
+        for name, clip in zip(names, clips, strict=True):
+            # Its embedding would be no one's voice, yet could come within the threshold of someone's.
+            if not np.abs(clip).max(initial=0.0) >= SILENCE_PEAK:
+                raise KnownSpeakerError(f"known speaker {name!r}: the reference recording is empty or silent")
+        self.known_speakers = dict(zip(names, clips, strict=True))
         self._references = embed_in_chunks(self.embedder, clips) if clips else np.zeros((0, 0), np.float32)
 
     def assign(self, segments: Sequence[StitchedSegment], audio: np.ndarray) -> SpeakerAssignment:
