@@ -1,8 +1,10 @@
-"""Server behaviours found in QA: a second server refused on the same data folder, and a job's duration."""
+"""Server behaviours found in QA: a second server refused on the same data folder, a job's duration, known
+speakers' data URLs as shell tools write them."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,8 +16,11 @@ from test_server_scripted import script
 from turnscribe import Pipeline
 from turnscribe.decoders import ScriptedDecoder
 from turnscribe.server import create_app
+from turnscribe.server.enrollment import read_known_speakers
+from turnscribe.server.errors import APIError
 from turnscribe.server.jobs import DatabaseInUse
 from turnscribe.speakers import ClusteringLinker
+from turnscribe.types import SAMPLE_RATE
 
 
 def test_a_second_server_on_the_same_data_folder_leaves_the_first_ones_requests_alone(tmp_path):
@@ -57,3 +62,15 @@ def test_a_finished_job_says_how_long_its_recording_really_is(tmp_path):
         job_id = created.json()["id"]
         wait_until(lambda: job(url, job_id)["status"] == "succeeded", what="the job to finish")
         assert job(url, job_id)["duration"] == pytest.approx(30, abs=0.1)
+
+
+def test_a_known_speakers_reference_may_break_its_base64_into_lines(tmp_path):
+    clip = tmp_path / "alice.wav"
+    write_wav(clip, tone(3))
+    # As `curl -F "known_speaker_references[]=data:audio/wav;base64,$(base64 alice.wav)"` sends it.
+    wrapped = base64.encodebytes(clip.read_bytes()).decode()
+    assert "\n" in wrapped
+    samples = read_known_speakers(["Alice"], [f"data:audio/wav;base64,{wrapped}"], limit=1)["Alice"]
+    assert len(samples) == 3 * SAMPLE_RATE
+    with pytest.raises(APIError, match="not valid base64"):
+        read_known_speakers(["Alice"], [f"data:audio/wav;base64,{wrapped[:-5]}!!!!\n"], limit=1)

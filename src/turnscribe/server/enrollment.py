@@ -26,7 +26,8 @@ def _decode_data_url(url: str, index: int) -> bytes:
         message = f"{PARAM_REFERENCES}[{index}] must be a base64 data URL (data:audio/wav;base64,...)"
         raise APIError(400, message, param=PARAM_REFERENCES)
     try:
-        return base64.b64decode(payload, validate=True)
+        # Line breaks are valid base64 (RFC 2045, which data URLs use): the `base64` command adds one every 76 chars.
+        return base64.b64decode("".join(payload.split()), validate=True)
     except binascii.Error:
         raise APIError(400, f"{PARAM_REFERENCES}[{index}] is not valid base64", param=PARAM_REFERENCES) from None
 
