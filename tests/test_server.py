@@ -426,9 +426,12 @@ def test_cli_hands_the_model_options_to_the_pipeline_it_serves(monkeypatch, tmp_
     monkeypatch.setattr("uvicorn.run", lambda app, **options: served.update(factory=app, **options))
     app = typer.Typer()
     app.command()(serve)
-    result = CliRunner().invoke(app, ["--port", "9", "--device", "cpu", "--fast", "--data-dir", str(tmp_path)])
+    with socket.socket() as free:  # the CLI checks that it can listen there (a port under 1024 needs root)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = CliRunner().invoke(app, ["--port", str(port), "--device", "cpu", "--fast", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert served["port"] == 9
+    assert served["port"] == port
     options = served["factory"].keywords
     assert (options["device"], options["fast"], options["batch_size"]) == ("cpu", True, None)  # 0: sized by memory
 

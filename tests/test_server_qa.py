@@ -1,21 +1,25 @@
-"""Server behaviours found in QA: a second server refused on the same data folder, a job's duration, known
-speakers' data URLs as shell tools write them."""
+"""Server behaviours found in QA: a second server refused on the same data folder or port, a job's duration,
+known speakers' data URLs as shell tools write them."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import typer
 from test_audio_hostile import mp3_claiming_frames
 from test_pipeline import FakeEmbedder, tone, write_wav
 from test_server import TIMEOUT, HeldDecoder, job, linker, post, running, settings_for, wait_until
 from test_server_scripted import script
+from typer.testing import CliRunner
 
 from turnscribe import Pipeline
 from turnscribe.decoders import ScriptedDecoder
 from turnscribe.server import create_app
+from turnscribe.server.cli import serve
 from turnscribe.server.enrollment import read_known_speakers
 from turnscribe.server.errors import APIError
 from turnscribe.server.jobs import DatabaseInUse
@@ -74,3 +78,20 @@ def test_a_known_speakers_reference_may_break_its_base64_into_lines(tmp_path):
     assert len(samples) == 3 * SAMPLE_RATE
     with pytest.raises(APIError, match="not valid base64"):
         read_known_speakers(["Alice"], [f"data:audio/wav;base64,{wrapped[:-5]}!!!!\n"], limit=1)
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads(monkeypatch, tmp_path):
+    # uvicorn binds only after the app's startup, which starts loading the model: minutes, and on a GPU a second
+    # copy of the model next to the server already on that port.
+    started = []
+    monkeypatch.setattr("turnscribe.server.app.create_app", lambda settings, factory: started.append("app"))
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: started.append("uvicorn"))
+    app = typer.Typer()
+    app.command()(serve)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(app, ["--port", port, "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.output and "in use" in result.output
+    assert started == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -30,6 +31,17 @@ def _import_factory(spec: str) -> Callable[[], Pipeline]:
     except (ImportError, AttributeError) as e:
         raise typer.BadParameter(f"cannot import {spec}: {e}") from e
     return factory  # type: ignore[no-any-return]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse an address in use now: uvicorn binds only after the app's startup, which starts loading the model
+    (minutes, and on a GPU a second copy of it next to the server already listening there)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise typer.BadParameter(f"cannot listen on {host}:{port}: {e.strerror or e}", param_hint="--port") from e
 
 
 def serve(
@@ -86,6 +98,7 @@ def serve(
         check_language(language)
     except TurnscribeError as e:
         raise typer.BadParameter(str(e), param_hint="--language") from e
+    _check_port_free(host, port)
     if not keys:
         typer.secho(
             f"warning: no API key configured; serving without authentication on {host} only", err=True, fg="yellow"
