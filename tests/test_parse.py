@@ -191,3 +191,11 @@ def test_a_loop_on_a_whole_sentence_collapses():
     parsed = parse_window(f"<|spltoken0|><|t:0.0|> {' '.join([sentence] * 20)} <|t:27.0|>", 28.0)
     assert [s.text for s in parsed.segments] == [f"{sentence} {sentence}"]
     assert kinds(parsed) == ["repetition_loop"]
+
+
+def test_a_diarize_marker_the_model_emits_mid_stream_is_a_stray_token_not_the_prompts_end():
+    # The backends return only generated tokens: what comes before such a marker is speech, not an echoed prompt.
+    raw = "<|spltoken0|><|t:0.0|> hi there <|t:1.0|><|diarize|><|spltoken1|><|t:1.0|> yo <|t:2.0|>"
+    parsed = parse_window(raw, 28.0)
+    assert [s.text for s in parsed.segments] == ["hi there", "yo"]
+    assert kinds(parsed) == ["stray_token"]

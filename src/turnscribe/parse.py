@@ -18,8 +18,9 @@ _TIME_RE = re.compile(r"<\|t:(\d+(?:\.\d+)?)\|>")
 _END_TOKENS = ("<|endoftext|>",)
 # What is left of a token cut in half (a truncated stream ends in "<|t:2"), or an unpaired marker.
 _TOKEN_RESIDUE_RE = re.compile(r"<\|\S*|\S*\|>")
-# Everything up to and including the last prompt marker is the prompt echoed back by generate().
-_PROMPT_END = "<|diarize|>"
+# The prompt echoed back by generate(): control tokens up to the diarize marker. Only at the start, and with no
+# speaker or time token in it: a marker the model emits later is a stray token, and what came before it is speech.
+_PROMPT_ECHO_RE = re.compile(r"\s*(?:<\|(?!spltoken|t:)[^|<>]*\|>\s*)*?<\|diarize\|>")
 
 TIME_STEP = 0.1
 # The file timeline is rounded to the millisecond: a segment shorter (a time clamped to a window ending just past a
@@ -188,8 +189,8 @@ def collapse_repetitions(text: str) -> str:
 
 
 def strip_prompt(raw: str) -> str:
-    if _PROMPT_END in raw:
-        raw = raw.split(_PROMPT_END, 1)[1]
+    if echo := _PROMPT_ECHO_RE.match(raw):
+        raw = raw[echo.end() :]
     for end in _END_TOKENS:
         if end in raw:
             raw = raw.split(end, 1)[0]
