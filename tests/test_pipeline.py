@@ -252,6 +252,21 @@ def test_silence_gives_an_empty_transcript_without_decoding():
     assert all(render(transcript, fmt) is not None for fmt in format_names())
 
 
+def test_a_last_window_shorter_than_a_time_step_is_not_sent_to_the_model():
+    # No overlap: 28 s windows over 28 s and 3 samples leave a last window of 3 samples.
+    sent = []
+
+    def script(span):
+        sent.append(span.index)
+        return "<|spltoken0|><|t:0.0|> Thank you. <|t:1.0|>"  # what a model makes up for a sliver
+
+    audio = np.concatenate([tone(28), tone(1)[:3]])
+    pipeline = Pipeline(scripted(script), ClusteringLinker(FakeEmbedder()), overlap_s=0.0)
+    transcript = pipeline.run(audio, sampling_rate=SAMPLE_RATE)
+    assert sent == [0] and transcript.metadata.windows == 2
+    assert [(s.start, s.end) for s in transcript.segments] == [(0.0, 1.0)]
+
+
 def test_empty_audio_gives_an_empty_transcript():
     transcript = pipeline_with(scripted(lambda s: "")).run(np.zeros(0, np.float32), sampling_rate=SAMPLE_RATE)
     assert transcript.segments == [] and transcript.metadata.windows == 0

@@ -32,7 +32,7 @@ from .types import (
     TranscriptMetadata,
     WindowSpan,
 )
-from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, check_window, plan_windows
+from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, MIN_WINDOW_S, check_window, plan_windows
 
 if TYPE_CHECKING:
     from .speakers.linking import SpeakerLinker
@@ -208,8 +208,10 @@ class Pipeline:
     @staticmethod
     def _window(samples: np.ndarray, span: WindowSpan) -> tuple[WindowAudio, bool]:
         window = WindowAudio(span, samples[span.start_sample : span.end_sample])
-        # Digital silence is not sent to the model.
-        return window, bool(np.abs(window.samples).max(initial=0.0) >= SILENCE_PEAK)
+        # Digital silence is not sent to the model, nor a sliver shorter than one of its time steps (the last window
+        # with no overlap): it holds no word, and a model asked to transcribe it makes one up.
+        long_enough = len(window.samples) >= MIN_WINDOW_S * SAMPLE_RATE
+        return window, long_enough and bool(np.abs(window.samples).max(initial=0.0) >= SILENCE_PEAK)
 
     def _batch_outputs(
         self, samples: np.ndarray, spans: Sequence[WindowSpan], language: str, repairs: list[Repair]
