@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,7 +23,7 @@ from turnscribe.server import create_app
 from turnscribe.server.cli import serve
 from turnscribe.server.enrollment import read_known_speakers
 from turnscribe.server.errors import APIError
-from turnscribe.server.jobs import DatabaseInUse
+from turnscribe.server.jobs import DatabaseInUse, JobStore
 from turnscribe.speakers import ClusteringLinker
 from turnscribe.types import SAMPLE_RATE
 
@@ -95,3 +96,28 @@ def test_a_port_in_use_is_refused_before_the_model_loads(monkeypatch, tmp_path):
         result = CliRunner().invoke(app, ["--port", port, "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and f"127.0.0.1:{port}" in result.output and "in use" in result.output
     assert started == []
+
+
+def test_a_server_stopped_while_its_model_loads_does_not_wait_for_the_load(tmp_path):
+    loading, loaded = threading.Event(), threading.Event()
+
+    def slow_factory() -> Pipeline:  # a model downloading from the hub
+        loading.set()
+        loaded.wait(TIMEOUT)
+        return Pipeline(ScriptedDecoder(script), linker())
+
+    settings = settings_for(tmp_path)
+    app = create_app(settings, slow_factory)
+
+    async def start_then_stop() -> None:
+        async with app.router.lifespan_context(app):
+            await asyncio.to_thread(loading.wait, TIMEOUT)
+
+    stopping = threading.Thread(target=asyncio.run, args=(start_then_stop(),))
+    stopping.start()
+    stopping.join(TIMEOUT / 2)
+    try:
+        assert not stopping.is_alive(), "the server waited for the model to load before it stopped"
+        JobStore(settings.database).close()  # the stopped server let go of its database
+    finally:
+        loaded.set()

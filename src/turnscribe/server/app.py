@@ -278,6 +278,7 @@ class _Services:
         self.store: JobStore | None = None
         self.runner: JobRunner | None = None
         self.load_error: str | None = None
+        self.starting = threading.Lock()  # the services start, or the server stops: one, then the other
         self.started_at = int(time.time())
 
     def ready(self) -> tuple[Engine, JobStore, JobRunner]:
@@ -293,18 +294,21 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
     metrics = Metrics()
     services = _Services()
 
-    def load(store: JobStore) -> None:
+    def load(store: JobStore, stopping: threading.Event) -> None:
         try:
             pipeline = pipeline_factory()
         except Exception as e:  # shown by /ready; the server stays up to say so
             log.exception("loading the pipeline failed")
             services.load_error = str(e) or type(e).__name__
             return
-        engine = Engine(pipeline, settings, metrics)
-        engine.start()
-        runner = JobRunner(store, engine, settings)
-        runner.start()
-        services.engine, services.runner = engine, runner
+        with services.starting:
+            if stopping.is_set():  # the server stopped while the model loaded: it did not wait, start nothing
+                return
+            engine = Engine(pipeline, settings, metrics)
+            engine.start()
+            runner = JobRunner(store, engine, settings)
+            runner.start()
+            services.engine, services.runner = engine, runner
 
     def serve_until(stopping: threading.Event, store: JobStore) -> None:
         """Load, wait for the server to stop, then stop what was started, all in this one thread.
@@ -313,7 +317,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         engine.start() forks arm PR_SET_PDEATHSIG, and so may whatever the pipeline factory forks) as soon as the
         thread that forked them ends, not the process.
         """
-        load(store)
+        load(store, stopping)
         stopping.wait()
         if services.runner:
             services.runner.stop()
@@ -333,8 +337,13 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         worker = threading.Thread(target=serve_until, args=(stopping, store), name="turnscribe-services", daemon=True)
         worker.start()
         yield
-        stopping.set()
-        worker.join()
+        with services.starting:
+            stopping.set()
+            started = services.engine is not None
+        # A model still loading (a download from the hub can take many minutes) is not waited for: Ctrl-C stops
+        # the server at once. Started services are, so that running jobs are queued again.
+        if started:
+            worker.join()
         store.close()
 
     app = FastAPI(
