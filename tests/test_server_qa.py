@@ -1,5 +1,5 @@
-"""Server behaviours found in QA: a second server refused on the same data folder or port, a job's duration,
-known speakers' data URLs as shell tools write them."""
+"""Server behaviours found in QA: starting next to a running server (same data folder, same port), stopping
+while the model loads, a job's duration, known speakers' data URLs as shell tools write them."""
 
 from __future__ import annotations
 
