@@ -94,7 +94,7 @@ def _batches(items: Sequence[WindowSpan], size: Callable[[], int]) -> Iterator[S
         start = end
 
 
-# A window's raw output (None: it failed), and whether it was sent to the model (False: digital silence).
+# A window's raw output (None: it failed), and whether it was sent to the model (False: silence, or a sliver).
 _Output = tuple[WindowSpan, str | None, bool]
 
 
