@@ -113,8 +113,8 @@ def test_training_learns_from_the_audio(corpus: tuple[Path, Path], tmp_path: Pat
     starts = {parse_window(c.custom["target"]).segments[0].start for c in cuts}
     assert len(starts) >= 3  # where the word starts differs from window to window: only the audio tells
 
-    # 6 windows, batches of 4: 2 optimizer steps per epoch, 200 steps.
-    result = train(_config(shards, base, tmp_path / "run", epochs=100, eval_data=[str(shards)], eval_windows=6))
+    # 6 windows, 4 per optimizer step: 1.5 steps per epoch, 200 steps.
+    result = train(_config(shards, base, tmp_path / "run", epochs=133.3, eval_data=[str(shards)], eval_windows=6))
 
     assert result.steps == result.total_steps == 200 and result.optimizer == "AdamW"
     model_dir = tmp_path / "run" / "model"
@@ -148,14 +148,14 @@ def _untrained(shards: Path, base: Path, tmp_path: Path) -> Path:
 
 def test_resume_continues_exactly(corpus: tuple[Path, Path], tmp_path: Path) -> None:
     shards, base = corpus
-    straight = train(_config(shards, base, tmp_path / "straight", epochs=6))
+    straight = train(_config(shards, base, tmp_path / "straight", epochs=8))
     assert straight.steps == 12
 
-    first = train(_config(shards, base, tmp_path / "resumed", epochs=6, max_steps=5, save_every=2))
+    first = train(_config(shards, base, tmp_path / "resumed", epochs=8, max_steps=5, save_every=2))
     assert first.steps == 5
     assert latest_checkpoint(tmp_path / "resumed").name == "step-0000005"
     halfway = load_file(str(first.model_dir / "model.safetensors"))
-    second = train(_config(shards, base, tmp_path / "resumed", epochs=6), resume=True)
+    second = train(_config(shards, base, tmp_path / "resumed", epochs=8), resume=True)
     assert second.steps == 12
 
     a = load_file(str(straight.model_dir / "model.safetensors"))

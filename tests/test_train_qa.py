@@ -158,3 +158,17 @@ def test_mixed_speakers_never_talk_over_themselves(tmp_path: Path) -> None:
             own = [t for t in turns if t.speaker == speaker]
             assert all(b.start >= a.end for a, b in zip(own, own[1:])), mixture.custom["target"]
     assert overlapped > 50  # the overlap between speakers is still there
+
+
+def test_epochs_are_passes_over_the_data(shards: Path, tmp_path: Path) -> None:
+    # 4 windows, 3 per optimizer step (an incomplete group carries over into the next epoch): 3 epochs are 4 steps.
+    # The step count was ceil(4 / 3) = 2 per epoch, so `epochs: 3` read the data 4½ times over.
+    base = build_checkpoint(tmp_path / "base", "native", diarize_vocabulary=False)
+    settings: dict = {"effective_batch": 3, "micro_batch": 1, "epochs": 3, "num_workers": 0, "log_every": 0}
+    config = TrainConfig(model=str(base), train_data=[str(shards)], output_dir=str(tmp_path / "run"), **settings)
+
+    result = train(config)
+
+    assert result.steps == result.total_steps == 4
+    (last,) = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert last["step"] == 4 and last["epoch"] == 2  # the third pass

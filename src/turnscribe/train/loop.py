@@ -64,7 +64,7 @@ class TrainConfig:
     eval_batch: int = 8
     save_every: int = 500  # optimizer steps between resumable checkpoints
     keep_checkpoints: int = 2
-    log_every: int = 10
+    log_every: int = 10  # optimizer steps; 0: only the last
     max_steps: int | None = None  # stop early (smoke tests); the schedule still spans `epochs`
     num_workers: int = 2  # data-loading processes per device
     seed: int = 0
@@ -387,8 +387,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     windows = sum(count_windows(Path(f)) for f in config.train_data)
     for folder in config.eval_data:
         count_windows(Path(folder))  # a wrong folder fails now, by name, not in lhotse once the model has loaded
-    steps_per_epoch = math.ceil(windows / config.effective_batch)
-    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    # Steps carry an incomplete accumulation group over into the next epoch, so an epoch is a fractional number of
+    # steps: micro-batches per device (lhotse gives every device as many) ÷ accumulation. Rounded off float noise.
+    micro_batches = math.ceil(math.ceil(windows / config.micro_batch) / world)
+    total_steps = max(1, math.ceil(round(config.epochs * micro_batches / accumulation, 6)))
     last_step = min(total_steps, config.max_steps or total_steps)
 
     processor, model = load_model(config.model, "cpu", torch.float32, False, None)
@@ -488,7 +490,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             now = time.perf_counter()
             step_times.append(now - step_started)
             step_started = now
-            if accelerator.is_main_process and (state.step % config.log_every == 0 or state.step == last_step):
+            logged = config.log_every and state.step % config.log_every == 0
+            if accelerator.is_main_process and (logged or state.step == last_step):
                 record = {
                     "step": state.step,
                     "epoch": state.epoch,
