@@ -121,3 +121,60 @@ def test_a_server_stopped_while_its_model_loads_does_not_wait_for_the_load(tmp_p
         JobStore(settings.database).close()  # the stopped server let go of its database
     finally:
         loaded.set()
+
+
+def test_a_job_running_at_every_crash_is_failed_at_the_third_not_run_forever(tmp_path):
+    """A job that kills the server (out of memory, a crashing library) must not kill it at every start; a clean
+    stop's requeue is not a crash."""
+    from turnscribe.server.jobs import MAX_CRASHES
+
+    database = tmp_path / "jobs.sqlite3"
+
+    def add(store: JobStore, name: str) -> str:
+        return store.create(
+            model="m", language="en", response_format="json", filename=name, audio_path=tmp_path / name, duration=1.0
+        ).id
+
+    store = JobStore(database)
+    poison, bystander = add(store, "poison.wav"), add(store, "bystander.wav")
+    clean = store.claim()
+    assert clean is not None and clean.id == poison
+    store.requeue(clean)  # a clean stop puts it back: not counted
+    assert store.recover() == (0, 0)
+    for crash in range(1, MAX_CRASHES + 1):
+        claimed = store.claim()
+        assert claimed is not None and claimed.id == poison  # the oldest queued job, as after every restart
+        store.close()  # the process dies with the job running
+        store = JobStore(database)
+        expected = (1, 0) if crash < MAX_CRASHES else (0, 1)
+        assert store.recover() == expected, crash
+    failed = store.get(poison)
+    assert failed is not None and failed.status == "failed" and failed.finished_at is not None
+    error = failed.to_api()["error"]
+    assert (
+        error["code"] == "job_crashed"
+        and error["type"] == "server_error"
+        and f"{MAX_CRASHES} times" in error["message"]
+    )
+    assert failed.attempts == MAX_CRASHES + 1 and failed.crashes == MAX_CRASHES
+    nxt = store.claim()
+    assert nxt is not None and nxt.id == bystander  # the queue moves on
+    store.close()
+
+
+def test_a_database_from_before_crash_counts_gets_the_column(tmp_path):
+    import sqlite3
+
+    database = tmp_path / "jobs.sqlite3"
+    JobStore(database).close()
+    with sqlite3.connect(database) as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN crashes")
+        db.execute(
+            "INSERT INTO jobs (id, status, created_at, model, language, response_format, filename) "
+            "VALUES ('old', 'running', 0, 'm', 'en', 'json', 'a.wav')"
+        )
+    store = JobStore(database)
+    assert store.recover() == (1, 0)
+    old = store.get("old")
+    assert old is not None and old.status == "queued" and old.crashes == 1
+    store.close()

@@ -3,8 +3,9 @@
 A job goes queued → running → succeeded | failed | cancelled. A worker claims it by that status change in one
 UPDATE, and records its result (or error) only while the job is still `running` under the same claim, in the same
 statement that ends it: a job has at most one result. If the process dies, jobs left `running` are queued again at
-the next start and run from the beginning; that repeats work, never a result. A lock file keeps a second server
-process off the same database, where it would re-queue jobs the first one is still running.
+the next start and run from the beginning; that repeats work, never a result. A job that was running at
+`MAX_CRASHES` deaths of the process is failed instead, since it may be what kills it. A lock file keeps a second
+server process off the same database, where it would re-queue jobs the first one is still running.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ from ..pipeline import RunControl, RunStopped
 from ..types import Repair, Segment, Transcript, TranscriptMetadata, TurnscribeError
 from .engine import Engine, as_api_error
 from .enrollment import read_known_speakers
+from .errors import ErrorBody
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
+# A job found running at this many starts is failed, not queued again: a job that kills the server (runs it out of
+# memory, crashes a library) would otherwise kill it at every start. A clean stop queues running jobs without a count.
+MAX_CRASHES = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,6 +52,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     windows_done INTEGER NOT NULL DEFAULT 0,
     windows_total INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     result TEXT,
     known_speakers TEXT
@@ -54,7 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
 # Columns added after the first release: a database made by an older server gets them at start.
-_ADDED_COLUMNS = {"known_speakers": "TEXT"}
+_ADDED_COLUMNS = {"known_speakers": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0"}
 
 
 class DatabaseInUse(TurnscribeError):
@@ -80,6 +86,7 @@ class Job:
     error: str | None
     result: str | None
     known_speakers: str | None  # JSON: name → reference data URL, as sent; removed with the audio
+    crashes: int  # times the server died while running it
 
     def to_api(self) -> dict[str, Any]:
         def seconds(t: float | None) -> int | None:
@@ -162,9 +169,25 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args).rowcount
 
-    def recover(self) -> int:
-        """Jobs that were running when the process died start again from the beginning."""
-        return self._exec("UPDATE jobs SET status='queued', windows_done=0 WHERE status='running'")
+    def recover(self) -> tuple[int, int]:
+        """Jobs that were running when the process died start again from the beginning, unless this was their
+        MAX_CRASHES-th time: those fail. Returns (queued again, failed)."""
+        error = ErrorBody(
+            message=f"The server stopped {MAX_CRASHES} times while running this job (killed, for example for memory, "
+            "or crashed); it is not run again. See the server's log.",
+            type="server_error",
+            code="job_crashed",
+        )
+        with self._lock:
+            failed = self._db.execute(
+                "UPDATE jobs SET status='failed', finished_at=?, error=?, crashes=crashes+1 "
+                "WHERE status='running' AND crashes+1 >= ?",
+                (time.time(), json.dumps(error.model_dump()), MAX_CRASHES),
+            ).rowcount
+            queued = self._db.execute(
+                "UPDATE jobs SET status='queued', windows_done=0, crashes=crashes+1 WHERE status='running'"
+            ).rowcount
+        return queued, failed
 
     def create(
         self,
@@ -303,9 +326,11 @@ class JobRunner:
         ] + [threading.Thread(target=self._janitor, name="turnscribe-janitor", daemon=True)]
 
     def start(self) -> None:
-        requeued = self.store.recover()
+        requeued, failed = self.store.recover()
         if requeued:
             log.warning("%d job(s) were running when the server stopped; running them again", requeued)
+        if failed:
+            log.error("%d job(s) failed: the server died %d times while running each of them", failed, MAX_CRASHES)
         for thread in self._threads:
             thread.start()
 
