@@ -311,6 +311,7 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
     # 120 s whose header claims 10 frames: the duration probe passes it, the decode stops at the server's limit.
     understated = mp3_claiming_frames(tmp_path / "claim.mp3", 120, 10).read_bytes()
     rng = np.random.default_rng(0)
+    big_reference = "data:audio/wav;base64," + base64.b64encode(rng.bytes(800_000)).decode()  # over 1 MB
     cases = [
         (dict(content=rng.bytes(5000), filename="noise.wav"), 400, "invalid_audio"),
         (dict(content=b"just some notes\n", filename="notes.txt"), 400, "invalid_audio"),
@@ -327,6 +328,11 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
         # This server runs the card's baseline linker, which has no enrollment: said so, not silently ignored.
         (dict(content=wav, **{"known_speaker_names[]": "agent"}), 400, "known_speakers_unsupported"),
         (dict(content=wav, **{"known_speaker_names[]": "a", "known_speaker_references[]": "hello"}), 400, None),
+        (
+            dict(content=wav, **{"known_speaker_names[]": "a", "known_speaker_references[]": big_reference}),
+            400,
+            "invalid_value",
+        ),
         (dict(content=wav, stream="true", response_format="srt"), 400, None),
         (dict(content=audio(120).read_bytes()), 413, "audio_too_long"),
         (dict(content=understated, filename="claim.mp3"), 413, "audio_too_long"),
@@ -341,6 +347,8 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
         assert error["message"] and str(data) not in error["message"]  # no server paths leak
     # The limit stated is the configured file limit, not the body limit (the file plus the form's other fields).
     too_large = post(url, None, content=b"\x00" * (6 << 20), filename="a.wav").json()["error"]["message"]
+    big = post(url, None, content=wav, **{"known_speaker_names[]": "a", "known_speaker_references[]": big_reference})
+    assert "known_speaker_references[] as 2-10 s of compressed" in big.json()["error"]["message"]
     assert f"limit of {4 << 20} bytes" in too_large
     assert post(url, audio(20), response_format="text").text.strip() == "window 0 one window 0 two"
     assert not any((data / "uploads" / "requests").iterdir())  # nothing left behind

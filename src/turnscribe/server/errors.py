@@ -57,12 +57,24 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse} for status in statuses}
 
 
+# Starlette's multipart parser refuses a text field over its 1 MB limit with this message, naming no field.
+_FIELD_TOO_LARGE = "Part exceeded maximum size"
+
+
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    message, code = str(exc.detail), codes.get(exc.status_code)
+    if exc.status_code == 400 and message.startswith(_FIELD_TOO_LARGE):
+        # In practice a known speaker's reference: a 10 s WAV at 44.1 kHz stereo is 1.7 MB as a data URL.
+        message += (
+            " A text field of the form is over 1 MB: send known_speaker_references[] as 2-10 s of compressed "
+            "(mp3, ogg) or 16 kHz mono audio."
+        )
+        code = "invalid_value"
     # Headers kept: a 405 says which methods are allowed.
     headers = getattr(exc, "headers", None)
-    return APIError(exc.status_code, str(exc.detail), code=codes.get(exc.status_code), headers=headers).response()
+    return APIError(exc.status_code, message, code=code, headers=headers).response()
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
