@@ -347,6 +347,14 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
         assert error["message"] and str(data) not in error["message"]  # no server paths leak
     # The limit stated is the configured file limit, not the body limit (the file plus the form's other fields).
     too_large = post(url, None, content=b"\x00" * (6 << 20), filename="a.wav").json()["error"]["message"]
+    as_text = httpx.post(  # curl -F file=meeting.mp3, the @ forgotten
+        f"{url}/v1/audio/transcriptions",
+        data={"model": "gpt-4o-transcribe-diarize", "file": "meeting.mp3"},
+        files={"unused": ("x", b"")},  # keeps the body multipart
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=TIMEOUT,
+    )
+    assert "as a file part of the form" in assert_error(as_text, 400, "invalid_value")["message"]
     big = post(url, None, content=wav, **{"known_speaker_names[]": "a", "known_speaker_references[]": big_reference})
     assert "known_speaker_references[] as 2-10 s of compressed" in big.json()["error"]["message"]
     assert f"limit of {4 << 20} bytes" in too_large

@@ -84,6 +84,8 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     loc = [str(part) for part in first.get("loc", ())[1:]]
     param = loc[0] if loc else None
     message = f"{first.get('msg', 'invalid request')}" + (f": {param}" if param else "")
+    if param == "file" and "UploadFile" in message:  # pydantic's words for a text field where a file belongs
+        message = "file: send the recording as a file part of the form (curl -F file=@meeting.mp3), not as text"
     return APIError(400, message, param=param, code="invalid_value").response()
 
 
