@@ -111,3 +111,12 @@ def test_the_same_words_in_segments_that_only_touch_in_time_merge():
     raw1 = "<|spltoken1|><|t:0.4|> week <|t:0.8|>"
     segments, _ = run(raw0, raw1)
     assert [(s.start, s.end, s.text) for s in segments] == [(22.0, 26.8, "we will meet again next week")]
+
+
+def test_a_word_said_twice_aligns_where_the_next_window_heard_it():
+    # Window 1 caught only the last word, "the", which window 0's segment also says earlier: aligning there
+    # would keep "we went to the" and drop the rest.
+    raw0 = "<|spltoken0|><|t:20.0|> we went to the store and bought the <|t:28.0|>"
+    raw1 = "<|spltoken0|><|t:0.0|> the <|t:0.3|><|spltoken1|><|t:3.0|> Nice. <|t:3.5|>"
+    segments, _ = run(raw0, raw1)
+    assert [s.text for s in segments] == ["we went to the store and bought the", "Nice."]

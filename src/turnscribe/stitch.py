@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
+from difflib import Match, SequenceMatcher
 
 from .types import ParsedWindow, Repair, StitchedSegment, WindowSpan
 
@@ -65,12 +65,25 @@ def _meet(a: _Piece, b: _Piece) -> bool:
     return min(a.end, b.end) >= max(a.start, b.start)
 
 
+def _longest_run(ua: list[str], ub: list[str]) -> Match:
+    """The longest run of units a and b share; of several as long, the one that leaves out the fewest units (a's
+    after it, b's before it). b's speech follows a's, so where a says a word twice ("the ... the") and b heard only
+    the last, the first would cut a short and drop everything a heard after it."""
+    matcher = SequenceMatcher(None, ua, ub, autojunk=False)
+    best = match = matcher.find_longest_match(0, len(ua), 0, len(ub))
+    while match.size and match.size == best.size:
+        if len(ua) - match.a - match.size + match.b < len(ua) - best.a - best.size + best.b:
+            best = match
+        match = matcher.find_longest_match(match.a + 1, len(ua), 0, len(ub))
+    return best
+
+
 def _align(a: _Piece, b: _Piece, char_level: bool) -> tuple[int, int] | None:
     """Where the aligned run ends in a and starts-after in b, or None if a and b are not the same speech."""
     if not _meet(a, b):
         return None
     ua, ub = _units(a.words, char_level), _units(b.words, char_level)
-    match = SequenceMatcher(None, ua, ub, autojunk=False).find_longest_match(0, len(ua), 0, len(ub))
+    match = _longest_run(ua, ub)
     needed = min(MIN_ALIGNED_WORDS if not char_level else 4, len(ua), len(ub))
     if match.size == 0 or match.size < needed:
         return None
