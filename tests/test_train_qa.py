@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from tiny_model import build_checkpoint
@@ -15,6 +16,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("lhotse")
 pytest.importorskip("accelerate")
+
+from lhotse import CutSet  # noqa: E402
 
 from turnscribe.cli import app  # noqa: E402
 from turnscribe.train import data  # noqa: E402
@@ -25,6 +28,7 @@ from turnscribe.train.loop import (  # noqa: E402
     latest_checkpoint,
     load_config,
     train,
+    window_samples,
 )
 from turnscribe.train.vocab import DIARIZE_TOKENS  # noqa: E402
 
@@ -172,3 +176,27 @@ def test_epochs_are_passes_over_the_data(shards: Path, tmp_path: Path) -> None:
     assert result.steps == result.total_steps == 4
     (last,) = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert last["step"] == 4 and last["epoch"] == 2  # the third pass
+
+
+def test_a_stereo_call_is_heard_on_both_channels(tmp_path: Path) -> None:
+    # Calls are often recorded one party per channel; the collator used to take the first channel only, so the
+    # model was taught to write the other party's words without hearing them.
+    t = np.arange(20 * RATE) / RATE
+    agent = np.where((t > 1) & (t < 6), 0.3 * np.sin(2 * np.pi * 220 * t), 0.0)
+    customer = np.where((t > 8) & (t < 12), 0.3 * np.sin(2 * np.pi * 330 * t), 0.0)
+    sf.write(tmp_path / "call.wav", np.stack([agent, customer], 1).astype(np.float32), RATE)
+    sf.write(tmp_path / "mono.wav", ((agent + customer) / 2).astype(np.float32), RATE)
+    turns = [("agent", 1.0, 6.0, "how can I help"), ("customer", 8.0, 12.0, "my order is late")]
+    rows = [
+        {"session_id": session, "speaker": s, "start_time": b, "end_time": e, "words": w}
+        for session in ("call", "mono")
+        for s, b, e, w in turns
+    ]
+    (tmp_path / "ref.seglst.json").write_text(json.dumps(rows))
+    recordings = data.corpus_cuts([tmp_path / "call.wav", tmp_path / "mono.wav"], [tmp_path / "ref.seglst.json"])
+    data.prepare_windows(tmp_path / "out", {"train": recordings}, data.WindowConfig(), language="en", source="t")
+    stereo, mono = sorted(CutSet.from_shar(in_dir=tmp_path / "out" / "train"), key=lambda c: c.id)
+    assert stereo.custom["target"] == mono.custom["target"] and "my order is late" in stereo.custom["target"]
+
+    # What the collator and the evaluation feed the model: the mix (FLAC in the shards: 16-bit steps apart).
+    assert np.abs(window_samples(stereo) - window_samples(mono)).max() < 1e-4

@@ -10,9 +10,9 @@ Three sources, as the model card's recipe and users need them:
 * A user corpus: audio files and, for each, a reference with words (SegLST or STM, what ``turnscribe eval``
   reads), windowed like AMI.
 
-Every window becomes a mono 16 kHz cut whose ``custom`` holds ``target`` (the token string a perfect model
-emits for it, made by ``decoders.reference.reference_output``: slots local to the window in order of first
-appearance, times in 0.1 s steps) and ``language``.
+Every window becomes a 16 kHz cut (training averages its channels, as transcription does) whose ``custom`` holds
+``target`` (the token string a perfect model emits for it, made by ``decoders.reference.reference_output``: slots
+local to the window in order of first appearance, times in 0.1 s steps) and ``language``.
 """
 
 from __future__ import annotations

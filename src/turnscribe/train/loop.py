@@ -166,7 +166,7 @@ class WindowCollator:
         clips, sequences, prompt_lengths = [], [], []
         for cut in cuts:
             cut = cut if cut.sampling_rate == SAMPLE_RATE else cut.resample(SAMPLE_RATE)
-            clips.append(cut.load_audio()[0])
+            clips.append(window_samples(cut))
             prompt = self.prompt(cut.custom.get("language", "en"))
             target = self.tokenizer(cut.custom["target"], add_special_tokens=False).input_ids
             sequences.append(prompt + target)
@@ -188,6 +188,12 @@ class WindowCollator:
             "decoder_input_ids": inputs,
             "labels": labels,
         }
+
+
+def window_samples(cut: Any) -> Any:
+    """A window's audio as the model hears it in transcription: channels averaged (a stereo call keeps both parties;
+    its first channel alone would leave out speech the target has)."""
+    return cut.load_audio().mean(axis=0)
 
 
 def token_loss_sum(model: Any, batch: dict[str, Any]) -> Any:
@@ -288,7 +294,7 @@ def evaluate_windows(model: Any, processor: Any, cuts: Sequence[Any], *, step: i
     reference, hypothesis = [], []
     for i in range(0, len(cuts), batch_size):
         chunk = cuts[i : i + batch_size]
-        windows = [WindowAudio(WindowSpan(j, 0, c.num_samples), c.load_audio()[0]) for j, c in enumerate(chunk)]
+        windows = [WindowAudio(WindowSpan(j, 0, c.num_samples), window_samples(c)) for j, c in enumerate(chunk)]
         # All windows of a call share one prompt: group by language.
         for language in sorted({c.custom.get("language", "en") for c in chunk}):
             picked = [(c, w) for c, w in zip(chunk, windows) if c.custom.get("language", "en") == language]
