@@ -65,13 +65,15 @@ def _meet(a: _Piece, b: _Piece) -> bool:
     return min(a.end, b.end) >= max(a.start, b.start)
 
 
-def _longest_run(ua: list[str], ub: list[str]) -> Match:
-    """The longest run of units a and b share; of several as long, the one that leaves out the fewest units (a's
-    after it, b's before it). b's speech follows a's, so where a says a word twice ("the ... the") and b heard only
-    the last, the first would cut a short and drop everything a heard after it."""
+def _longest_run(ua: list[str], ub: list[str], needed: int) -> Match | None:
+    """The longest run of units a and b share, if `needed` long; of several as long, the one that leaves out the
+    fewest units (a's after it, b's before it). b's speech follows a's, so where a says a word twice ("the ... the")
+    and b heard only the last, the first would cut a short and drop everything a heard after it."""
     matcher = SequenceMatcher(None, ua, ub, autojunk=False)
     best = match = matcher.find_longest_match(0, len(ua), 0, len(ub))
-    while match.size and match.size == best.size:
+    if match.size == 0 or match.size < needed:
+        return None  # before looking for ties: runs of one character would be many
+    while match.size == best.size:
         if len(ua) - match.a - match.size + match.b < len(ua) - best.a - best.size + best.b:
             best = match
         match = matcher.find_longest_match(match.a + 1, len(ua), 0, len(ub))
@@ -83,9 +85,8 @@ def _align(a: _Piece, b: _Piece, char_level: bool) -> tuple[int, int] | None:
     if not _meet(a, b):
         return None
     ua, ub = _units(a.words, char_level), _units(b.words, char_level)
-    match = _longest_run(ua, ub)
-    needed = min(MIN_ALIGNED_WORDS if not char_level else 4, len(ua), len(ub))
-    if match.size == 0 or match.size < needed:
+    match = _longest_run(ua, ub, min(MIN_ALIGNED_WORDS if not char_level else 4, len(ua), len(ub)))
+    if match is None:
         return None
     # For scripts without spaces these are character positions in the joined text (see _merge).
     return match.a + match.size, match.b + match.size
