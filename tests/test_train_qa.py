@@ -200,3 +200,17 @@ def test_a_stereo_call_is_heard_on_both_channels(tmp_path: Path) -> None:
 
     # What the collator and the evaluation feed the model: the mix (FLAC in the shards: 16-bit steps apart).
     assert np.abs(window_samples(stereo) - window_samples(mono)).max() < 1e-4
+
+
+def test_session_ids_are_file_stems_with_dots(tmp_path: Path) -> None:
+    # "standup.2024-05-01.wav" was session "standup": its turns were not found, and two such days would collide.
+    rows = []
+    for day in ("standup.2024-05-01", "standup.2024-05-02"):
+        sf.write(tmp_path / f"{day}.wav", tone_audio(5.0, 0), RATE)
+        rows.append({"session_id": day, "speaker": "a", "start_time": 1.0, "end_time": 3.0, "words": f"hello {day}"})
+    (tmp_path / "ref.seglst.json").write_text(json.dumps(rows))
+
+    cuts = data.corpus_cuts(sorted(tmp_path.glob("*.wav")), [tmp_path / "ref.seglst.json"])
+
+    assert sorted(cuts.ids) == ["standup.2024-05-01", "standup.2024-05-02"]
+    assert [c.supervisions[0].text for c in cuts] == ["hello standup.2024-05-01", "hello standup.2024-05-02"]

@@ -214,7 +214,7 @@ def corpus_cuts(audio_files: Sequence[Path], references: Sequence[Path]) -> Any:
             turns.setdefault(str(seg["session_id"]), []).append(seg)
     cuts = []
     for audio in audio_files:
-        session = audio.name.split(".")[0]
+        session = audio.stem  # as `turnscribe transcribe` names its output sessions
         if session not in turns:
             known = ", ".join(sorted(turns)[:5])
             raise DataPreparationError(f"No reference turns for {audio.name} (session {session!r}; known: {known})")
