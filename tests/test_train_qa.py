@@ -214,3 +214,12 @@ def test_session_ids_are_file_stems_with_dots(tmp_path: Path) -> None:
 
     assert sorted(cuts.ids) == ["standup.2024-05-01", "standup.2024-05-02"]
     assert [c.supervisions[0].text for c in cuts] == ["hello standup.2024-05-01", "hello standup.2024-05-02"]
+
+
+def test_a_misspelt_choice_is_refused(tmp_path: Path) -> None:
+    # Anything but "kaldi" gave lhotse's unnormalised text with punctuation stripped; anything but "std" the
+    # covariance draw.
+    with pytest.raises(data.DataPreparationError, match="kaldi or punctuated, got 'Punctuated'"):
+        data.ami_cuts(tmp_path, text="Punctuated")  # type: ignore[arg-type]
+    result = CliRunner().invoke(app, ["extend-vocab", str(tmp_path / "base"), str(tmp_path / "out"), "--init", "Std"])
+    assert result.exit_code == 2 and "covariance or std, got 'Std'" in result.output

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -177,6 +177,8 @@ def ami_cuts(
     from lhotse import CutSet
     from lhotse.recipes import prepare_ami
 
+    if text not in get_args(AmiText):  # anything else was a third, undocumented mix of the two
+        raise DataPreparationError(f"AMI text is kaldi or punctuated, got {text!r}")
     try:
         manifests = prepare_ami(
             corpus_dir,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ..prompt import SPEAKER_TOKENS, TIMESTAMP_TOKENS
 from ..types import TurnscribeError
@@ -44,6 +44,11 @@ def missing_tokens(tokenizer: Any) -> list[str]:
     return [t for t in DIARIZE_TOKENS if t not in vocab]
 
 
+def check_row_init(init: str) -> None:
+    if init not in get_args(RowInit):  # anything else drew from the covariance without a word
+        raise VocabularyError(f"new rows are drawn by covariance or std, got {init!r}")
+
+
 def extend_vocabulary(
     model: Any, tokenizer: Any, *, init: RowInit = "covariance", seed: int = 0
 ) -> VocabularyExtension:
@@ -51,6 +56,7 @@ def extend_vocabulary(
     import torch
     from tokenizers import AddedToken
 
+    check_row_init(init)
     added = missing_tokens(tokenizer)
     if added:
         tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in added], special_tokens=True)
@@ -115,6 +121,7 @@ def extend_checkpoint(
 
     from ..decoders.transformers import load_model
 
+    check_row_init(init)  # before the model loads
     source, destination = Path(source), Path(destination)
     processor, model = load_model(source, "cpu", torch.float32, False, None)
     extension = extend_vocabulary(model, processor.tokenizer, init=init, seed=seed)
