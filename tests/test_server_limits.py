@@ -3,8 +3,11 @@ job queue, a client that goes away mid-request, an upload that stalls."""
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import time
+import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -153,6 +156,16 @@ def test_known_speakers_bad_values(limited, voices, conversation):
     assert assert_error(post(limited, None, content=wav, **same), 400)["param"] == "known_speaker_names"
     unpaired = {"known_speaker_names[]": ["A", "B"], "known_speaker_references[]": [voices["Bob"]]}
     assert "give one of each" in assert_error(post(limited, None, content=wav, **unpaired), 400)["message"]
+    silence = io.BytesIO()
+    with wave.open(silence, "wb") as out:  # 3 s of digital silence: a valid length, no voice
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"\x00" * 96000)
+    silent_url = "data:audio/wav;base64," + base64.b64encode(silence.getvalue()).decode()
+    silent = {"known_speaker_names[]": ["Quiet"], "known_speaker_references[]": [silent_url]}
+    error = assert_error(post(limited, None, content=wav, **silent), 400)
+    assert error["param"] == "known_speaker_references" and "silent" in error["message"]
     assert assert_error(post(limited, None, content=wav, **same), 400)["param"] == "known_speaker_names"
 
 
