@@ -322,3 +322,17 @@ def test_single_window_with_forced_count_still_clusters(voices, resemblyzer) -> 
     assert {s.window for s in segments} == {0}
     labels = ClusteringLinker(resemblyzer, num_speakers=1).assign(segments, audio).labels
     assert labels == ["SPEAKER_00"] * len(speakers)
+
+
+@pytest.mark.parametrize("threshold", [-1.0, float("nan"), float("inf")])
+def test_a_threshold_that_is_no_cosine_distance_fails_when_the_linker_is_built(threshold) -> None:
+    """Not after every window of a recording was decoded (the baseline linker raised only when clustering, and the
+    slots linker took a negative threshold as 'nobody is anybody')."""
+    from test_pipeline import FakeEmbedder
+
+    from turnscribe.speakers import SlotLinker
+
+    for linker in (ClusteringLinker, SlotLinker):
+        with pytest.raises(ValueError, match="threshold must be a finite cosine distance >= 0"):
+            linker(FakeEmbedder(), threshold=threshold)
+    ClusteringLinker(FakeEmbedder(), threshold=0.0)  # zero: nobody merged, a valid (if odd) choice

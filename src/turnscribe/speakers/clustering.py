@@ -23,6 +23,12 @@ def check_counts(num_speakers: int | None, min_speakers: int | None, max_speaker
         )
 
 
+def check_threshold(threshold: float | None) -> None:
+    """A given threshold is a cosine distance: finite and >= 0 (above 2 every pair is within it)."""
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold must be a finite cosine distance >= 0, got {threshold}")
+
+
 def cluster_embeddings(
     embeddings: np.ndarray,
     *,
@@ -38,8 +44,7 @@ def cluster_embeddings(
     [min_speakers, max_speakers] by cutting the same tree again.
     """
     check_counts(num_speakers, min_speakers, max_speakers)
-    if not (math.isfinite(threshold) and threshold >= 0):
-        raise ValueError(f"threshold must be a finite cosine distance >= 0, got {threshold}")
+    check_threshold(threshold)
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D (n, d) array, got shape {x.shape}")

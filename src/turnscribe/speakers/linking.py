@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from turnscribe.speakers.clustering import check_counts, cluster_embeddings
+from turnscribe.speakers.clustering import check_counts, check_threshold, cluster_embeddings
 from turnscribe.speakers.embedders import Embedder
 from turnscribe.types import SAMPLE_RATE, StitchedSegment
 
@@ -68,6 +68,7 @@ class ClusteringLinker:
 
     def __post_init__(self) -> None:
         check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
+        check_threshold(self.threshold)
 
     @property
     def effective_threshold(self) -> float:

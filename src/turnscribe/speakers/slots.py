@@ -57,7 +57,7 @@ from scipy import sparse
 from scipy.cluster.hierarchy import DisjointSet, fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 
-from turnscribe.speakers.clustering import check_counts
+from turnscribe.speakers.clustering import check_counts, check_threshold
 from turnscribe.speakers.embedders import Embedder
 from turnscribe.speakers.linking import SpeakerAssignment, embed_in_chunks, segment_clip
 from turnscribe.speakers.names import check_speaker_names
@@ -587,6 +587,7 @@ class SlotLinker:
 
     def __post_init__(self) -> None:
         check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
+        check_threshold(self.threshold)
         names = check_speaker_names(self.known_speakers)
         clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in self.known_speakers.values()]
         for name, clip in zip(names, clips, strict=True):
