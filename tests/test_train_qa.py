@@ -223,3 +223,17 @@ def test_a_misspelt_choice_is_refused(tmp_path: Path) -> None:
         data.ami_cuts(tmp_path, text="Punctuated")  # type: ignore[arg-type]
     result = CliRunner().invoke(app, ["extend-vocab", str(tmp_path / "base"), str(tmp_path / "out"), "--init", "Std"])
     assert result.exit_code == 2 and "covariance or std, got 'Std'" in result.output
+
+
+def test_a_warm_up_longer_than_the_run_is_reported(
+    shards: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The card's 100 warm-up steps on a small corpus: the learning rate only ever rose, to a fraction of its peak.
+    base = build_checkpoint(tmp_path / "base", "native", diarize_vocabulary=False)
+    settings: dict = {"effective_batch": 2, "micro_batch": 1, "num_workers": 0, "max_steps": 1}
+    config = TrainConfig(model=str(base), train_data=[str(shards)], output_dir=str(tmp_path / "run"), **settings)
+
+    with caplog.at_level("WARNING", logger="turnscribe.train.loop"):
+        train(config)
+
+    assert "warmup_steps 100 is not below the run's 4 steps" in caplog.text

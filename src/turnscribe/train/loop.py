@@ -398,6 +398,14 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     micro_batches = math.ceil(math.ceil(windows / config.micro_batch) / world)
     total_steps = max(1, math.ceil(round(config.epochs * micro_batches / accumulation, 6)))
     last_step = min(total_steps, config.max_steps or total_steps)
+    if config.warmup_steps >= total_steps:
+        log.warning(
+            "warmup_steps %d is not below the run's %d steps: the learning rate never reaches peak_lr %g and never "
+            "decays; set warmup_steps lower (a small corpus makes few steps)",
+            config.warmup_steps,
+            total_steps,
+            config.peak_lr,
+        )
 
     processor, model = load_model(config.model, "cpu", torch.float32, False, None)
     extension = extend_vocabulary(model, processor.tokenizer, init=config.vocab_init, seed=config.seed)
