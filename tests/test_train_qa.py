@@ -1,5 +1,6 @@
-"""Training recipe edge cases: settings as users write them, wrong paths, window lengths at the model's limit,
-mixture overlap, and runs sharing an output folder."""
+"""Training recipe edge cases: settings as users write them, wrong paths and choices, window lengths at the model's
+limit, mixture overlap, stereo calls, dotted file names, runs sharing an output folder, what an epoch is, and a
+warm-up longer than the run."""
 
 from __future__ import annotations
 
