@@ -139,6 +139,8 @@ def test_a_window_is_at_most_one_decoder_pass_and_its_times_are_tokens(tmp_path:
         data.WindowConfig(window_s=40.0)
     with pytest.raises(data.DataPreparationError, match=r"\(0, 30\] s"):
         data.MixtureConfig(count=1, max_duration_s=31.0)
+    with pytest.raises(data.DataPreparationError, match="1 to 8 speakers"):
+        data.WindowConfig(max_speakers=9)  # <|spltoken8|> is no token either
     sf.write(tmp_path / "call.wav", tone_audio(30.0, 0), RATE)
     turns = [("a", 1.0, 6.0, "hello there"), ("b", 24.0, 30.0, "until the very end")]
     rows = [{"session_id": "call", "speaker": s, "start_time": b, "end_time": e, "words": w} for s, b, e, w in turns]

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..decoders.reference import MIN_VISIBLE_S, ReferenceTurn, reference_output
 from ..parse import parse_window
-from ..prompt import check_language
+from ..prompt import SPEAKER_TOKENS, check_language
 from ..types import SAMPLE_RATE, TurnscribeError, WindowSpan
 from ..windows import MAX_WINDOW_S
 
@@ -63,6 +63,7 @@ class WindowConfig:
                 f"windows must be in (0, {MAX_WINDOW_S:g}] s (one decoder pass) with a positive hop, "
                 f"got {self.window_s:g} s every {self.hop_s:g} s"
             )
+        _check_speakers(self.max_speakers)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,13 @@ class MixtureConfig:
             raise DataPreparationError(
                 f"mixtures must be in (0, {MAX_WINDOW_S:g}] s (one decoder pass), got {self.max_duration_s:g} s"
             )
+        _check_speakers(len(self.speaker_weights))
+
+
+def _check_speakers(count: int) -> None:
+    # A ninth speaker would need <|spltoken8|>, which is no token.
+    if not 1 <= count <= len(SPEAKER_TOKENS):
+        raise DataPreparationError(f"a window holds 1 to {len(SPEAKER_TOKENS)} speakers (one token each), got {count}")
 
 
 @dataclass
