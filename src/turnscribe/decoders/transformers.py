@@ -20,7 +20,7 @@ from ..checkpoint import (
     read_checkpoint,
     resolve_model_dir,
 )
-from ..prompt import diarize_prompt_ids
+from ..prompt import PromptTokenError, diarize_prompt_ids
 from ..types import SAMPLE_RATE
 from . import features, projection
 from .base import DecoderError, WindowAudio
@@ -164,6 +164,7 @@ class TransformersDecoder:
         if hasattr(self.processor.feature_extractor, "dither"):
             self.processor.feature_extractor.dither = 0.0
         self.prompt_ids = cache(self._prompt_ids)
+        self.prompt_ids("en")  # fail now, not at every window of every file, if tokenizer or weights do not fit
         self._view: projection.ProjectedView | None = None
         self._compiled_thread = (
             OwnThread("turnscribe-compiled", functools.partial(_use_device, self.device))
@@ -182,8 +183,19 @@ class TransformersDecoder:
         return self._view.module
 
     def _prompt_ids(self, language: str) -> tuple[int, ...]:
+        """The diarize prompt, refused if the weights have no row for one of its tokens: a tokenizer from another
+        checkpoint (the diarize one with the base model's weights) would crash generate() with an IndexError on the
+        CPU and, on CUDA, a device-side assert that breaks every later call in the process."""
         tok = self.processor.tokenizer
-        return tuple(diarize_prompt_ids(language, tok.convert_tokens_to_ids, tok.unk_token_id))
+        ids = tuple(diarize_prompt_ids(language, tok.convert_tokens_to_ids, tok.unk_token_id))
+        rows = _embedding_rows(self.model)
+        if rows is not None and (outside := [i for i in ids if i >= rows]):
+            raise PromptTokenError(
+                f"The tokenizer and the weights of {self.model_id} do not match: the prompt tokens "
+                f"{', '.join(tok.convert_ids_to_tokens(outside))} have ids {', '.join(map(str, outside))}, but the "
+                f"weights hold only {rows} token rows. Are the tokenizer files and the weights from one checkpoint?"
+            )
+        return ids
 
     def auto_batch_size(self) -> int:
         """On CUDA the windows that fit in free memory (see window_memory); CPU_BATCH_SIZE elsewhere."""
@@ -336,6 +348,14 @@ def _out_of_memory(error: Exception) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and any(text in str(error) for text in _OTHER_OUT_OF_MEMORY)
+
+
+def _embedding_rows(model: Any) -> int | None:
+    """How many token ids the model embeds; None for remote code that does not expose its embedding."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError):
+        return None
 
 
 def _use_device(device: str) -> None:
