@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import shutil
+from pathlib import Path
+
 import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_cli import flat, run
 from tiny_model import DIARIZE_ONLY_TOKENS, build_checkpoint
 from transformers import PreTrainedTokenizerFast
 
+from turnscribe.checkpoint import CheckpointError, fix_for_vllm, plan_vllm_fixes
 from turnscribe.decoders.transformers import TransformersDecoder
 from turnscribe.prompt import PromptTokenError
 
@@ -27,3 +36,106 @@ def test_a_tokenizer_with_tokens_the_weights_lack_is_refused_when_loaded(tmp_pat
     tokenizer.save_pretrained(base)
     with pytest.raises(PromptTokenError, match=rf"do not match: .*<\|diarize\|>.* only {rows} token rows"):
         TransformersDecoder(base, device="cpu")
+
+
+# --- fix-checkpoint ---
+
+
+@pytest.fixture()
+def as_downloaded(tiny_original, tmp_path) -> Path:
+    """The original layout as the hub has it: 'model.' prefixes and BatchNorm counters in the weights."""
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_original, path)
+    weights = load_file(str(path / "model.safetensors"))
+    save_file({f"model.{k}": v for k, v in weights.items()}, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+def shard(path: Path, *, fixed: bool) -> list[str]:
+    """Splits model.safetensors in two shards with an index naming every tensor as the hub has it; `fixed`: the
+    shards as fix-checkpoint leaves them (a run interrupted before it reached the index). The shards' names."""
+    weights = load_file(str(path / "model.safetensors"))
+    (path / "model.safetensors").unlink()
+    names = sorted(weights)
+    files = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in files.items():
+        kept = [n for n in part if not (fixed and n.endswith("num_batches_tracked"))]
+        save_file({n.removeprefix("model.") if fixed else n: weights[n] for n in kept}, str(path / file))
+    index = {"metadata": {}, "weight_map": {n: file for file, part in files.items() for n in part}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    return list(files)
+
+
+def tensor_names(path: Path, files: list[str]) -> set[str]:
+    names: set[str] = set()
+    for file in files:
+        with safe_open(str(path / file), framework="pt") as f:
+            names |= set(f.keys())  # noqa: SIM118
+    return names
+
+
+@pytest.mark.parametrize("shards_fixed", [False, True], ids=["as-downloaded", "interrupted-before-the-index"])
+def test_a_sharded_checkpoints_index_is_fixed_even_when_only_the_index_is_left(as_downloaded, shards_fixed):
+    """A run interrupted after the last shard left the index naming 'model.' tensors that no longer exist, and
+    fix-checkpoint (and vLLM's check) called the folder fixed."""
+    files = shard(as_downloaded, fixed=shards_fixed)
+    plan = {f.file for f in plan_vllm_fixes(as_downloaded)}
+    assert "model.safetensors.index.json" in plan and (set(files) <= plan) != shards_fixed
+    fix_for_vllm(as_downloaded)
+    index = json.loads((as_downloaded / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == tensor_names(as_downloaded, files)
+    assert not any(n.startswith("model.") for n in index["weight_map"])
+    assert plan_vllm_fixes(as_downloaded) == []
+
+
+def test_symlinked_files_are_replaced_not_written_through(as_downloaded, tmp_path):
+    """The hub cache's snapshot folders hold symlinks to shared blobs: those must stay as they were."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir(), snapshot.mkdir()
+    for file in as_downloaded.iterdir():
+        shutil.copy(file, blobs / file.name)
+        (snapshot / file.name).symlink_to(blobs / file.name)
+    before = {b.name: b.read_bytes() for b in blobs.iterdir()}
+    assert fix_for_vllm(snapshot)
+    assert {b.name: b.read_bytes() for b in blobs.iterdir()} == before
+    assert not (snapshot / "model.safetensors").is_symlink() and (snapshot / "tokenizer.json").is_symlink()
+    assert plan_vllm_fixes(snapshot) == []
+
+
+def refuse_to_write(*args, **kwargs):
+    raise PermissionError(13, "Permission denied")
+
+
+def fill_the_disk(tensors, filename, metadata=None):
+    Path(filename).write_bytes(b"\0" * 1000)  # part of the copy made it to disk
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    ("target", "failure", "says"),
+    [
+        ("pathlib.Path.write_text", refuse_to_write, "Permission denied"),  # a read-only folder (run as root here)
+        ("safetensors.torch.save_file", fill_the_disk, "No space left on device"),
+    ],
+    ids=["read-only", "disk-full"],
+)
+def test_a_write_that_fails_is_a_clear_error_and_leaves_no_temporary_file(
+    as_downloaded, monkeypatch, target, failure, says
+):
+    """It was an OSError traceback, and a full disk left a partial copy of the weights next to them."""
+    weights = (as_downloaded / "model.safetensors").read_bytes()
+    monkeypatch.setattr(target, failure)
+    result = run("fix-checkpoint", as_downloaded)
+    assert result.exit_code == 2 and f"{says}. It is unchanged" in flat(result)
+    assert (as_downloaded / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in as_downloaded.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_prefix_that_would_merge_two_tensors_is_refused_not_one_of_them_lost(as_downloaded):
+    weights = load_file(str(as_downloaded / "model.safetensors"))
+    name = "model.encoder.layers.0.conv.batch_norm.bias"
+    weights[name.removeprefix("model.")] = weights[name] + 1  # "model.x" and "x", different tensors
+    save_file(weights, str(as_downloaded / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="two tensors share a name"):
+        fix_for_vllm(as_downloaded)
+    assert load_file(str(as_downloaded / "model.safetensors")).keys() == weights.keys()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -164,6 +166,7 @@ def feature_extractor_from_original(config: dict[str, Any]) -> Any:
 # --- fix-checkpoint: the model card's three edits that make an original-layout checkpoint servable by vLLM ---
 
 _WEIGHT_PREFIX = "model."
+_WEIGHT_INDEX = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,10 @@ def plan_vllm_fixes(path: Path) -> list[CheckpointFix]:
             fixes.append(CheckpointFix(file.name, f"strip the '{_WEIGHT_PREFIX}' prefix from {prefixed} tensor names"))
         if counters:
             fixes.append(CheckpointFix(file.name, f"drop {counters} BatchNorm num_batches_tracked tensors"))
+    # Checked on its own: a run interrupted after the last shard was rewritten leaves only the index to do.
+    weight_map = _read_json(path / _WEIGHT_INDEX).get("weight_map", {})
+    if stale := [n for n in weight_map if _fixed_name(n) != n or n.endswith("num_batches_tracked")]:
+        fixes.append(CheckpointFix(_WEIGHT_INDEX, f"rename or drop {len(stale)} tensor names"))
     return fixes
 
 
@@ -218,9 +225,10 @@ def fix_for_vllm(path: Path, *, dry_run: bool = False) -> list[CheckpointFix]:
         config["head"]["num_classes"] = vocab
         config["transf_decoder"]["config_dict"]["vocab_size"] = vocab
         _replace_json(path / "config.json", config)
-    for name in sorted(files - {"tokenizer_config.json", "config.json"}):
+    for name in sorted(files - {"tokenizer_config.json", "config.json", _WEIGHT_INDEX}):
         _rewrite_weights(path / name)
-    _update_weight_index(path)
+    if _WEIGHT_INDEX in files:
+        _update_weight_index(path)
     if remaining := plan_vllm_fixes(path):
         raise CheckpointError(f"fix-checkpoint did not converge; still to do: {remaining}")
     return fixes
@@ -243,26 +251,23 @@ def _rewrite_weights(file: Path) -> None:
 
     with safe_open(str(file), framework="pt") as f:
         metadata = f.metadata() or {}
-        tensors = {_fixed_name(n): f.get_tensor(n) for n in f.keys() if not n.endswith("num_batches_tracked")}  # noqa: SIM118
-    if len(tensors) != len({_fixed_name(n) for n in tensors}):
-        raise CheckpointError(f"{file.name}: stripping '{_WEIGHT_PREFIX}' would make two tensors share a name")
-    tmp = file.with_name(f".{file.name}.tmp")
-    save_file(tensors, str(tmp), metadata={**metadata, "format": "pt"})
-    with safe_open(str(tmp), framework="pt") as written:
-        same = set(written.keys()) == set(tensors) and all(  # noqa: SIM118
-            written.get_tensor(n).equal(t) for n, t in tensors.items()
-        )
-    if not same:
-        tmp.unlink()
-        raise CheckpointError(f"{file.name}: the rewritten weights did not read back identical; nothing changed")
-    os.replace(tmp, file)
+        kept = [n for n in f.keys() if not n.endswith("num_batches_tracked")]  # noqa: SIM118
+        if len({_fixed_name(n) for n in kept}) != len(kept):  # "model.x" next to "x": one would be lost
+            raise CheckpointError(f"{file.name}: stripping '{_WEIGHT_PREFIX}' would make two tensors share a name")
+        tensors = {_fixed_name(n): f.get_tensor(n) for n in kept}
+    with _swapped_in(file) as tmp:
+        save_file(tensors, str(tmp), metadata={**metadata, "format": "pt"})
+        with safe_open(str(tmp), framework="pt") as written:
+            same = set(written.keys()) == set(tensors) and all(  # noqa: SIM118
+                written.get_tensor(n).equal(t) for n, t in tensors.items()
+            )
+        if not same:
+            raise CheckpointError(f"{file.name}: the rewritten weights did not read back identical; nothing changed")
 
 
 def _update_weight_index(path: Path) -> None:
     """Sharded checkpoints name every tensor in model.safetensors.index.json: rename there too."""
-    index_file = path / "model.safetensors.index.json"
-    if not index_file.is_file():
-        return
+    index_file = path / _WEIGHT_INDEX
     index = _read_json(index_file)
     weight_map = index.get("weight_map", {})
     index["weight_map"] = {
@@ -283,9 +288,25 @@ def _read_json(file: Path) -> dict[str, Any]:
 
 
 def _replace_json(file: Path, data: dict[str, Any]) -> None:
+    with _swapped_in(file) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        if json.loads(tmp.read_text()) != data:
+            raise CheckpointError(f"{file.name}: the rewritten file did not read back identical; nothing changed")
+
+
+@contextmanager
+def _swapped_in(file: Path) -> Iterator[Path]:
+    """A temporary file next to `file` for the block to write; it replaces `file` (a symlink into the hub cache
+    itself, never the shared file it points to) when the block succeeds, and is removed when anything fails: a
+    read-only folder, a full disk (a copy of the weights is as large as they are)."""
     tmp = file.with_name(f".{file.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    if json.loads(tmp.read_text()) != data:
-        tmp.unlink()
-        raise CheckpointError(f"{file.name}: the rewritten file did not read back identical; nothing changed")
-    os.replace(tmp, file)
+    try:
+        yield tmp
+        os.replace(tmp, file)
+    except OSError as e:
+        raise CheckpointError(
+            f"Could not rewrite {file}: {e}. It is unchanged; run fix-checkpoint again once that is solved "
+            "(the edits already done are kept: a second run does only what is left)."
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
