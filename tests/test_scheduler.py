@@ -336,3 +336,30 @@ def test_closing_run_many_early_stops_the_files_in_flight_instead_of_finishing_t
     assert time.monotonic() - start < 1.0  # the long file's windows left are not decoded first
     assert len(decoded) < 25
     assert len(linked) == 1  # only the file that was done: the long one does not go on to the embedder
+
+
+def test_closing_run_many_early_drops_the_reads_not_begun_also_of_files_in_flight(tmp_path, monkeypatch, caplog):
+    # One audio process: f1's read holds up the rest, so f2, in flight, still waits for its audio when the caller
+    # closes the run (Ctrl-C): that read, like those ahead, must not be decoded for nobody before the run can end.
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"f{i}.wav")
+        write_wav(paths[-1], tone(5) * (0.4 + 0.1 * i))
+    gate = threading.Event()
+    reads: list[str] = []
+
+    class HeldProcesses(audio.AudioProcesses):
+        def load(self, source, sampling_rate=None):
+            reads.append(Path(source).name)
+            if Path(source).name == "f1.wav":
+                assert gate.wait(TIMEOUT)
+            return super().load(source, sampling_rate)
+
+    monkeypatch.setattr(audio, "AudioProcesses", HeldProcesses)
+    pipeline = Pipeline(ScriptedDecoder(script, batch_size=2), ClusteringLinker(FakeEmbedder()))
+    results = run_many(pipeline, paths, files_at_once=3, audio_processes=1)
+    assert next(results).index == 0
+    threading.Timer(0.2, gate.set).start()  # f1's read ends only after the close has begun
+    results.close()
+    assert reads == ["f0.wav", "f1.wav"]
+    assert "failed" not in caplog.text  # f2 stopped quietly, like the files whose windows were dropped

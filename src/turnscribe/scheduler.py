@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Hashable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -316,6 +316,12 @@ def run_many(
         if progress:
             progress(event)
 
+    def read_ahead(samples: Future[np.ndarray]) -> np.ndarray:
+        try:
+            return samples.result()
+        except CancelledError:  # the run stopped before this file's audio was read (see the end of run_many)
+            raise RunStopped("cancelled") from None
+
     def one(index: int, source_audio: AudioInput, samples: Future[np.ndarray] | None) -> FileResult:
         source = str(source_audio) if isinstance(source_audio, str | os.PathLike) else f"<input {index}>"
         # Linkers keep no per-recording state (the threshold travels with each assignment): one serves all files.
@@ -325,7 +331,7 @@ def run_many(
             window_s=pipeline.window_s,
             overlap_s=pipeline.overlap_s,
             # Read ahead: the file's "audio" time is then only what it still had to wait for.
-            load=pipeline.load if samples is None else lambda _audio, _rate: samples.result(),
+            load=pipeline.load if samples is None else lambda _audio, _rate: read_ahead(samples),
         )
         try:
             transcript = run.run(
@@ -349,6 +355,7 @@ def run_many(
         scheduler = stack.enter_context(BatchScheduler(pipeline.decoder, max_pending=max_pending))
         files = stack.enter_context(ThreadPoolExecutor(files_at_once, thread_name_prefix="turnscribe-file"))
         read: Callable[[AudioInput], Future[np.ndarray]] | None = None
+        reads: ThreadPoolExecutor | None = None
         if audio is not None:  # a thread per process, waiting on it, so that the reads ahead run while the files do
             reads = stack.enter_context(ThreadPoolExecutor(audio_processes, thread_name_prefix="turnscribe-audio"))
             load = audio.load
@@ -382,9 +389,10 @@ def run_many(
         finally:
             for future in running:
                 future.cancel()
-            for _, _, samples in admitted:
-                if samples is not None:
-                    samples.cancel()
+            if reads is not None:
+                # Reads not begun are dropped: of the files ahead, and of files in flight still waiting for theirs
+                # (their threads then stop), rather than decoded for nobody before the run can end.
+                reads.shutdown(wait=False, cancel_futures=True)
             if running:
                 # Stopped early (Ctrl-C, or the caller stopped reading): the files in flight end at their next
                 # window, and the windows still queued fail, rather than all of it running on for nobody.
