@@ -38,6 +38,30 @@ def test_a_tokenizer_with_tokens_the_weights_lack_is_refused_when_loaded(tmp_pat
         TransformersDecoder(base, device="cpu")
 
 
+def with_remote_code(source: Path, folder: Path) -> Path:
+    """`source` with the card's kind of remote code: an auto_map to a module that needs a package not installed."""
+    shutil.copytree(source, folder)
+    (folder / "modeling_custom.py").write_text(
+        "import package_this_environment_lacks\n"
+        "from transformers import CohereAsrForConditionalGeneration\n\n\n"
+        "class Model(CohereAsrForConditionalGeneration):\n    pass\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(
+        json.dumps({**config, "auto_map": {"AutoModelForSpeechSeq2Seq": "modeling_custom.Model"}})
+    )
+    return folder
+
+
+def test_remote_code_that_fails_is_a_clear_error_that_names_the_native_way(tiny_native, tiny_original, tmp_path):
+    """An ImportError from the checkpoint's code was a traceback; a failure now says the layout loads natively."""
+    needs_a_package = with_remote_code(tiny_native, tmp_path / "remote")
+    with pytest.raises(CheckpointError, match=r"loads its native layout without --trust-remote-code\): ImportError"):
+        TransformersDecoder(needs_a_package, device="cpu", trust_remote_code=True)
+    with pytest.raises(CheckpointError, match=r"loads its original layout without --trust-remote-code\): OSError"):
+        TransformersDecoder(tiny_original, device="cpu", trust_remote_code=True)  # no code of its own at all
+
+
 # --- fix-checkpoint ---
 
 

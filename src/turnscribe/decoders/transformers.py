@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -417,8 +418,7 @@ def load_model(
         options["attn_implementation"] = attention
     try:
         if trust_remote_code:
-            processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-            loaded = AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True, **options)
+            processor, loaded = _load_with_remote_code(path, options)
         else:
             checkpoint = read_checkpoint(path)
             if checkpoint.layout == "native":
@@ -436,6 +436,26 @@ def load_model(
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"Could not load the model from {path}: {type(e).__name__}: {e}") from e
     return processor, loaded.to(device).eval()
+
+
+def _load_with_remote_code(path: Path, options: dict[str, Any]) -> tuple[Any, Any]:
+    """Processor and model from the checkpoint's own classes. That code is anyone's: whatever it raises (an
+    ImportError for a package it needs, an AttributeError from a transformers release it was not written for)
+    is a load error, with a hint where the native classes load the folder."""
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+        return processor, AutoModelForSpeechSeq2Seq.from_pretrained(path, trust_remote_code=True, **options)
+    except Exception as e:
+        try:
+            hint = f" (turnscribe loads its {read_checkpoint(path).layout} layout without --trust-remote-code)"
+        except CheckpointError:
+            hint = ""
+        raise CheckpointError(
+            f"Could not load the model from {path} with its own code (--trust-remote-code){hint}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
 
 
 def _original_processor(path: Any, config: dict[str, Any]) -> Any:
