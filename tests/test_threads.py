@@ -70,3 +70,19 @@ def test_a_compiled_decoder_and_its_model_can_be_freed(tiny_native):
     del decoder
     assert wait_until_gone("turnscribe-compiled")
     assert model() is None
+
+
+def test_a_bound_method_as_setup_does_not_keep_its_owner_alive():
+    class Owner:
+        def __init__(self) -> None:
+            self.thread = OwnThread("test-own-thread-bound-setup", setup=self.setup)
+
+        def setup(self) -> None:
+            pass
+
+    owner = Owner()
+    owner.thread.run(lambda: None)
+    collected = weakref.ref(owner)
+    del owner
+    assert wait_until_gone("test-own-thread-bound-setup")
+    assert collected() is None

@@ -23,7 +23,10 @@ class OwnThread:
     def __init__(self, name: str, setup: Callable[[], None] | None = None) -> None:
         calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._calls = calls
-        threading.Thread(target=_serve, args=(calls, setup), name=name, daemon=True).start()
+        # The setup goes in a list that the thread empties: a Thread keeps its arguments while it runs, and a bound
+        # method kept there would keep its owner alive for the thread's life, and so the thread too.
+        setups = [setup] if setup is not None else []
+        threading.Thread(target=_serve, args=(calls, setups), name=name, daemon=True).start()
         weakref.finalize(self, calls.put, None)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -36,14 +39,13 @@ class OwnThread:
         return future
 
 
-def _serve(calls: queue.SimpleQueue[_Call | None], setup: Callable[[], None] | None) -> None:
+def _serve(calls: queue.SimpleQueue[_Call | None], setups: list[Callable[[], None]]) -> None:
     failed_setup = None
     try:
-        if setup is not None:
-            setup()
+        if setups:
+            setups.pop()()
     except BaseException as error:  # every call then gets it, rather than waiting for a thread that is gone
         failed_setup = error
-    setup = None  # a bound method would keep its owner alive for the thread's life
     while (call := calls.get()) is not None:
         future, fn, args, kwargs = call
         del call  # hold nothing of a finished call while waiting for the next
