@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +28,10 @@ def _import_factory(spec: str) -> Callable[[], Pipeline]:
     module, sep, name = spec.partition(":")
     if not (sep and module and name):
         raise typer.BadParameter(f"expected module:function, got {spec!r}")
+    # As `uvicorn module:app` does: a console script's sys.path starts at its own bin folder, not the current
+    # directory, where a user's factory module usually sits.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
