@@ -363,3 +363,19 @@ def test_closing_run_many_early_drops_the_reads_not_begun_also_of_files_in_fligh
     results.close()
     assert reads == ["f0.wav", "f1.wav"]
     assert "failed" not in caplog.text  # f2 stopped quietly, like the files whose windows were dropped
+
+
+def test_run_many_reads_with_the_pipelines_own_loader(tmp_path, audio_processes_started):
+    # The audio processes run load_audio: a loader of the caller's own (a URL, another track) must not be bypassed
+    # for paths, as it was on Linux with more than one core and not elsewhere.
+    read: list[str] = []
+
+    def own_loader(audio_input, sampling_rate):
+        read.append(str(audio_input))
+        return tone(5)
+
+    pipeline = Pipeline(ScriptedDecoder(script, batch_size=4), ClusteringLinker(FakeEmbedder()), load=own_loader)
+    sources = [str(tmp_path / "not-a-file.wav"), "s3://bucket/meeting.wav"]
+    results = list(run_many(pipeline, sources, audio_processes=2))
+    assert all(r.error is None for r in results) and sorted(read) == sorted(sources)
+    assert audio_processes_started == []

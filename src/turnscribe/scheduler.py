@@ -294,10 +294,11 @@ def run_many(
     share the decoder's batches (default: `files_at_once_for` the decoder's batch size, so that a GPU's large
     batches are filled by short files too). Audio is decoded in `audio_processes` worker processes (`AudioProcesses`;
     default: `audio_process_count`; 0 decodes in each file's thread), for the files in flight and as many files
-    ahead of them, a long file in pieces across the processes, so that decoding keeps up with a fast GPU. A file
-    that fails yields its error; the others go on. Arrays and tensors need `sampling_rate`.
+    ahead of them, a long file in pieces across the processes, so that decoding keeps up with a fast GPU. A
+    pipeline given a `load` of its own reads with it, in each file's thread. A file that fails yields its error;
+    the others go on. Arrays and tensors need `sampling_rate`.
     """
-    from .audio import AudioProcesses, audio_process_count
+    from .audio import AudioProcesses, audio_process_count, load_audio
     from .pipeline import Pipeline, ProgressEvent, RunControl, RunStopped
 
     if files_at_once is None:
@@ -305,9 +306,11 @@ def run_many(
     if files_at_once < 1:
         raise ValueError("files_at_once must be >= 1")
     # One per core by default, even for one file: a long one is decoded in pieces across them. None for a list of
-    # arrays (nothing to decode: `turnscribe bench`'s clips, callers with their own audio).
+    # arrays (nothing to decode: `turnscribe bench`'s clips, callers with their own audio), nor for a pipeline with
+    # a loader of its own: the processes run `load_audio`, and would bypass it.
     arrays_only = isinstance(inputs, Sequence) and not any(isinstance(x, str | os.PathLike | bytes) for x in inputs)
-    audio_processes = 0 if arrays_only else audio_process_count(audio_processes)
+    own_loader = pipeline.load is not load_audio
+    audio_processes = 0 if arrays_only or own_loader else audio_process_count(audio_processes)
 
     control = RunControl()  # stopped when the caller stops reading: the files in flight end at their next window
 
