@@ -138,3 +138,20 @@ def test_serve_imports_a_pipeline_factory_from_the_current_directory(tmp_path, m
     )
     assert result.exit_code == 0, result.output
     assert served == ["a pipeline"]
+
+
+def test_serve_passes_embedder_options_as_transcribe_does(tmp_path, monkeypatch):
+    """Offline, ReDimNet2 needs `--embedder-option hub_dir=...`, which its load error tells the user to pass: the
+    server (whose --embedder is "as transcribe") must accept it too."""
+    built: list[dict[str, object]] = []
+    monkeypatch.setattr("turnscribe.server.cli.build_pipeline", lambda **kwargs: built.append(kwargs))
+    monkeypatch.setattr("turnscribe.server.app.create_app", lambda settings, factory: factory)
+    monkeypatch.setattr("uvicorn.run", lambda factory, **kwargs: factory())
+    serve = ["serve", "--port", "0", "--data-dir", str(tmp_path), "--embedder", "redimnet2"]
+
+    result = CliRunner().invoke(app, [*serve, "--embedder-option", "hub_dir=/models/redimnet2"])
+    assert result.exit_code == 0, result.output
+    assert built[0]["embedder"] == "redimnet2" and built[0]["embedder_options"] == {"hub_dir": "/models/redimnet2"}
+
+    result = CliRunner().invoke(app, [*serve, "--embedder-option", "hub_dir"])
+    assert result.exit_code == 2 and "expected KEY=VALUE" in result.output

@@ -104,21 +104,9 @@ def _parse_formats(value: str) -> list[str]:
     return names if "all" in given else given
 
 
-def _key_value(item: str, option: str, form: str = "KEY=VALUE") -> tuple[str, str]:
-    """`item` split at its first '=', both sides stripped; the key (stripped) may not be empty."""
-    key, sep, value = (part.strip() for part in item.partition("="))
-    if not sep or not key:
-        raise typer.BadParameter(f"expected {form}, got {item!r}", param_hint=option)
-    return key, value
-
-
-def _parse_options(values: list[str]) -> dict[str, str]:
-    return dict(_key_value(item, "--embedder-option") for item in values)
-
-
 def _parse_speakers(values: list[str]) -> dict[str, str]:
     """NAME=FILE pairs as name → file, the names checked (and stripped) as the library checks them."""
-    pairs = [_key_value(item, "--speaker", "NAME=FILE") for item in values]
+    pairs = [options.key_value(item, "--speaker", "NAME=FILE") for item in values]
     try:
         names = check_speaker_names(name for name, _ in pairs)
     except SpeakerNameError as e:
@@ -184,9 +172,7 @@ def transcribe(
     ] = "slots",
     speaker: Annotated[list[str] | None, typer.Option(help="A known speaker, NAME=reference.wav; repeatable.")] = None,
     embedder: options.Embedder = DEFAULT_EMBEDDER,
-    embedder_option: Annotated[
-        list[str] | None, typer.Option(help="KEY=VALUE passed to the embedder (e.g. hub_dir=PATH); repeatable.")
-    ] = None,
+    embedder_option: options.EmbedderOptions = None,
     device: options.Device = "auto",
     batch_size: options.BatchSize = 0,
     fast: options.Fast = False,
@@ -260,7 +246,7 @@ def transcribe(
             pipeline = build_pipeline(
                 model=model,
                 embedder=embedder,
-                embedder_options=_parse_options(embedder_option or []),
+                embedder_options=options.embedder_options(embedder_option),
                 threshold=threshold,
                 num_speakers=num_speakers,
                 min_speakers=min_speakers,

@@ -28,3 +28,18 @@ Backend = Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKEND
 TrustRemoteCode = Annotated[
     bool, typer.Option(help="Load the checkpoint with its own code instead of native transformers classes.")
 ]
+EmbedderOptions = Annotated[
+    list[str] | None, typer.Option(help="KEY=VALUE passed to the embedder (e.g. hub_dir=PATH); repeatable.")
+]
+
+
+def key_value(item: str, option: str, form: str = "KEY=VALUE") -> tuple[str, str]:
+    """`item` split at its first '=', both sides stripped; the key (stripped) may not be empty."""
+    key, sep, value = (part.strip() for part in item.partition("="))
+    if not sep or not key:
+        raise typer.BadParameter(f"expected {form}, got {item!r}", param_hint=option)
+    return key, value
+
+
+def embedder_options(values: list[str] | None) -> dict[str, str]:
+    return dict(key_value(item, "--embedder-option") for item in values or [])

@@ -60,6 +60,7 @@ def serve(
     batch_size: options.BatchSize = 0,
     fast: options.Fast = False,
     embedder: options.Embedder = DEFAULT_EMBEDDER,
+    embedder_option: options.EmbedderOptions = None,
     trust_remote_code: options.TrustRemoteCode = False,
     api_key: Annotated[
         list[str] | None,
@@ -119,6 +120,7 @@ def serve(
             batch_size=batch_size or None,
             fast=fast,
             embedder=embedder,
+            embedder_options=options.embedder_options(embedder_option),
             trust_remote_code=trust_remote_code,
             backend=backend,
         )
