@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_cli import flat, run
@@ -15,7 +16,8 @@ from tiny_model import DIARIZE_ONLY_TOKENS, build_checkpoint
 from transformers import PreTrainedTokenizerFast
 
 from turnscribe.checkpoint import CheckpointError, fix_for_vllm, plan_vllm_fixes
-from turnscribe.decoders.transformers import TransformersDecoder
+from turnscribe.decoders import backends
+from turnscribe.decoders.transformers import TransformersDecoder, pick_device
 from turnscribe.prompt import PromptTokenError
 
 
@@ -60,6 +62,24 @@ def test_remote_code_that_fails_is_a_clear_error_that_names_the_native_way(tiny_
         TransformersDecoder(needs_a_package, device="cpu", trust_remote_code=True)
     with pytest.raises(CheckpointError, match=r"loads its original layout without --trust-remote-code\): OSError"):
         TransformersDecoder(tiny_original, device="cpu", trust_remote_code=True)  # no code of its own at all
+
+
+def test_a_cuda_device_pytorch_does_not_see_is_refused_before_any_copy_loads(monkeypatch):
+    """`--device cuda:0,cuda:1` on a one-GPU machine loaded the first copy, then moving the second one's weights
+    raised a RuntimeError traceback (an AssertionError where torch has no CUDA at all)."""
+    loaded: list[str] = []
+    monkeypatch.setitem(backends.BACKENDS, "transformers", lambda options: loaded.append(options.device))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda:0") == ("cuda:0", torch.bfloat16) and pick_device("cuda")[0] == "cuda"
+    with pytest.raises(ValueError, match=r"'cuda:1': PyTorch sees 1 CUDA GPU\(s\), cuda:0 to cuda:0"):
+        backends.load_decoder("transformers", backends.DecoderOptions("m", "cuda:0,cuda:1", None))
+    assert loaded == []
+    with pytest.raises(ValueError, match="'cuda:x' is not a device name"):
+        pick_device("cuda:x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda': PyTorch sees no CUDA GPU"):
+        pick_device("cuda")
 
 
 # --- fix-checkpoint ---

@@ -109,6 +109,7 @@ def test_auto_is_resolved_before_the_backend_sees_the_device(monkeypatch):
     seen = []
     monkeypatch.setitem(backends.BACKENDS, "transformers", lambda options: seen.append(options) or Recording(4))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     backends.load_decoder("transformers", backends.DecoderOptions("m", "auto", None, fast=True))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     backends.load_decoder("transformers", backends.DecoderOptions("m", "auto", None, fast=True))

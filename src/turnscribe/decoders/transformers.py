@@ -118,13 +118,34 @@ def batch_size_for_memory(
 
 
 def pick_device(device: str = "auto") -> tuple[str, Any]:
-    """'auto' is CUDA in bfloat16 when there is a GPU, else the CPU in float32."""
+    """'auto' is CUDA in bfloat16 when there is a GPU, else the CPU in float32. A CUDA device that PyTorch does not
+    see is refused here, before anything loads: moving the weights there fails only once they are loaded (for a
+    second copy, after the first), with an AssertionError or a RuntimeError that nothing reports as a user error."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return device, dtype
+    cuda = device.startswith("cuda")
+    if cuda:
+        _check_cuda_device(device)
+    return device, torch.bfloat16 if cuda else torch.float32
+
+
+def _check_cuda_device(device: str) -> None:
+    import torch
+
+    try:
+        index = torch.device(device).index or 0
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a device name: {e}") from e
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        seen = (
+            f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            if count
+            else "no CUDA GPU (no driver, or a CPU-only torch)"
+        )
+        raise ValueError(f"device {device!r}: PyTorch sees {seen}")
 
 
 def max_new_tokens_for(duration_s: float) -> int:
