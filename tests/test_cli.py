@@ -59,7 +59,9 @@ def test_transcribe_writes_every_requested_format(tiny_native, clip, tmp_path):
     )
     data = json.loads((out / "clip.json").read_text())
     assert data["duration"] == pytest.approx(3.0) and data["metadata"]["windows"] == 1
-    assert "done" in result.output
+    speakers, segments = len(data["speakers"]), len(data["segments"])
+    said = f"{speakers} speaker{'' if speakers == 1 else 's'}, {segments} segment{'' if segments == 1 else 's'} →"
+    assert "done" in result.output and said in flat(result)
 
 
 @pytest.mark.parametrize("concurrency", [[], ["--files-at-once", "1", "--audio-processes", "0"]])

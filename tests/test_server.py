@@ -321,7 +321,7 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
         (dict(content=wav, response_format="xml"), 400, "invalid_value"),
         (dict(content=wav, temperature="5"), 400, "invalid_value"),
         (dict(content=wav, temperature="warm"), 400, "invalid_value"),
-        (dict(content=wav, **{"timestamp_granularities[]": "word"}), 400, None),
+        (dict(content=wav, **{"timestamp_granularities[]": "word"}), 400, "invalid_value"),
         (dict(content=wav, chunking_strategy="sometimes"), 400, None),
         (dict(content=wav, **{"chunking_strategy[type]": "client_vad"}), 400, "invalid_value"),
         (dict(content=wav, model="whisper-9"), 404, "model_not_found"),

@@ -178,3 +178,19 @@ def test_a_database_from_before_crash_counts_gets_the_column(tmp_path):
     old = store.get("old")
     assert old is not None and old.status == "queued" and old.crashes == 1
     store.close()
+
+
+def test_ready_says_why_the_model_failed_to_load_in_one_sentence(tmp_path):
+    from fastapi.testclient import TestClient
+
+    def failing() -> Pipeline:
+        raise TypeError("Unknown embedder 'resnet'; choose from redimnet2, resemblyzer.")
+
+    with TestClient(create_app(settings_for(tmp_path), failing)) as client:
+        wait_until(lambda: "failed" in client.get("/ready").text, what="the load to fail")
+        answer = client.get("/ready")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+    message = answer.json()["error"]["message"]
+    assert (
+        message == "Not ready: the model failed to load: Unknown embedder 'resnet'; choose from redimnet2, resemblyzer."
+    )

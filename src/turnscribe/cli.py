@@ -126,6 +126,10 @@ def _report(label: str, style: str, path: Path, message: str) -> None:
     console.print(f"[{style}]{label}[/{style}] {escape(f'{path}: {message}')}")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _prepare_output_dir(output_dir: Path) -> None:
     """Create `output_dir` and check that a file can be written there: better to stop now, before the model is loaded,
     than after hours of transcription whose outputs cannot be saved."""
@@ -316,8 +320,8 @@ def transcribe(
                         "done",
                         "green",
                         path,
-                        f"{transcript.duration:.1f}s, {len(transcript.speakers)} speakers, "
-                        f"{len(transcript.segments)} segments → {', '.join(str(p) for p in written)}",
+                        f"{transcript.duration:.1f}s, {_count(len(transcript.speakers), 'speaker')}, "
+                        f"{_count(len(transcript.segments), 'segment')} → {', '.join(str(p) for p in written)}",
                     )
                 with lock:
                     if (task := window_tasks.pop(str(path), None)) is not None:

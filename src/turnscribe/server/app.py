@@ -122,6 +122,7 @@ async def transcription_form(
             400,
             "word timestamps are not available: the model gives segment times only",
             param="timestamp_granularities[]",
+            code="invalid_value",
         )
     names, references = tuple(known_speaker_names or ()), tuple(known_speaker_references or ())
     return TranscriptionForm(file, model, language or "", response_format, names, references)
@@ -285,7 +286,11 @@ class _Services:
         if self.engine is None or self.store is None or self.runner is None:
             detail = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
             raise APIError(
-                503, f"Not ready: {detail}.", type="server_error", code="not_ready", headers={"Retry-After": "5"}
+                503,
+                f"Not ready: {detail}" + ("" if detail.endswith(".") else "."),  # a load error may end its sentence
+                type="server_error",
+                code="not_ready",
+                headers={"Retry-After": "5"},
             )
         return self.engine, self.store, self.runner
 
