@@ -78,3 +78,16 @@ def test_the_library_checks_names_and_references_before_loading_anything(tmp_pat
         build_pipeline(
             model=str(tmp_path / "none"), embedder="no-such-embedder", known_speakers={"Ana": tmp_path / "missing.wav"}
         )
+
+
+def test_a_reference_in_memory_comes_with_its_rate(tmp_path):
+    from turnscribe.decoders import ScriptedDecoder
+    from turnscribe.types import SAMPLE_RATE
+
+    voice = tone(3.0)  # at 16 kHz
+    decoder = ScriptedDecoder(lambda window: "")
+    pipeline = build_pipeline(decoder=decoder, known_speakers={"Ana": (voice, SAMPLE_RATE)})
+    assert list(pipeline.speakers.known_speakers) == ["Ana"]
+    assert len(pipeline.speakers.known_speakers["Ana"]) == len(voice)
+    with pytest.raises(AudioError, match=r"known speaker 'Ana': sampling_rate is required.*\(samples, sampling_rate\)"):
+        build_pipeline(decoder=decoder, known_speakers={"Ana": voice})

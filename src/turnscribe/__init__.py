@@ -42,7 +42,7 @@ def build_pipeline(
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     linker: str = "slots",
-    known_speakers: Mapping[str, AudioInput] | None = None,
+    known_speakers: Mapping[str, AudioInput | tuple[AudioInput, int]] | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     window_s: float = DEFAULT_WINDOW_S,
@@ -61,7 +61,8 @@ def build_pipeline(
 
     `linker`: "slots" (default: links the model's per-window speakers under constraints, threshold calibrated
     per recording) or "baseline" (the model card's recipe: every segment clustered at a fixed threshold).
-    `known_speakers`: name → reference recording; matching speakers are labelled with the name (slots only).
+    `known_speakers`: name → reference recording (a path, bytes or file object, or `(samples, sampling_rate)` for an
+    array or tensor); matching speakers are labelled with the name (slots only).
     `backend`: the decoder backend when no `decoder` is given (`turnscribe.decoders.backends.BACKENDS`).
     """
     from .decoders.backends import DecoderOptions, check_backend, load_decoder
@@ -77,7 +78,7 @@ def build_pipeline(
     check_backend(backend)
     # Names and reference recordings are checked before anything loads, so a typo fails in a second, not a minute.
     names = check_speaker_names(known_speakers or {})
-    references = {name: load_audio(audio) for name, audio in zip(names, (known_speakers or {}).values())}
+    references = {name: _reference(name, audio) for name, audio in zip(names, (known_speakers or {}).values())}
     device_name, _ = pick_device(device_list(device)[0])  # the embedder's; the model may have more
     loaded = load_embedder(embedder, device=device_name, **(embedder_options or {}))
     counts: dict[str, Any] = dict(
@@ -91,6 +92,16 @@ def build_pipeline(
     if decoder is None:
         decoder = load_decoder(backend, DecoderOptions(model, device, batch_size, trust_remote_code, fast))
     return Pipeline(decoder, speakers, window_s=window_s, overlap_s=overlap_s)
+
+
+def _reference(name: str, audio: AudioInput | tuple[AudioInput, int]) -> Any:
+    """A known speaker's reference samples; samples in memory come with their rate, as `(samples, rate)`."""
+    samples, rate = audio if isinstance(audio, tuple) else (audio, None)
+    try:
+        return load_audio(samples, rate)
+    except AudioError as e:
+        how = " (pass them as (samples, sampling_rate))" if rate is None and hasattr(samples, "shape") else ""
+        raise AudioError(f"known speaker {name!r}: {e}{how}") from e
 
 
 def transcribe(
