@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-# Install torch before the project: a dependency asking for plain "torch" may otherwise pull a
-# multi-GB CUDA build. Override with TORCH_SPEC (e.g. TORCH_SPEC=torch for the default CUDA build).
+# Install torch before the project, at the version the suite is tested with: a dependency asking for plain
+# "torch" would otherwise pull the newest. Whether that is a CPU or a (multi-GB) CUDA build depends on the package
+# index pip uses; README "The two commands" shows how to ask for the CPU build. Override with TORCH_SPEC.
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 if [[ "${1:-}" == "--test" ]]; then
