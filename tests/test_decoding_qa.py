@@ -82,6 +82,30 @@ def test_a_cuda_device_pytorch_does_not_see_is_refused_before_any_copy_loads(mon
         pick_device("cuda")
 
 
+def lfs_pointer(file: Path) -> None:
+    """What a `git clone` without git-lfs leaves in place of the weights."""
+    file.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 8123456789\n")
+
+
+def cut_off(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [lfs_pointer, cut_off], ids=["lfs-pointer", "cut-off-download"])
+@pytest.mark.parametrize("layout", ["native", "original"])
+def test_weights_that_are_not_safetensors_are_a_clear_error(request, tmp_path, damage, layout):
+    """Was a SafetensorError traceback ("header too large") from transcribe, serve and fix-checkpoint."""
+    path = tmp_path / "ckpt"
+    shutil.copytree(request.getfixturevalue(f"tiny_{layout}"), path)
+    damage(path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors is not readable as safetensors .*`git lfs pull`"):
+        TransformersDecoder(path, device="cpu")
+    if layout == "original":
+        result = run("fix-checkpoint", path, "--dry-run")
+        assert result.exit_code == 2 and "is not readable as safetensors" in flat(result)
+
+
 # --- fix-checkpoint ---
 
 

@@ -88,13 +88,35 @@ def detect_layout(config: dict[str, Any], path: Path | str = "") -> Layout:
     )
 
 
+@contextmanager
+def open_weights(file: Path) -> Iterator[Any]:
+    """`safe_open` of a *.safetensors file; one that is not readable as such is a CheckpointError that says why
+    it may be (safetensors' own words, "header too large", do not)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"{file} is not readable as safetensors ({e}): a Git LFS pointer (a clone without git-lfs: run "
+            "`git lfs pull` in the folder) or a cut-off download? Fetch the file again."
+        ) from e
+    with handle as f:
+        yield f
+
+
+def check_weights(path: Path) -> None:
+    """Every *.safetensors file in `path` opens (headers only): refused here, not by a traceback from the loader."""
+    for file in sorted(path.glob("*.safetensors")):
+        with open_weights(file):
+            pass
+
+
 def embedding_rows(path: Path) -> int | None:
     """Vocabulary size as the weights have it (the only number that cannot be stale)."""
-    from safetensors import safe_open
-
     files = sorted(path.glob("*.safetensors"))
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
+        with open_weights(file) as f:
             for name in _EMBEDDING_NAMES:
                 if name in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
                     return int(f.get_slice(name).get_shape()[0])
@@ -177,8 +199,6 @@ class CheckpointFix:
 
 def plan_vllm_fixes(path: Path) -> list[CheckpointFix]:
     """What `fix_for_vllm` would change; empty when the checkpoint is already fixed (the edits are idempotent)."""
-    from safetensors import safe_open
-
     fixes: list[CheckpointFix] = []
     tokenizer_config = _read_json(path / "tokenizer_config.json")
     if isinstance(tokenizer_config.get("extra_special_tokens"), list):
@@ -193,7 +213,7 @@ def plan_vllm_fixes(path: Path) -> list[CheckpointFix]:
         if current != vocab:
             fixes.append(CheckpointFix("config.json", f"set {key} from {current} to {vocab}"))
     for file in sorted(path.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
+        with open_weights(file) as f:
             names = list(f.keys())
         prefixed = sum(n.startswith(_WEIGHT_PREFIX) for n in names)
         counters = sum(n.endswith("num_batches_tracked") for n in names)
@@ -249,7 +269,7 @@ def _rewrite_weights(file: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    with safe_open(str(file), framework="pt") as f:
+    with open_weights(file) as f:
         metadata = f.metadata() or {}
         kept = [n for n in f.keys() if not n.endswith("num_batches_tracked")]  # noqa: SIM118
         if len({_fixed_name(n) for n in kept}) != len(kept):  # "model.x" next to "x": one would be lost

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..checkpoint import (
     CheckpointError,
+    check_weights,
     feature_extractor_from_original,
     native_config_from_original,
     read_checkpoint,
@@ -442,6 +443,7 @@ def load_model(
             processor, loaded = _load_with_remote_code(path, options)
         else:
             checkpoint = read_checkpoint(path)
+            check_weights(path)
             if checkpoint.layout == "native":
                 processor = AutoProcessor.from_pretrained(path)
                 loaded, info = AutoModelForSpeechSeq2Seq.from_pretrained(path, output_loading_info=True, **options)
