@@ -128,9 +128,14 @@ def test_an_encoder_call_that_raised_is_left_out_of_the_encoder_time(monkeypatch
     assert clock.seconds("encoder") == 1.5
 
 
-def test_the_benchmark_takes_one_device():
+def test_the_benchmark_takes_one_device_that_is_there(monkeypatch):
+    import torch
+
     result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--device", "cpu,cpu"])
     assert result.exit_code == 2 and "one device" in result.output
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--device", "cuda"])
+    assert result.exit_code == 2 and "PyTorch sees no CUDA GPU" in flat(result)
 
 
 def test_vllm_windows_are_held_at_the_forced_length_with_the_cards_decoding_kept():

@@ -695,6 +695,12 @@ def bench_command(
     """Measure throughput, long-form speed and each stage's cost; print JSON and a table."""
     if "," in device or device.strip() == "cuda:all":
         raise typer.BadParameter("the benchmark measures one device", param_hint="--device")
+    from .decoders.transformers import pick_device
+
+    try:
+        pick_device(device)  # a GPU that is not there fails here, not after the benchmark has started
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from None
     settings = BenchSettings.quick() if quick else BenchSettings()
     overrides: dict[str, Any] = {
         "size": "tiny" if tiny else "full",
