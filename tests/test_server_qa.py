@@ -194,3 +194,35 @@ def test_ready_says_why_the_model_failed_to_load_in_one_sentence(tmp_path):
     assert (
         message == "Not ready: the model failed to load: Unknown embedder 'resnet'; choose from redimnet2, resemblyzer."
     )
+
+
+def test_a_job_that_fails_while_the_server_stops_runs_again_at_the_next_start(tmp_path):
+    """Stopping closes the audio processes under a run that outlived the workers' join: its error
+    ('cannot schedule new futures after shutdown') is the stop's doing, not the job's."""
+    from turnscribe.server.jobs import JobRunner
+
+    started, stop_now = threading.Event(), threading.Event()
+
+    class StoppingEngine:
+        def transcribe(self, *args, **kwargs):
+            started.set()
+            stop_now.wait(TIMEOUT)
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    settings = settings_for(tmp_path)
+    store = JobStore(settings.database)
+    job_id = store.create(
+        model="m", language="en", response_format="json", filename="a.wav", audio_path=tmp_path / "a.wav", duration=1
+    ).id
+    runner = JobRunner(store, StoppingEngine(), settings)  # type: ignore[arg-type]
+    runner.start()
+    assert started.wait(TIMEOUT)
+    stopper = threading.Thread(target=runner.stop, kwargs={"timeout": TIMEOUT})
+    stopper.start()
+    wait_until(runner._stopping.is_set, what="the runner to be stopping")
+    stop_now.set()
+    stopper.join(TIMEOUT)
+    job_now = store.get(job_id)
+    assert job_now is not None and job_now.status == "queued" and job_now.error is None
+    assert store.recover() == (0, 0)  # queued by the stop, not left running: no crash counted
+    store.close()

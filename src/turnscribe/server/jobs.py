@@ -392,6 +392,12 @@ class JobRunner:
             if stopped.reason == "shutdown":
                 self.store.requeue(job)  # not the job's fault: the next start runs it
         except Exception as error:
+            if self._stopping.is_set():
+                # Failed while the server stops: likely by the stop (the audio processes shut down under the run),
+                # so the job runs again at the next start rather than failing for good.
+                log.warning("job %s failed while the server stopped (%s); queued again", job.id, error)
+                self.store.requeue(job)
+                return
             body = as_api_error(error).body.model_dump()
             self.store.finish(job, "failed", error=json.dumps(body))
         else:
