@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import CheckpointError, plan_vllm_fixes, resolve_model_dir
+from ..checkpoint import CheckpointError, plan_vllm_fixes, read_checkpoint, resolve_model_dir
 from ..prompt import tokenizer_prompt_ids
 from ..types import SAMPLE_RATE
 from .base import DecoderError, WindowAudio
@@ -122,10 +122,11 @@ def servable_checkpoint(model: str | os.PathLike[str], revision: str | None = No
     """The checkpoint folder, if vLLM can load it: vLLM's Cohere ASR model reads the original layout, with the
     model card's three edits applied (`turnscribe fix-checkpoint`)."""
     path = resolve_model_dir(model, revision)
-    try:
-        fixes = plan_vllm_fixes(path)
-    except CheckpointError as e:
-        raise CheckpointError(f"vLLM's Cohere ASR model loads original-layout checkpoints only: {e}") from e
+    if read_checkpoint(path).layout != "original":
+        raise CheckpointError(
+            f"vLLM's Cohere ASR model loads original-layout checkpoints only: {path} is in the native layout"
+        )
+    fixes = plan_vllm_fixes(path)  # its other errors (unreadable weights, no embedding tensor) name their cause
     if fixes:
         todo = "; ".join(f"{f.file}: {f.change}" for f in fixes)
         raise CheckpointError(
@@ -260,7 +261,14 @@ class AsyncVllmDecoder(_EngineRequests):
         return cls(engine, tokenizer, asyncio.get_running_loop(), model_id=model_id, **options)
 
     async def generate(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
-        return list(await asyncio.gather(*(self._generate_one(*r) for r in self.requests(windows, language))))
+        requests = [asyncio.ensure_future(self._generate_one(*r)) for r in self.requests(windows, language)]
+        try:
+            return list(await asyncio.gather(*requests))
+        finally:
+            # A failed window fails the batch (the pipeline then retries its windows alone): cancelling the others
+            # makes vLLM abort their engine requests instead of decoding them for nobody.
+            for request in requests:
+                request.cancel()
 
     async def _generate_one(self, prompt: dict[str, Any], params: Any) -> str:
         final = None
