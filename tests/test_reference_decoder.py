@@ -163,3 +163,16 @@ def test_dropped_short_turns() -> None:
 def test_bad_imperfections(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         Imperfections(**kwargs)
+
+
+def test_turns_of_exactly_the_visible_minimum_or_the_drop_length_are_kept() -> None:
+    # 0.3 s back-channels at every 0.1 s step: 12.7 - 12.4 is 0.29999999999999893 in floats, and such turns were
+    # left out of a perfect window a third of the time; a 1.0 s turn likewise fell under drop_short_s = 1.0.
+    span = plan_windows(28 * SAMPLE_RATE)[0]
+    short = [ReferenceTurn(round(0.1 * k, 1), round(0.1 * k + 0.3, 1), "S0", f"yeah{k}") for k in range(0, 270, 3)]
+    [segments] = decode(ReferenceDecoder(short), [span])
+    assert [s.text for s in segments] == [t.text for t in short]
+    second = [ReferenceTurn(round(0.1 * k, 1), round(0.1 * k + 1.0, 1), "S0", f"word{k}") for k in range(0, 270, 11)]
+    dropping = Imperfections(drop_short_s=1.0, drop_short_p=1.0)
+    [segments] = decode(ReferenceDecoder(second, imperfections=dropping), [span])
+    assert [s.text for s in segments] == [t.text for t in second]

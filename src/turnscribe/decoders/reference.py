@@ -71,13 +71,20 @@ class Imperfections:
         return self == Imperfections(seed=self.seed)
 
 
+def _seconds(start: float, end: float) -> float:
+    """end - start to the microsecond: differences of 0.1 s times are off by ~1e-15 (12.7 - 12.4 < 0.3), and a
+    0.3 s back-channel must not fall under MIN_VISIBLE_S (or a 1.0 s turn under drop_short_s = 1.0) by that."""
+    return round(end - start, 6)
+
+
 class _WindowNoise:
     def __init__(self, imperfections: Imperfections, window: int) -> None:
         self.config = imperfections
         self.rng = np.random.default_rng([imperfections.seed, window])
 
     def drops(self, turn: ReferenceTurn) -> bool:
-        return turn.end - turn.start < self.config.drop_short_s and self.rng.random() < self.config.drop_short_p
+        short = _seconds(turn.start, turn.end) < self.config.drop_short_s
+        return short and self.rng.random() < self.config.drop_short_p
 
     def apply(self, segments: list[LocalSegment], duration: float) -> list[LocalSegment]:
         count = len({s.slot for s in segments})
@@ -124,7 +131,7 @@ def reference_output(
     local = []
     for turn in sorted(turns, key=lambda t: t.start):
         start, end = max(turn.start, span.start) - span.start, min(turn.end, span.end) - span.start
-        if end - start < MIN_VISIBLE_S or (noise is not None and noise.drops(turn)):
+        if _seconds(start, end) < MIN_VISIBLE_S or (noise is not None and noise.drops(turn)):
             continue
         slot = slots.setdefault(turn.speaker, len(slots))
         local.append(LocalSegment(slot, round(start, 1), round(end, 1), turn.text))
