@@ -129,6 +129,11 @@ def test_redimnet2_batch_options_from_the_command_line(tmp_path: Path) -> None:
         load_embedder("redimnet2", hub_dir=hub, batch_seconds="lots")
     with pytest.raises(EmbedderError, match="max_stretch >= 1"):
         load_embedder("redimnet2", hub_dir=hub, max_stretch=0.5)
+    # NaN passed the check (batch_seconds: a ValueError from round(); max_stretch: no batching at all), inf
+    # ended in an OverflowError.
+    for option in ({"batch_seconds": "nan"}, {"batch_seconds": "inf"}, {"max_stretch": "nan"}):
+        with pytest.raises(EmbedderError, match="need finite batch_seconds > 0 and max_stretch >= 1"):
+            load_embedder("redimnet2", hub_dir=hub, **option)
 
 
 # --- resemblyzer ------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -260,8 +261,11 @@ class ReDimNet2Embedder:
         # The VoxBlink2 + VoxCeleb2 B6 is the card's "0.17 % EER" model.
         dataset: str = "vb2+vox2_v0",
     ) -> None:
-        if batch_seconds * SAMPLE_RATE < 1 or max_stretch < 1:
-            raise EmbedderError(f"need batch_seconds > 0 and max_stretch >= 1, got {batch_seconds}, {max_stretch}")
+        # Negated, so that NaN (false in every comparison) fails too; an infinite batch_seconds has no size.
+        if not (1 <= batch_seconds * SAMPLE_RATE < math.inf and max_stretch >= 1):
+            raise EmbedderError(
+                f"need finite batch_seconds > 0 and max_stretch >= 1, got {batch_seconds}, {max_stretch}"
+            )
         self.batch_samples = round(batch_seconds * SAMPLE_RATE)
         self._one_pass_at_a_time = threading.Lock()  # see ResemblyzerEmbedder.embed
         self.max_stretch = max_stretch
