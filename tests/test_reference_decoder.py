@@ -176,3 +176,19 @@ def test_turns_of_exactly_the_visible_minimum_or_the_drop_length_are_kept() -> N
     dropping = Imperfections(drop_short_s=1.0, drop_short_p=1.0)
     [segments] = decode(ReferenceDecoder(second, imperfections=dropping), [span])
     assert [s.text for s in segments] == [t.text for t in second]
+
+
+@pytest.mark.parametrize(("bound", "largest"), [(0.16, 0.1), (0.26, 0.2), (0.3, 0.3), (0.05, 0.0)])
+def test_boundary_jitter_never_passes_its_bound(bound: float, largest: float) -> None:
+    # The steps were rounded to the nearest: a 0.16 s bound moved boundaries by 0.2 s.
+    turns = random_turns(200, speakers=2, seed=8)
+    spans = plan_windows(200 * SAMPLE_RATE)
+    perfect = decode(ReferenceDecoder(turns), spans)
+    jittered = decode(ReferenceDecoder(turns, imperfections=Imperfections(boundary_jitter_s=bound)), spans)
+    moves = [
+        abs(moved - kept)
+        for a, b in zip(perfect, jittered, strict=True)
+        for x, y in zip(sorted(a, key=lambda s: s.text), sorted(b, key=lambda s: s.text), strict=True)
+        for kept, moved in ((x.start, y.start), (x.end, y.end))
+    ]
+    assert max(moves) == pytest.approx(largest)

@@ -9,6 +9,7 @@ can be measured against decoder noise of a known kind and amount.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,7 +101,8 @@ class _WindowNoise:
         return sorted(noisy, key=lambda s: s.start)
 
     def _jitter(self, start: float, end: float, duration: float) -> tuple[float, float]:
-        steps = round(self.config.boundary_jitter_s / TIME_STEP)
+        # Whole steps within the bound: rounding to the nearest would let 0.16 s move a boundary by 0.2 s.
+        steps = math.floor(round(self.config.boundary_jitter_s / TIME_STEP, 6))
         if steps == 0:
             return start, end
         last = round(duration, 1)
