@@ -152,7 +152,18 @@ def test_thirty_minutes_with_eight_speakers_generate_quickly() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"speakers": 1}, {"speakers": 9}, {"duration_s": 30}, {"overlap_share": 0.5}, {"pause_s": (2.0, 1.0)}]
+    "kwargs",
+    [
+        {"speakers": 1},
+        {"speakers": 9},
+        {"duration_s": 30},
+        {"overlap_share": 0.5},
+        {"pause_s": (2.0, 1.0)},
+        # snr_db was not checked: NaN gave an all-NaN meeting, -inf one of nothing but clipped noise.
+        {"snr_db": float("nan")},
+        {"snr_db": float("-inf")},
+        {"snr_db": float("inf")},
+    ],
 )
 def test_bad_configs(kwargs: dict) -> None:
     with pytest.raises(ValueError):

@@ -9,6 +9,7 @@ reused, so a 30-minute meeting takes seconds.
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import subprocess
 import wave
@@ -181,6 +182,9 @@ class MeetingConfig:
             raise ValueError(f"pause_s must be an increasing (low, high) range >= 0, got {self.pause_s}")
         if not 0.0 <= self.backchannel_share <= 1.0:
             raise ValueError(f"backchannel_share must be 0 to 1, got {self.backchannel_share}")
+        # NaN would make every sample NaN, and an infinite ratio is no noise (None) or nothing but noise.
+        if self.snr_db is not None and not math.isfinite(self.snr_db):
+            raise ValueError(f"snr_db must be a finite number of dB (None: no noise), got {self.snr_db}")
 
 
 @dataclass(frozen=True)
