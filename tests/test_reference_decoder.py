@@ -158,7 +158,18 @@ def test_dropped_short_turns() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"word_error_rate": 1.5}, {"swap_slots": -0.1}, {"boundary_jitter_s": -1.0}, {"drop_short_p": 2.0}]
+    "kwargs",
+    [
+        {"word_error_rate": 1.5},
+        {"swap_slots": -0.1},
+        {"boundary_jitter_s": -1.0},
+        {"drop_short_p": 2.0},
+        {"word_error_rate": float("nan")},
+        # NaN and inf seconds passed, to fail when a window was decoded (jitter) or to drop nothing (drop_short_s).
+        {"boundary_jitter_s": float("nan")},
+        {"boundary_jitter_s": float("inf")},
+        {"drop_short_s": float("nan")},
+    ],
 )
 def test_bad_imperfections(kwargs: dict) -> None:
     with pytest.raises(ValueError):

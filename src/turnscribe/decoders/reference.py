@@ -64,8 +64,9 @@ class Imperfections:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         for name in ("boundary_jitter_s", "drop_short_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            # Not `< 0`: NaN passed that and failed (jitter) or did nothing (drops) only when decoding.
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {getattr(self, name)}")
 
     @property
     def perfect(self) -> bool:
