@@ -267,7 +267,7 @@ class GatedEngine(FakeEngine):
             yield output
 
 
-def test_a_client_that_disconnects_stops_its_run_after_the_batch_in_flight():
+def test_a_client_that_disconnects_stops_its_run_after_the_windows_in_flight():
     engine = GatedEngine()
     app = vllm_like_app()
     plugin = DiarizedTranscriptionPlugin(service_factory=scripted_service(engine))
@@ -313,14 +313,14 @@ def test_a_client_that_disconnects_stops_its_run_after_the_batch_in_flight():
         try:
             await asyncio.wait_for(app(scope, receive, send), 10)
         finally:
-            engine.gate.set()  # the batch in flight finishes; the run must then stop
+            engine.gate.set()  # the windows in flight finish; the run must then stop
         for _ in range(50):
             await asyncio.sleep(0.02)
         assert engine.in_flight == 0
 
     asyncio.run(main())
     assert sent[0]["status"] == 499
-    assert windows >= 6 and len(engine.requests) == 2  # one batch of 2 windows, not all of them
+    assert windows >= 6 and len(engine.requests) == 2  # the look-ahead of 2 windows, not all of them
 
 
 def test_uploads_are_decoded_in_audio_processes():

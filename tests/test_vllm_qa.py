@@ -3,12 +3,18 @@
 import asyncio
 import shutil
 
+import numpy as np
 import pytest
+from test_server_scripted import SlotLinker
 from test_vllm_decoder import by_level, window
 from vllm_fakes import FakeEngine, audio_of
 
+from turnscribe import Pipeline
 from turnscribe.checkpoint import CheckpointError, fix_for_vllm
+from turnscribe.decoders.base import StreamingDecoder
 from turnscribe.decoders.vllm import AsyncVllmDecoder, servable_checkpoint
+from turnscribe.pipeline import RunControl, RunStopped
+from turnscribe.types import SAMPLE_RATE
 
 
 def test_unreadable_weights_are_refused_for_what_they_are_not_for_the_layout(tiny_original, tmp_path):
@@ -49,3 +55,71 @@ def test_a_failing_window_cancels_its_batchs_other_engine_requests():
 
     assert asyncio.run(main()) == 0
     assert len(engine.requests) == 4
+
+
+class HoldingEngine(FakeEngine):
+    """The first request answers once `gate` opens; the others take 2 s unless vLLM aborts them (cancelled)."""
+
+    def __init__(self) -> None:
+        super().__init__(by_level)
+        self.gate, self.asked, self.aborted = asyncio.Event(), 0, 0
+
+    async def generate(self, prompt, sampling_params, request_id):  # noqa: ANN201
+        self.asked += 1
+        try:
+            if self.asked == 1:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(2.0)
+        except asyncio.CancelledError:
+            self.aborted += 1
+            raise
+        async for output in super().generate(prompt, sampling_params, request_id):
+            yield output
+
+
+def test_a_stopped_run_aborts_its_windows_in_flight_on_the_engine():
+    """The plugin stops a run whose client left: the windows still on the engine are aborted, not finished."""
+    engine = HoldingEngine()
+    control = RunControl()
+
+    async def main() -> None:
+        decoder = await AsyncVllmDecoder.for_engine(engine, model_id="m", batch_size=2, sampling_params=dict)
+        assert isinstance(decoder, StreamingDecoder)
+        pipeline = Pipeline(decoder, SlotLinker())
+        audio = np.full(60 * SAMPLE_RATE, 0.05, np.float32)  # three windows
+        run = asyncio.ensure_future(
+            asyncio.to_thread(pipeline.run, audio, sampling_rate=SAMPLE_RATE, progress=lambda _: control.check())
+        )
+        for _ in range(100):  # until both windows of the look-ahead are on the engine
+            if engine.asked == 2:
+                break
+            await asyncio.sleep(0.01)
+        control.stop("cancelled")
+        engine.gate.set()
+        with pytest.raises(RunStopped):
+            await asyncio.wait_for(run, 1.5)
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert engine.aborted == 1 and engine.in_flight == 0
+
+
+def test_a_failing_window_is_lost_alone_and_sent_once():
+    def answer(prompt) -> str:
+        if audio_of(prompt)[-1] > 0.15:  # the last window, where the audio gets louder
+            raise RuntimeError("the engine refused this window")
+        return by_level(prompt)
+
+    engine = FakeEngine(answer)
+    audio = np.full(60 * SAMPLE_RATE, 0.05, np.float32)
+    audio[56 * SAMPLE_RATE :] = 0.2
+
+    async def main():
+        decoder = await AsyncVllmDecoder.for_engine(engine, model_id="m", batch_size=4, sampling_params=dict)
+        return await asyncio.to_thread(Pipeline(decoder, SlotLinker()).run, audio, sampling_rate=SAMPLE_RATE)
+
+    transcript = asyncio.run(main())
+    assert [r.window for r in transcript.metadata.repairs if r.kind == "window_failed"] == [2]
+    assert [s.text for s in transcript.segments] == ["level 5", "level 5"]
+    assert len(engine.requests) == 3  # no window sent twice

@@ -29,8 +29,8 @@ first route, so the same order works there). A diarized request bypasses vLLM's 
 counters for that route. It reads the whole upload into memory, up to ``TURNSCRIBE_MAX_UPLOAD_MB`` (1024 by
 default, as ``turnscribe serve``; larger bodies get 413 at once from Content-Length, or as soon as a chunked body
 passes it): vLLM's own ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (25 by default) would cut long recordings, the plugin's
-point. A client that disconnects stops its run at the next batch of windows (64 windows, about 30 minutes of
-audio: the batch in flight is finished, nothing after it is sent to the engine). Only FastAPI/Starlette,
+point. A client that disconnects stops its run once the window it waits for is done: its other windows in flight
+are cancelled, which vLLM aborts, and nothing after them is sent to the engine. Only FastAPI/Starlette,
 ``EndpointPlugin`` and the ``EngineClient``'s ``renderer.get_tokenizer()`` and ``generate`` are used, none of
 vLLM's serving internals.
 """
@@ -149,7 +149,7 @@ class DiarizeService:
         return cls(pipeline, names)
 
     async def transcribe(self, request: DiarizeRequest, control: RunControl | None = None) -> Transcript:
-        """The transcript; raises RunStopped at the next batch of windows once `control` is stopped."""
+        """The transcript; raises RunStopped at the next finished window once `control` is stopped."""
         progress = (lambda _: control.check()) if control is not None else None
         return await asyncio.to_thread(
             self.pipeline.run, request.audio, language=request.language, source=request.filename, progress=progress
@@ -196,7 +196,7 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 
 async def unless_client_leaves(service: DiarizeService, request: DiarizeRequest, receive: Receive) -> Transcript:
     """The transcript, or 499 (nginx's "client closed request") as soon as the client goes away; the run then
-    stops at its next batch of windows instead of keeping the engine busy for nobody."""
+    stops at its next finished window, its others aborted, instead of keeping the engine busy for nobody."""
     control = RunControl()
     run = asyncio.ensure_future(service.transcribe(request, control))
     if not await client_left_first(run, receive):

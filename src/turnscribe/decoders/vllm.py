@@ -33,6 +33,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -233,6 +234,8 @@ class AsyncVllmDecoder(_EngineRequests):
     Each window is its own engine request, so vLLM batches the windows of every recording in flight together.
     ``generate`` is a coroutine for the engine's event loop; ``decode`` is the Decoder Protocol's blocking call,
     for a worker thread (the turnscribe Pipeline is synchronous): it runs ``generate`` on that loop and waits.
+    The Pipeline itself uses ``submit`` (a future per window): a failed window is lost alone, and a stopped run
+    cancels its windows in flight, which vLLM aborts.
     """
 
     name = "vllm-async"
@@ -279,11 +282,23 @@ class AsyncVllmDecoder(_EngineRequests):
         return output_text(final)
 
     def decode(self, windows: Sequence[WindowAudio], language: str) -> list[str]:
+        self._refuse_the_loops_thread()
+        return asyncio.run_coroutine_threadsafe(self.generate(windows, language), self.loop).result()
+
+    def submit(self, windows: Sequence[WindowAudio], language: str) -> list[Future[str]]:
+        """One future per window (the `StreamingDecoder` protocol), for a worker thread: the pipeline then keeps
+        windows flowing and, when its run stops (a client that left), cancels those in flight, which vLLM aborts."""
+        self._refuse_the_loops_thread()
+        return [
+            asyncio.run_coroutine_threadsafe(self._generate_one(*r), self.loop)
+            for r in self.requests(windows, language)
+        ]
+
+    def _refuse_the_loops_thread(self) -> None:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self.loop:
             # Waiting here for a coroutine scheduled on this very loop would never return.
-            raise DecoderError("AsyncVllmDecoder.decode blocks: call it from a worker thread, or await generate()")
-        return asyncio.run_coroutine_threadsafe(self.generate(windows, language), self.loop).result()
+            raise DecoderError("AsyncVllmDecoder blocks: call decode/submit from a worker thread, or await generate()")
