@@ -5,8 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from test_server_scripted import SlotLinker
 from test_vllm_decoder import by_level, window
+from test_vllm_plugin import ARGS, SCRIPT, post, vllm_like_app, wav_bytes
 from vllm_fakes import FakeEngine, audio_of
 
 from turnscribe import Pipeline
@@ -15,6 +17,7 @@ from turnscribe.decoders.base import StreamingDecoder
 from turnscribe.decoders.vllm import AsyncVllmDecoder, servable_checkpoint
 from turnscribe.pipeline import RunControl, RunStopped
 from turnscribe.types import SAMPLE_RATE
+from turnscribe.vllm_plugin import DiarizedTranscriptionPlugin, DiarizeService, served_model_names
 
 
 def test_unreadable_weights_are_refused_for_what_they_are_not_for_the_layout(tiny_original, tmp_path):
@@ -123,3 +126,29 @@ def test_a_failing_window_is_lost_alone_and_sent_once():
     assert [r.window for r in transcript.metadata.repairs if r.kind == "window_failed"] == [2]
     assert [s.text for s in transcript.segments] == ["level 5", "level 5"]
     assert len(engine.requests) == 3  # no window sent twice
+
+
+class OutOfMemoryLinker:
+    """The speaker embedder shares the GPU with vLLM (the card's 0.55): it may run out of memory."""
+
+    def assign(self, segments, audio):  # noqa: ANN201
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_run_that_fails_outside_the_decoder_is_answered_in_openais_shape():
+    engine = FakeEngine(lambda prompt: SCRIPT)
+
+    async def start(engine_client, args):
+        decoder = await AsyncVllmDecoder.for_engine(engine_client, model_id="m", sampling_params=dict)
+        return DiarizeService(Pipeline(decoder, OutOfMemoryLinker()), served_model_names(args))
+
+    app = vllm_like_app()
+    plugin = DiarizedTranscriptionPlugin(service_factory=start)
+    plugin.attach_router(app)
+    with TestClient(app) as client:
+        client.portal.call(plugin.init_state, engine, app.state, ARGS)
+        response = post(client, wav_bytes(5), response_format="diarized_json")
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "transcription_failed"
+    assert "CUDA out of memory" in error["message"]

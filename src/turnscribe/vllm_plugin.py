@@ -54,7 +54,6 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import DEFAULT_EMBEDDER, Pipeline, build_pipeline
 from .audio import AudioError, AudioProcesses, audio_process_count
-from .decoders.base import DecoderError
 from .decoders.vllm import AsyncVllmDecoder
 from .formats import render
 from .pipeline import RunControl
@@ -271,9 +270,9 @@ class DiarizedTranscriptionPlugin:
             return e.response()
         except AudioError as e:
             return RequestError(400, str(e), code="invalid_audio", param="file").response()
-        except DecoderError as e:
+        except Exception as e:  # every window failing, or the embedder (e.g. out of GPU memory beside vLLM)
             log.exception("turnscribe: transcription failed")
-            return RequestError(500, str(e), code="transcription_failed").response()
+            return RequestError(500, str(e) or type(e).__name__, code="transcription_failed").response()
         finally:
             await form.close()
         return Response(render(transcript, DIARIZED_JSON), media_type="application/json")
