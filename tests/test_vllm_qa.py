@@ -17,7 +17,7 @@ from turnscribe.decoders.base import StreamingDecoder
 from turnscribe.decoders.vllm import AsyncVllmDecoder, servable_checkpoint
 from turnscribe.pipeline import RunControl, RunStopped
 from turnscribe.types import SAMPLE_RATE
-from turnscribe.vllm_plugin import DiarizedTranscriptionPlugin, DiarizeService, served_model_names
+from turnscribe.vllm_plugin import MAX_UPLOAD_ENV, DiarizedTranscriptionPlugin, DiarizeService, served_model_names
 
 
 def test_unreadable_weights_are_refused_for_what_they_are_not_for_the_layout(tiny_original, tmp_path):
@@ -152,3 +152,11 @@ def test_a_run_that_fails_outside_the_decoder_is_answered_in_openais_shape():
     error = response.json()["error"]
     assert error["type"] == "server_error" and error["code"] == "transcription_failed"
     assert "CUDA out of memory" in error["message"]
+
+
+@pytest.mark.parametrize("limit", ["1GB", "0", "-5", "nan", "inf"])
+def test_a_bad_upload_limit_stops_the_server_at_start_naming_the_variable(monkeypatch, limit):
+    monkeypatch.setenv(MAX_UPLOAD_ENV, limit)
+    refusal = rf"\$TURNSCRIBE_MAX_UPLOAD_MB must be a number of megabytes above 0, not '{limit}'"
+    with pytest.raises(ValueError, match=refusal):
+        DiarizedTranscriptionPlugin().attach_router(vllm_like_app())

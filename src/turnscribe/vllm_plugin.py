@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -159,7 +160,14 @@ ServiceFactory = Callable[[Any, Any], Awaitable[DiarizeService]]
 
 
 def max_upload_bytes() -> int:
-    return int(float(os.environ.get(MAX_UPLOAD_ENV, DEFAULT_MAX_UPLOAD_MB)) * 2**20)
+    value = os.environ.get(MAX_UPLOAD_ENV, str(DEFAULT_MAX_UPLOAD_MB))
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = math.nan
+    if not 0 < megabytes < math.inf:
+        raise ValueError(f"${MAX_UPLOAD_ENV} must be a number of megabytes above 0, not {value!r}")
+    return int(megabytes * 2**20)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -229,6 +237,8 @@ class DiarizedTranscriptionPlugin:
 
     def attach_router(self, app: FastAPI) -> None:
         """Phase A: our route goes right before vLLM's (kept as the fallback), so it matches first on any vLLM."""
+        # A bad limit stops `vllm serve` now, not every transcription request later (vLLM's own formats included).
+        max_upload_bytes()
         routes = app.router.routes
         self.fallback = next(
             (
