@@ -17,7 +17,13 @@ from turnscribe.decoders.base import StreamingDecoder
 from turnscribe.decoders.vllm import AsyncVllmDecoder, servable_checkpoint
 from turnscribe.pipeline import RunControl, RunStopped
 from turnscribe.types import SAMPLE_RATE
-from turnscribe.vllm_plugin import MAX_UPLOAD_ENV, DiarizedTranscriptionPlugin, DiarizeService, served_model_names
+from turnscribe.vllm_plugin import (
+    MAX_UPLOAD_ENV,
+    TRANSCRIPTIONS_PATH,
+    DiarizedTranscriptionPlugin,
+    DiarizeService,
+    served_model_names,
+)
 
 
 def test_unreadable_weights_are_refused_for_what_they_are_not_for_the_layout(tiny_original, tmp_path):
@@ -160,3 +166,34 @@ def test_a_bad_upload_limit_stops_the_server_at_start_naming_the_variable(monkey
     refusal = rf"\$TURNSCRIBE_MAX_UPLOAD_MB must be a number of megabytes above 0, not '{limit}'"
     with pytest.raises(ValueError, match=refusal):
         DiarizedTranscriptionPlugin().attach_router(vllm_like_app())
+
+
+def test_a_client_gone_mid_upload_gets_499_not_a_server_error():
+    app = vllm_like_app()
+    DiarizedTranscriptionPlugin().attach_router(app)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": TRANSCRIPTIONS_PATH,
+        "raw_path": TRANSCRIPTIONS_PATH.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=x"), (b"transfer-encoding", b"chunked")],
+        "client": ("test", 1),
+        "server": ("test", 80),
+        "app": app,
+    }
+    messages = [{"type": "http.disconnect"}, {"type": "http.request", "body": b"--x\r\n", "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop()
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))  # raised ClientDisconnect out of the app: vLLM logged a traceback
+    assert sent[0]["status"] == 499

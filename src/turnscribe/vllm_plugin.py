@@ -49,6 +49,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import FormData, State, UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
@@ -179,12 +180,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect as e:  # gone mid-upload: not a server error with a traceback in vLLM's log
+        raise client_closed() from e
     return b"".join(chunks)
+
+
+def client_closed() -> RequestError:
+    return RequestError(499, "The client closed the request", code="client_closed")  # nginx's status for it
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
@@ -210,7 +218,7 @@ async def unless_client_leaves(service: DiarizeService, request: DiarizeRequest,
         return run.result()
     control.stop("cancelled")
     run.add_done_callback(lambda finished: finished.cancelled() or finished.exception())  # nobody awaits it
-    raise RequestError(499, "The client closed the request", code="client_closed")
+    raise client_closed()
 
 
 class ReplayedRequest(Response):
