@@ -15,8 +15,10 @@ Checked against vLLM 0.33.0's source (see the README's vLLM section for what ran
 * The async engine for servers (``AsyncLLM``, the ``EngineClient`` that ``vllm serve`` hands to plugins): the
   tokenizer from ``engine.renderer.get_tokenizer()`` (``renderer`` is an attribute of the ``EngineClient`` ABC;
   ``get_tokenizer`` itself is not), and ``generate(prompt, sampling_params, request_id)``, an async generator of
-  ``RequestOutput``s of which the last is the finished one. (vLLM 0.33 logs once that raw prompts to the engine
-  are deprecated in favour of prompts rendered by ``engine.renderer``; it still accepts them.)
+  ``RequestOutput``s of which the last is the finished one; cancelling the task that iterates it aborts the
+  engine request (``AsyncLLM.generate`` catches the cancellation and calls ``abort``). (vLLM 0.33 logs once that
+  raw prompts to the engine are deprecated in favour of prompts rendered by ``engine.renderer``; it still accepts
+  them.)
 
 vLLM's Cohere ASR feature extractor dithers its input (``preprocessor.dither``, 1e-5 unless the config says
 otherwise), so the same window would not give the same features twice; ``from_pretrained`` switches it off with
