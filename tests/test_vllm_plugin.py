@@ -267,6 +267,25 @@ class GatedEngine(FakeEngine):
             yield output
 
 
+def upload_scope(app, headers: list[tuple[bytes, bytes]]) -> dict:
+    """The ASGI scope of a POST to the transcriptions route, for tests that drive the app message by message."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": TRANSCRIPTIONS_PATH,
+        "raw_path": TRANSCRIPTIONS_PATH.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("test", 1),
+        "server": ("test", 80),
+        "app": app,
+    }
+
+
 def test_a_client_that_disconnects_stops_its_run_after_the_windows_in_flight():
     engine = GatedEngine()
     app = vllm_like_app()
@@ -280,21 +299,7 @@ def test_a_client_that_disconnects_stops_its_run_after_the_windows_in_flight():
     )
     body = upload.read()
     windows = len(plan_windows(150 * SAMPLE_RATE, DEFAULT_WINDOW_S, DEFAULT_OVERLAP_S))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": TRANSCRIPTIONS_PATH,
-        "raw_path": TRANSCRIPTIONS_PATH.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in upload.headers.items()],
-        "client": ("test", 1),
-        "server": ("test", 80),
-        "app": app,
-    }
+    scope = upload_scope(app, [(k.lower().encode(), v.encode()) for k, v in upload.headers.items()])
     sent: list[dict] = []
 
     async def main() -> None:

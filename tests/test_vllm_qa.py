@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from test_server_scripted import SlotLinker
 from test_vllm_decoder import by_level, window
-from test_vllm_plugin import ARGS, SCRIPT, post, vllm_like_app, wav_bytes
+from test_vllm_plugin import ARGS, SCRIPT, post, upload_scope, vllm_like_app, wav_bytes
 from vllm_fakes import FakeEngine, audio_of
 
 from turnscribe import Pipeline
@@ -19,7 +19,6 @@ from turnscribe.pipeline import RunControl, RunStopped
 from turnscribe.types import SAMPLE_RATE
 from turnscribe.vllm_plugin import (
     MAX_UPLOAD_ENV,
-    TRANSCRIPTIONS_PATH,
     DiarizedTranscriptionPlugin,
     DiarizeService,
     served_model_names,
@@ -171,21 +170,9 @@ def test_a_bad_upload_limit_stops_the_server_at_start_naming_the_variable(monkey
 def test_a_client_gone_mid_upload_gets_499_not_a_server_error():
     app = vllm_like_app()
     DiarizedTranscriptionPlugin().attach_router(app)
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": TRANSCRIPTIONS_PATH,
-        "raw_path": TRANSCRIPTIONS_PATH.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"multipart/form-data; boundary=x"), (b"transfer-encoding", b"chunked")],
-        "client": ("test", 1),
-        "server": ("test", 80),
-        "app": app,
-    }
+    scope = upload_scope(
+        app, [(b"content-type", b"multipart/form-data; boundary=x"), (b"transfer-encoding", b"chunked")]
+    )
     messages = [{"type": "http.disconnect"}, {"type": "http.request", "body": b"--x\r\n", "more_body": True}]
     sent: list[dict] = []
 
