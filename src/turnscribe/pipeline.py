@@ -24,13 +24,13 @@ from .prompt import check_language
 from .stitch import stitch
 from .types import (
     SAMPLE_RATE,
-    SILENCE_PEAK,
     ParsedWindow,
     Repair,
     Segment,
     Transcript,
     TranscriptMetadata,
     WindowSpan,
+    audible,
 )
 from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, MIN_WINDOW_S, check_window, plan_windows
 
@@ -211,7 +211,7 @@ class Pipeline:
         # Digital silence is not sent to the model, nor a sliver shorter than one of its time steps (the last window
         # with no overlap): it holds no word, and a model asked to transcribe it makes one up.
         long_enough = len(window.samples) >= MIN_WINDOW_S * SAMPLE_RATE
-        return window, long_enough and bool(np.abs(window.samples).max(initial=0.0) >= SILENCE_PEAK)
+        return window, long_enough and audible(window.samples)
 
     def _batch_outputs(
         self, samples: np.ndarray, spans: Sequence[WindowSpan], language: str, repairs: list[Repair]

@@ -5,10 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 SAMPLE_RATE = 16_000
 """Every stage after audio decoding works on mono float32 samples at this rate."""
 SILENCE_PEAK = 1e-4
 """Audio whose loudest sample is below this (-80 dBFS) is digital silence: no window or voice to be heard in it."""
+
+
+def audible(samples: np.ndarray) -> bool:
+    """Whether any sample reaches SILENCE_PEAK (empty audio, and NaN, do not)."""
+    return bool(np.abs(samples).max(initial=0.0) >= SILENCE_PEAK)
 
 
 class TurnscribeError(Exception):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..audio import AudioError, load_audio
 from ..speakers.names import SpeakerNameError, check_speaker_names
-from ..types import SAMPLE_RATE, SILENCE_PEAK
+from ..types import SAMPLE_RATE, audible
 from .errors import APIError
 
 KNOWN_SPEAKER_SECONDS = (2.0, 10.0)  # OpenAI's bounds for a reference clip
@@ -61,7 +61,7 @@ def read_known_speakers(names: list[str], references: list[str], *, limit: int) 
                 f"{PARAM_REFERENCES}[{i}] is {seconds:.1f} s long; it must be {low:g} to {high:g} s",
                 param=PARAM_REFERENCES,
             )
-        if not np.abs(samples).max(initial=0.0) >= SILENCE_PEAK:  # the linker refuses it too, as a failed run
+        if not audible(samples):  # the linker refuses it too, as a failed run
             raise APIError(400, f"{PARAM_REFERENCES}[{i}] is silent: no voice to match", param=PARAM_REFERENCES)
         speakers[name] = samples
     return speakers

@@ -61,7 +61,7 @@ from turnscribe.speakers.clustering import check_counts, check_threshold
 from turnscribe.speakers.embedders import Embedder
 from turnscribe.speakers.linking import SpeakerAssignment, embed_in_chunks, segment_clip
 from turnscribe.speakers.names import check_speaker_names
-from turnscribe.types import SAMPLE_RATE, SILENCE_PEAK, StitchedSegment, TurnscribeError
+from turnscribe.types import SAMPLE_RATE, StitchedSegment, TurnscribeError, audible
 
 MIN_CALIBRATION_PAIRS = 3
 DIFFERENT_QUANTILE = 0.25  # where known-different pairs begin (module docstring)
@@ -592,7 +592,7 @@ class SlotLinker:
         clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in self.known_speakers.values()]
         for name, clip in zip(names, clips, strict=True):
             # Its embedding would be no one's voice, yet could come within the threshold of someone's.
-            if not np.abs(clip).max(initial=0.0) >= SILENCE_PEAK:
+            if not audible(clip):
                 raise KnownSpeakerError(f"known speaker {name!r}: the reference recording is empty or silent")
         self.known_speakers = dict(zip(names, clips, strict=True))
         self._references = embed_in_chunks(self.embedder, clips) if clips else np.zeros((0, 0), np.float32)
