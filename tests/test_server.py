@@ -8,6 +8,7 @@ hanging it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -38,6 +39,7 @@ from turnscribe.decoders.transformers import TransformersDecoder
 from turnscribe.pipeline import RunStopped
 from turnscribe.server import ServerSettings, create_app
 from turnscribe.server.cli import serve
+from turnscribe.server.disconnect import discard_body
 from turnscribe.server.engine import as_api_error
 from turnscribe.speakers import ClusteringLinker
 from turnscribe.types import SAMPLE_RATE, TurnscribeError
@@ -360,6 +362,60 @@ def test_bad_input_gets_the_documented_4xx_and_the_server_keeps_serving(scripted
     assert f"limit of {4 << 20} bytes" in too_large
     assert post(url, audio(20), response_format="text").text.strip() == "window 0 one window 0 two"
     assert not any((data / "uploads" / "requests").iterdir())  # nothing left behind
+
+
+def raw_post(url: str, body: Iterator[bytes] | None, *, length: int | None = None, key: str = KEY) -> tuple[int, dict]:
+    """A POST from a bare socket that sends the whole body before reading the answer, as httpx and requests do;
+    with `length` and no body, it waits for "100 Continue" as curl does for a large upload."""
+    host, port = url.removeprefix("http://").split(":")
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\n{framing}\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as conn:
+        conn.sendall((head + ("Expect: 100-continue\r\n" if body is None else "") + "\r\n").encode())
+        for part in body or ():
+            conn.sendall(part if length is not None else b"%x\r\n%b\r\n" % (len(part), part))
+        if body is not None and length is None:
+            conn.sendall(b"0\r\n\r\n")
+        answer = conn.makefile("rb")
+        status = int(answer.readline().split()[1])
+        headers = dict(line.decode().lower().split(": ", 1) for line in iter(answer.readline, b"\r\n"))
+        return status, json.loads(answer.read(int(headers["content-length"])))
+
+
+def test_an_early_refusal_reaches_a_client_still_sending_its_body(scripted):
+    # 401 and 413 are answered before the body is read. Closing the connection with upload bytes unread makes the
+    # kernel reset it, and the answer was lost with it: the client saw "connection reset" (or an empty body).
+    part = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    body = [part] + [b"\0" * (1 << 20)] * 32
+    for key, status in ((KEY, 413), ("wrong-key", 401)):
+        assert raw_post(scripted, iter(body), length=sum(map(len, body)), key=key)[0] == status
+    status, error = raw_post(scripted, iter(body))  # chunked: refused once it passes the limit
+    assert (status, error["error"]["code"]) == (413, "file_too_large")
+    # One that waits for "100 Continue" is answered at once and never sends its gigabyte.
+    status, error = raw_post(scripted, None, length=1 << 30)
+    assert (status, error["error"]["code"]) == (413, "file_too_large")
+
+
+def test_reading_through_a_refused_upload_stops_at_its_bounds():
+    messages = 0
+
+    async def endless() -> dict:  # a client that would send for ever
+        nonlocal messages
+        messages += 1
+        return {"type": "http.request", "body": b"\0" * 1000, "more_body": True}
+
+    async def stalled() -> dict:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    asyncio.run(discard_body(endless, limit_bytes=10_000))
+    assert messages == 11  # 11,000 bytes read: past the bound, then answered
+    started = time.monotonic()
+    asyncio.run(discard_body(stalled, timeout_s=0.05))
+    assert time.monotonic() - started < 5
 
 
 def test_unknown_routes_and_methods_are_openai_errors(scripted):

@@ -184,3 +184,29 @@ def test_a_client_gone_mid_upload_gets_499_not_a_server_error():
 
     asyncio.run(app(scope, receive, send))  # raised ClientDisconnect out of the app: vLLM logged a traceback
     assert sent[0]["status"] == 499
+
+
+@pytest.mark.parametrize("framing", ["declared", "chunked", "waits-for-continue"])
+def test_an_upload_over_the_limit_is_read_through_after_its_413(monkeypatch, framing):
+    # Closed with upload bytes unread, the connection is reset under a client still sending (httpx sends the whole
+    # body before reading) and the 413 was lost. A client waiting for "100 Continue" sends nothing: nothing to read.
+    monkeypatch.setenv(MAX_UPLOAD_ENV, "1")
+    app = vllm_like_app()
+    DiarizedTranscriptionPlugin().attach_router(app)
+    headers = [(b"content-type", b"multipart/form-data; boundary=x")]
+    headers.append((b"transfer-encoding", b"chunked") if framing == "chunked" else (b"content-length", b"3145728"))
+    if framing == "waits-for-continue":
+        headers.append((b"expect", b"100-continue"))
+    body = [{"type": "http.request", "body": b"\0" * (1 << 20), "more_body": more} for more in (True, True, False)]
+    sent: list[dict] = []
+
+    async def receive():
+        return body.pop(0) if body else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(upload_scope(app, headers), receive, send))
+    assert sent[0]["status"] == 413 and b"file_too_large" in sent[1]["body"]
+    assert len(body) == (3 if framing == "waits-for-continue" else 0)
+    assert not sent[-1].get("more_body", False)

@@ -27,12 +27,12 @@ Risks, stated for operators who allowlist it: the plugin shadows a core route. v
 the plugin puts its route *before* vLLM's, so vLLM keeps both and ours matches first (older releases matched the
 first route, so the same order works there). A diarized request bypasses vLLM's request logging and load-aware
 counters for that route. It reads the whole upload into memory, up to ``TURNSCRIBE_MAX_UPLOAD_MB`` (1024 by
-default, as ``turnscribe serve``; larger bodies get 413 at once from Content-Length, or as soon as a chunked body
-passes it): vLLM's own ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (25 by default) would cut long recordings, the plugin's
-point. A client that disconnects stops its run once the window it waits for is done: its other windows in flight
-are cancelled, which vLLM aborts, and nothing after them is sent to the engine. Only FastAPI/Starlette,
-``EndpointPlugin`` and the ``EngineClient``'s ``renderer.get_tokenizer()`` and ``generate`` are used, none of
-vLLM's serving internals.
+default, as ``turnscribe serve``; larger bodies get 413 from Content-Length, or as soon as a chunked body passes
+it, then reads what it may of the rest: see ``discarding_send``): vLLM's own ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB``
+(25 by default) would cut long recordings, the plugin's point. A client that disconnects stops its run once the
+window it waits for is done: its other windows in flight are cancelled, which vLLM aborts, and nothing after them
+is sent to the engine. Only FastAPI/Starlette, ``EndpointPlugin`` and the ``EngineClient``'s
+``renderer.get_tokenizer()`` and ``generate`` are used, none of vLLM's serving internals.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.datastructures import FormData, State, UploadFile
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
@@ -60,7 +59,7 @@ from .decoders.vllm import AsyncVllmDecoder
 from .formats import render
 from .pipeline import RunControl
 from .prompt import LanguageError, PromptTokenError, check_language
-from .server.disconnect import client_left_first
+from .server.disconnect import body_on_its_way, client_left_first, discarding_send
 from .types import Transcript
 
 log = logging.getLogger(__name__)
@@ -171,23 +170,39 @@ def max_upload_bytes() -> int:
     return int(megabytes * 2**20)
 
 
+class UploadTooLarge(RequestError):
+    def __init__(self, limit: int, *, body_unread: bool) -> None:
+        message = f"The upload exceeds the limit of {limit} bytes ({MAX_UPLOAD_ENV})"
+        super().__init__(413, message, code="file_too_large", param="file")
+        self.body_unread = body_unread  # the client is still sending it
+
+
+class AnsweredMidUpload(Response):
+    """An answer given while the client is still sending its body: see `discarding_send`."""
+
+    def __init__(self, answer: Response) -> None:
+        super().__init__()
+        self.answer = answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.answer(scope, receive, discarding_send(send, receive))
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 once it passes `limit` bytes (declared or streamed)."""
-    too_large = RequestError(
-        413, f"The upload exceeds the limit of {limit} bytes ({MAX_UPLOAD_ENV})", code="file_too_large", param="file"
-    )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except ClientDisconnect as e:  # gone mid-upload: not a server error with a traceback in vLLM's log
-        raise client_closed() from e
+        raise UploadTooLarge(limit, body_unread=body_on_its_way(request.scope))
+    chunks, size, more = [], 0, True
+    while more:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":  # gone mid-upload: not a server error with a traceback in vLLM's log
+            raise client_closed()
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+        if size > limit:
+            raise UploadTooLarge(limit, body_unread=more)
     return b"".join(chunks)
 
 
@@ -273,6 +288,8 @@ class DiarizedTranscriptionPlugin:
     async def create_transcription(self, raw_request: Request) -> Response:
         try:
             body = await read_body(raw_request, max_upload_bytes())  # kept: it may be replayed to vLLM's route
+        except UploadTooLarge as e:
+            return AnsweredMidUpload(e.response()) if e.body_unread else e.response()
         except RequestError as e:
             return e.response()
         service: DiarizeService | None = getattr(raw_request.app.state, STATE_KEY, None)

@@ -37,7 +37,7 @@ from ..formats import render
 from ..pipeline import Pipeline, RunControl, RunStopped, StopReason
 from ..prompt import LANGUAGES, check_language
 from ..types import Transcript
-from .disconnect import client_left_first
+from .disconnect import DISCARD_TIMEOUT_S, body_on_its_way, client_left_first, discarding_send
 from .engine import Engine, KnownSpeakersUnsupported, StreamSegment, as_api_error
 from .enrollment import read_known_speakers
 from .errors import APIError, KeyChecker, bearer, error_responses, install_error_handlers
@@ -202,8 +202,9 @@ def _sse(data: dict[str, Any]) -> bytes:
 
 class RequestGuard:
     """Refuses what must be refused before the body is read: a /v1 request without a valid key (401), and a body
-    over the limit (413, at once from Content-Length, or as soon as a chunked body passes it); and answers 408 for
-    an upload that stalls: a client that stops sending mid-body would otherwise hold a connection for ever."""
+    over the limit (413, at once from Content-Length, or as soon as a chunked body passes it), each answer followed
+    by `discarding_send`'s bounded read of the rest so that it reaches the client; and answers 408 for an upload
+    that stalls: a client that stops sending mid-body would otherwise hold a connection for ever."""
 
     def __init__(
         self, app: ASGIApp, keys: KeyChecker, max_file_bytes: int, form_slack: int, idle_timeout_s: float
@@ -224,17 +225,25 @@ class RequestGuard:
             code="file_too_large",
             headers=_CLOSE,
         )
+        # A client that stalls while its refused body is read is let go after the idle timeout, as one that stalls
+        # mid-upload.
+        discarding = discarding_send(send, receive, min(DISCARD_TIMEOUT_S, self.idle_timeout_s))
         headers = Headers(scope=scope)
+        refusal = None
         if _under_v1(scope["path"]) and not self.keys.accepts(headers.get("authorization")):
-            return await _refuse(self.keys.refusal(), scope, receive, send)
+            refusal = self.keys.refusal()
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _refuse(too_large, scope, receive, send)
+        if refusal is None and length is not None and length.isdigit() and int(length) > self.max_bytes:
+            refusal = too_large
+        if refusal is not None:
+            response = refusal.response()
+            response.headers.update(_CLOSE)
+            return await response(scope, receive, discarding if body_on_its_way(scope) else send)
         seen = 0
-        body_done = False
+        body_done = refused_mid_body = False
 
         async def guarded() -> Message:
-            nonlocal seen, body_done
+            nonlocal seen, body_done, refused_mid_body
             if body_done:  # after the body, receive() waits for a disconnect: no timeout there
                 return await receive()
             try:
@@ -249,26 +258,24 @@ class RequestGuard:
                 ) from None
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                refused_mid_body = message.get("more_body", False)
                 raise too_large
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await self.app(scope, guarded, send)
+        async def answering(message: Message) -> None:
+            await (discarding if refused_mid_body else send)(message)
+
+        await self.app(scope, guarded, answering)
 
 
-# Sent with an answer given before the whole body was read: the rest of it would otherwise have to be read (and
-# thrown away) before the connection could carry another request.
+# Sent with an answer given before the whole body was read (discarding_send stops at a bound): the rest of it would
+# otherwise have to be read (and thrown away) before the connection could carry another request.
 _CLOSE = {"Connection": "close"}
 
 
 def _under_v1(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
-
-
-async def _refuse(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
-    response = error.response()
-    response.headers.update(_CLOSE)
-    await response(scope, receive, send)
 
 
 class _Services:
