@@ -425,6 +425,12 @@ def test_unknown_routes_and_methods_are_openai_errors(scripted):
     )
     assert_error(not_allowed, 405)
     assert not_allowed.headers["Allow"] == "POST"
+    # HEAD is GET without the body (uptime checks, curl -I); on a POST-only route it is refused as GET is.
+    for path, key, status in (("/health", None, 200), ("/v1/models", KEY, 200), ("/v1/models", None, 401)):
+        head = httpx.head(f"{scripted}{path}", headers={"Authorization": f"Bearer {key}"} if key else {})
+        assert (head.status_code, head.content) == (status, b"") and int(head.headers["content-length"]) > 0
+    head = httpx.head(f"{scripted}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"})
+    assert (head.status_code, head.headers["Allow"]) == (405, "POST")
     # Without the key every /v1 path is a 401, found or not: the key is checked before anything else.
     assert_error(httpx.get(f"{scripted}/v1/nothing", timeout=TIMEOUT), 401, "invalid_api_key")
 

@@ -269,6 +269,19 @@ class RequestGuard:
         await self.app(scope, guarded, answering)
 
 
+class HeadAsGet:
+    """Answers HEAD as GET, which FastAPI's routes do not: uptime checks and `curl -I` use it, and RFC 9110 asks it
+    of every general-purpose server. The server sends no body for HEAD (its own scope still says HEAD)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        await self.app(scope, receive, send)
+
+
 # Sent with an answer given before the whole body was read (discarding_send stops at a bound): the rest of it would
 # otherwise have to be read (and thrown away) before the connection could carry another request.
 _CLOSE = {"Connection": "close"}
@@ -372,6 +385,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         form_slack=_FORM_SLACK,
         idle_timeout_s=settings.upload_timeout_s,
     )
+    app.add_middleware(HeadAsGet)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
