@@ -226,3 +226,16 @@ def test_a_job_that_fails_while_the_server_stops_runs_again_at_the_next_start(tm
     assert job_now is not None and job_now.status == "queued" and job_now.error is None
     assert store.recover() == (0, 0)  # queued by the stop, not left running: no crash counted
     store.close()
+
+
+def test_a_job_listing_leaves_the_results_in_the_database(tmp_path):
+    # GET /v1/audio/jobs shows no results, but read each one (megabytes for a 4-hour transcript) for up to 1000 jobs.
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.create(model="m", language="en", response_format="json", filename="a.wav", audio_path=tmp_path, duration=1)
+    claimed = store.claim()
+    assert claimed is not None and store.finish(claimed, "succeeded", result='{"segments": []}')
+    (listed,) = store.recent(status="succeeded", limit=10)
+    assert listed.result is None and listed.status == "succeeded" and listed.filename == "a.wav"
+    assert listed.to_api() == store.get(claimed.id).to_api()  # type: ignore[union-attr]
+    assert store.get(claimed.id).result == '{"segments": []}'  # type: ignore[union-attr]
+    store.close()

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,7 +223,11 @@ class JobStore:
         return self._one("SELECT * FROM jobs WHERE id=?", job_id)
 
     def recent(self, *, status: str | None, limit: int) -> list[Job]:
-        sql = "SELECT * FROM jobs" + (" WHERE status=?" if status else "") + " ORDER BY created_at DESC LIMIT ?"
+        """The newest jobs, without their results: a listing shows none, and a 4-hour transcript is megabytes."""
+        columns = ", ".join("NULL AS result" if f.name == "result" else f.name for f in fields(Job))
+        sql = (
+            f"SELECT {columns} FROM jobs" + (" WHERE status=?" if status else "") + " ORDER BY created_at DESC LIMIT ?"
+        )
         with self._lock:
             rows = self._db.execute(sql, (status, limit) if status else (limit,)).fetchall()
         return [Job(**dict(r)) for r in rows]
