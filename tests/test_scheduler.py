@@ -333,7 +333,7 @@ def test_closing_run_many_early_stops_the_files_in_flight_instead_of_finishing_t
     assert first.index == 0 and first.error is None
     start = time.monotonic()
     results.close()
-    assert time.monotonic() - start < 1.0  # the long file's windows left are not decoded first
+    assert time.monotonic() - start < 2.0  # the long file's windows left are not decoded first
     assert len(decoded) < 25
     assert len(linked) == 1  # only the file that was done: the long one does not go on to the embedder
 
