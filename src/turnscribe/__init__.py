@@ -138,6 +138,7 @@ def transcribe_many(
     inputs: Iterable[AudioInput],
     *,
     language: str = "en",
+    sampling_rate: int | None = None,
     files_at_once: int | None = None,
     audio_processes: int | None = None,
     progress: ProgressCallback | None = None,
@@ -148,7 +149,8 @@ def transcribe_many(
     The windows of all files in flight (`files_at_once`, default: enough to fill the model's batches, see
     `scheduler.files_at_once_for`) share the model's batches (`turnscribe.scheduler`); files are decoded
     in `audio_processes` worker processes, ahead of the files in flight (default: `audio.audio_process_count`; 0: in the
-    files' threads). A file that fails yields its error and the others go on. `options` are those of
+    files' threads). A file that fails yields its error and the others go on. Arrays and tensors need
+    `sampling_rate`, one rate for every input (a file given with it is refused). `options` are those of
     `build_pipeline`.
     """
     from .prompt import check_language
@@ -159,6 +161,7 @@ def transcribe_many(
         pipeline,
         inputs,
         language=language,
+        sampling_rate=sampling_rate,
         files_at_once=files_at_once,
         audio_processes=audio_processes,
         progress=progress,

@@ -1,0 +1,28 @@
+"""The Python API as a faster-whisper / WhisperX user drives it: every kind of input `transcribe` and
+`transcribe_many` document, and the mistakes such users make, each a clear TurnscribeError."""
+
+import numpy as np
+import pytest
+import torch
+
+import turnscribe
+from turnscribe.decoders import ScriptedDecoder
+from turnscribe.types import SAMPLE_RATE
+
+
+def tone(seconds: float, rate: int = SAMPLE_RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def window_names() -> ScriptedDecoder:
+    return ScriptedDecoder(lambda span: f"<|spltoken0|><|t:1.0|> window {span.index} <|t:2.0|>")
+
+
+def test_transcribe_many_takes_arrays_and_tensors_with_their_sampling_rate():
+    mono, stereo = tone(40, 44100), torch.from_numpy(np.stack([tone(40, 44100)] * 2))
+    results = list(turnscribe.transcribe_many([mono, stereo], sampling_rate=44100, decoder=window_names()))
+    assert [r.error for r in results] == [None, None]
+    for result in results:
+        assert result.transcript.duration == pytest.approx(40.0)
+        assert [s.text for s in result.transcript.segments] == ["window 0", "window 1"]
