@@ -26,3 +26,10 @@ def test_transcribe_many_takes_arrays_and_tensors_with_their_sampling_rate():
     for result in results:
         assert result.transcript.duration == pytest.approx(40.0)
         assert [s.text for s in result.transcript.segments] == ["window 0", "window 1"]
+
+
+@pytest.mark.parametrize("language", [None, 2])
+def test_a_language_that_is_not_a_code_is_a_language_error_before_anything_loads(language):
+    # language=None is how faster-whisper and WhisperX are asked to detect the language.
+    with pytest.raises(turnscribe.LanguageError, match="language is required.*does not detect"):
+        turnscribe.transcribe(tone(1), sampling_rate=SAMPLE_RATE, language=language, model="/nowhere")

@@ -38,9 +38,12 @@ class PromptTokenError(TurnscribeError):
 
 
 def check_language(language: str) -> str:
+    valid = ", ".join(f"{c} ({n})" for c, n in LANGUAGES.items())
+    if not isinstance(language, str):
+        # language=None asks faster-whisper and WhisperX to detect it; this model is told the language in its prompt.
+        raise LanguageError(f"A language is required (the model does not detect it), got {language!r}. Valid: {valid}.")
     code = language.strip().lower()
     if code not in LANGUAGES:
-        valid = ", ".join(f"{c} ({n})" for c, n in LANGUAGES.items())
         raise LanguageError(f"Unknown language {language!r}. Valid languages: {valid}.")
     return code
 
