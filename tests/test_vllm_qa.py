@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from test_server_scripted import SlotLinker
 from test_vllm_decoder import by_level, window
-from test_vllm_plugin import ARGS, SCRIPT, post, upload_scope, vllm_like_app, wav_bytes
+from test_vllm_plugin import ARGS, SCRIPT, GatedEngine, post, upload_scope, vllm_like_app, wav_bytes
 from vllm_fakes import FakeEngine, audio_of
 
 from turnscribe import Pipeline
@@ -20,6 +20,7 @@ from turnscribe.types import SAMPLE_RATE
 from turnscribe.vllm_plugin import (
     MAX_UPLOAD_ENV,
     DiarizedTranscriptionPlugin,
+    DiarizeRequest,
     DiarizeService,
     served_model_names,
 )
@@ -210,3 +211,31 @@ def test_an_upload_over_the_limit_is_read_through_after_its_413(monkeypatch, fra
     assert sent[0]["status"] == 413 and b"file_too_large" in sent[1]["body"]
     assert len(body) == (3 if framing == "waits-for-continue" else 0)
     assert not sent[-1].get("more_body", False)
+
+
+def test_many_concurrent_requests_reach_the_engine_together():
+    # The card's peak is 128 concurrent 28 s clips. Each request waits for its windows in a thread, and asyncio's
+    # default executor (min(32, cores + 4) threads: 6 here) let only that many requests reach the engine at once.
+    class Counting(GatedEngine):
+        waiting = 0
+
+        async def generate(self, prompt, sampling_params, request_id):  # noqa: ANN201
+            self.waiting += 1
+            async for output in super().generate(prompt, sampling_params, request_id):
+                yield output
+
+    engine = Counting()
+    clip = DiarizeRequest(wav_bytes(5), "clip.wav", "en")
+
+    async def main() -> list:
+        decoder = await AsyncVllmDecoder.for_engine(engine, model_id="m", sampling_params=dict)
+        service = DiarizeService(Pipeline(decoder, SlotLinker()), ["m"], audio_processes=0)
+        runs = [asyncio.ensure_future(service.transcribe(clip)) for _ in range(40)]
+        async with asyncio.timeout(20):
+            while engine.waiting < 40:
+                await asyncio.sleep(0.01)
+        engine.gate.set()
+        return await asyncio.gather(*runs)
+
+    transcripts = asyncio.run(main())
+    assert len(transcripts) == 40 and all(t.segments for t in transcripts)

@@ -38,10 +38,12 @@ is sent to the engine. Only FastAPI/Starlette, ``EndpointPlugin`` and the ``Engi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,7 @@ STATE_KEY = "turnscribe_diarize"
 EMBEDDER_ENV = "TURNSCRIBE_EMBEDDER"
 MAX_UPLOAD_ENV = "TURNSCRIBE_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 1024
+REQUEST_THREADS = 256  # diarized requests run at once (vLLM's max_num_seqs is 256 by default); more wait their turn
 
 
 class RequestError(Exception):
@@ -139,6 +142,9 @@ class DiarizeService:
         self.served_models = list(served_models)
         if (processes := audio_process_count(audio_processes)) > 0:
             self.pipeline.load = AudioProcesses(processes).load
+        # A request's thread mostly waits for its windows. In asyncio's default executor (min(32, cores + 4)
+        # threads) they capped how many requests the engine could batch together, and starved vLLM's own uses of it.
+        self.threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="turnscribe-request")
 
     @classmethod
     async def start(cls, engine_client: Any, args: Any) -> DiarizeService:
@@ -151,9 +157,10 @@ class DiarizeService:
     async def transcribe(self, request: DiarizeRequest, control: RunControl | None = None) -> Transcript:
         """The transcript; raises RunStopped at the next finished window once `control` is stopped."""
         progress = (lambda _: control.check()) if control is not None else None
-        return await asyncio.to_thread(
+        run = functools.partial(
             self.pipeline.run, request.audio, language=request.language, source=request.filename, progress=progress
         )
+        return await asyncio.get_running_loop().run_in_executor(self.threads, run)
 
 
 ServiceFactory = Callable[[Any, Any], Awaitable[DiarizeService]]
