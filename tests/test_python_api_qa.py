@@ -33,3 +33,19 @@ def test_a_language_that_is_not_a_code_is_a_language_error_before_anything_loads
     # language=None is how faster-whisper and WhisperX are asked to detect the language.
     with pytest.raises(turnscribe.LanguageError, match="language is required.*does not detect"):
         turnscribe.transcribe(tone(1), sampling_rate=SAMPLE_RATE, language=language, model="/nowhere")
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        (tone(30) * 32767).astype(np.int64),  # np.array(a list of ints), .astype(int)
+        (tone(30) * 32767 + 32768).astype(np.uint64),
+        torch.from_numpy(tone(30) * 32767).long(),  # torch.tensor(a list of ints)
+    ],
+    ids=["int64", "uint64", "torch.int64"],
+)
+def test_64_bit_integer_samples_are_refused_not_transcribed_as_silence(samples):
+    # Scaled by 2**63 the 16-bit values in them were -190 dBFS: every window skipped as silence, no error.
+    with pytest.raises(turnscribe.AudioError, match="int64|uint64") as error:
+        turnscribe.transcribe(samples, sampling_rate=SAMPLE_RATE, decoder=window_names())
+    assert "astype(np.int16)" in str(error.value)

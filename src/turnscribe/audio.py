@@ -87,7 +87,8 @@ def load_audio(source: AudioInput, sampling_rate: int | None = None, *, max_seco
     Files are decoded with FFmpeg (through PyAV), so every format it reads works, including the first audio
     track of a video file; ``sampling_rate`` must then be None, since the file says its own rate. Arrays and
     tensors need ``sampling_rate``; they may be shaped (n,), (channels, n) or (n, channels) (the smaller
-    dimension is taken as channels), integer samples are scaled to [-1, 1], and channels are averaged.
+    dimension is taken as channels), integer samples of 8 to 32 bits are scaled to [-1, 1] by their type's full
+    scale (64-bit ones are refused: they have none), and channels are averaged.
     An array that already is mono float32 at 16 kHz is returned without a copy.
 
     Memory: decoding holds about one float32 copy of the audio at its peak. The output buffer is allocated
@@ -808,6 +809,15 @@ def _to_float32(array: np.ndarray) -> np.ndarray:
             samples = array.astype(np.float32, copy=False)
         _check_level(samples, "Audio array")
         return samples
+    if kind in "iu" and array.dtype.itemsize > 4:
+        # soundfile, torchaudio and librosa refuse 64-bit integer samples too. Such arrays come from Python ints
+        # (np.array(a_list), .astype(int), torch.tensor(a_list)) and hold 16-bit values, mostly: on the 2**63 scale
+        # of their type they were silence, an empty transcript with no error.
+        raise AudioError(
+            f"Unsupported audio array dtype {array.dtype}: 64-bit integer samples have no agreed full scale; convert "
+            "them to the type they were recorded in (.astype(np.int16) or .to(torch.int16) for 16-bit values) "
+            "or to floats in [-1, 1]"
+        )
     if kind in "iu":
         full_scale = float(2 ** (array.dtype.itemsize * 8 - 1))
         samples = array.astype(np.float32)
