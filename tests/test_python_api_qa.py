@@ -49,3 +49,15 @@ def test_64_bit_integer_samples_are_refused_not_transcribed_as_silence(samples):
     with pytest.raises(turnscribe.AudioError, match="int64|uint64") as error:
         turnscribe.transcribe(samples, sampling_rate=SAMPLE_RATE, decoder=window_names())
     assert "astype(np.int16)" in str(error.value)
+
+
+@pytest.mark.parametrize("rate", [16, 48, 999])
+def test_a_sampling_rate_given_in_khz_is_an_audio_error_before_it_is_resampled(rate, monkeypatch):
+    # Resampled as Hz, a minute of audio at "16" became 960 million samples (4 GB, most of a minute).
+    monkeypatch.setattr("turnscribe.audio.resample_poly", lambda *args: pytest.fail("resampled"))
+    with pytest.raises(turnscribe.AudioError, match="in Hz"):
+        turnscribe.load_audio(tone(60), sampling_rate=rate)
+
+
+def test_the_slowest_accepted_sampling_rate_is_resampled():
+    assert len(turnscribe.load_audio(tone(2, 1000), sampling_rate=1000)) == 2 * SAMPLE_RATE

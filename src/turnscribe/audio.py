@@ -66,6 +66,9 @@ _CHECK_BLOCK = 1 << 20
 # Loudest sample accepted, 100 dB above full scale: float files a little over ±1, or stored on a 16-bit integer scale
 # (±32768), still work; beyond this the numbers are not audio, and the model's features overflow into NaN.
 MAX_PEAK = 1e5
+# Slowest sampling rate accepted for arrays. Below it no speech is left, and what is passed is a rate in kHz (16 for
+# 16 kHz), which resampling would turn into a thousand times the samples: 4 GB for a minute of audio.
+MIN_SAMPLING_RATE = 1000
 
 # Errors PyAV raises for unreadable input; several FFmpegError subclasses are also OSError/ValueError,
 # and metadata or I/O problems surface as the plain builtins.
@@ -798,6 +801,11 @@ def _checked_rate(sampling_rate: int | None) -> int:
         or sampling_rate != int(sampling_rate)
     ):
         raise AudioError(f"sampling_rate must be a positive whole number of Hz, got {sampling_rate!r}")
+    if sampling_rate < MIN_SAMPLING_RATE:
+        raise AudioError(
+            f"sampling_rate is in Hz (16000 for 16 kHz), got {sampling_rate!r}: below {MIN_SAMPLING_RATE} Hz "
+            "there is no speech to transcribe"
+        )
     return int(sampling_rate)
 
 
