@@ -1,6 +1,10 @@
 """The Python API as a faster-whisper / WhisperX user drives it: every kind of input `transcribe` and
 `transcribe_many` document, and the mistakes such users make, each a clear TurnscribeError."""
 
+import io
+import tempfile
+
+import av
 import numpy as np
 import pytest
 import torch
@@ -61,3 +65,31 @@ def test_a_sampling_rate_given_in_khz_is_an_audio_error_before_it_is_resampled(r
 
 def test_the_slowest_accepted_sampling_rate_is_resampled():
     assert len(turnscribe.load_audio(tone(2, 1000), sampling_rate=1000)) == 2 * SAMPLE_RATE
+
+
+def wav_bytes(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="wav") as out:
+        stream = out.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray((tone(seconds) * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def test_a_file_opened_in_text_mode_is_refused_for_that_reason(tmp_path):
+    path = tmp_path / "call.wav"
+    path.write_bytes(wav_bytes(1))
+    with open(path) as text, pytest.raises(turnscribe.AudioError, match=r"call\.wav is open in text mode.*'rb'"):
+        turnscribe.load_audio(text)
+
+
+@pytest.mark.parametrize("make", [tempfile.TemporaryFile, tempfile.SpooledTemporaryFile], ids=lambda f: f.__name__)
+def test_an_unreadable_file_object_without_a_path_is_named_as_a_file_object(make):
+    # A web framework's upload (SpooledTemporaryFile) was named "None" in the error, a TemporaryFile by its descriptor.
+    with make() as upload:
+        upload.write(b"not audio" * 100)
+        upload.seek(0)
+        with pytest.raises(turnscribe.AudioError, match="^Not a readable audio or video file: <file object> "):
+            turnscribe.load_audio(upload)

@@ -370,7 +370,9 @@ def _label(source: object) -> str:
         return os.fsdecode(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "<bytes>"
-    return str(getattr(source, "name", "<file object>"))
+    name = getattr(source, "name", None)
+    # Not every file object's name is a path: TemporaryFile's is its descriptor, SpooledTemporaryFile's None.
+    return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else "<file object>"
 
 
 def _reason(error: BaseException) -> str:
@@ -430,6 +432,8 @@ def _from_file(
         if len(source) == 0:
             raise AudioError("Empty audio data (0 bytes)")
         file = io.BytesIO(source)
+    elif isinstance(source, io.TextIOBase):  # PyAV would fail on the first bytes that are not UTF-8
+        raise AudioError(f"{label} is open in text mode: open audio files with 'rb'")
     else:
         file = source
     with _open(file, label) as container:
