@@ -93,3 +93,23 @@ def test_an_unreadable_file_object_without_a_path_is_named_as_a_file_object(make
         upload.seek(0)
         with pytest.raises(turnscribe.AudioError, match="^Not a readable audio or video file: <file object> "):
             turnscribe.load_audio(upload)
+
+
+@pytest.mark.parametrize(
+    "one",
+    ["meeting.wav", b"RIFF", tone(1), torch.from_numpy(tone(1)), io.BytesIO(b"RIFF")],
+    ids=lambda one: type(one).__name__,
+)
+def test_transcribe_many_given_one_recording_instead_of_a_list_says_so_before_the_model_loads(one):
+    # A path was read as one file per character, an array as one recording per sample (16,000 errors a second).
+    with pytest.raises(TypeError, match="list of recordings"):
+        turnscribe.transcribe_many(one, sampling_rate=SAMPLE_RATE, model="/nowhere")
+
+
+def test_run_many_given_one_recording_instead_of_a_list_says_so():
+    from turnscribe.scheduler import run_many
+    from turnscribe.speakers import ClusteringLinker
+
+    pipeline = turnscribe.Pipeline(window_names(), ClusteringLinker(embedder=None))
+    with pytest.raises(TypeError, match="list of recordings"):
+        next(run_many(pipeline, tone(1), sampling_rate=SAMPLE_RATE))

@@ -154,8 +154,10 @@ def transcribe_many(
     `build_pipeline`.
     """
     from .prompt import check_language
+    from .scheduler import check_inputs
 
     check_language(language)
+    check_inputs(inputs)
     pipeline = build_pipeline(**options)  # type: ignore[arg-type]
     return run_many(
         pipeline,

@@ -265,6 +265,20 @@ def files_at_once_for(batch_size: int) -> int:
     return max(MIN_FILES_AT_ONCE, min(MAX_AUTO_FILES_AT_ONCE, wanted))
 
 
+def check_inputs(inputs: Iterable[AudioInput]) -> None:
+    """Refuse one recording given where a list of them is expected: a path would be read as a file per character,
+    an array as a recording per sample or channel, a file object as one per line."""
+    import torch
+
+    if isinstance(inputs, str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | torch.Tensor) or hasattr(
+        inputs, "read"
+    ):
+        raise TypeError(
+            f"inputs must be a list of recordings, got a single {type(inputs).__name__}: pass [audio] for one "
+            "(or list(batch) for the rows of a batch of arrays)"
+        )
+
+
 @dataclass(frozen=True)
 class FileResult:
     """One input of `run_many`: its transcript, or the error that stopped it."""
@@ -301,6 +315,7 @@ def run_many(
     from .audio import AudioProcesses, audio_process_count, load_audio
     from .pipeline import Pipeline, ProgressEvent, RunControl, RunStopped
 
+    check_inputs(inputs)
     if files_at_once is None:
         files_at_once = files_at_once_for(pipeline.decoder.batch_size)
     if files_at_once < 1:
