@@ -310,3 +310,20 @@ def test_a_format_list_names_each_format_once_and_may_hold_all():
     assert _parse_formats("all,srt") == format_names()
     with pytest.raises(typer.BadParameter, match="unknown format 'docx'"):
         _parse_formats("all,docx")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="other systems refuse a file name that is not UTF-8")
+def test_a_file_name_that_is_not_utf8_is_transcribed_like_any_other(tiny_native, clip, tmp_path):
+    # Python holds the name's stray byte 0xe9 as the lone surrogate '\udce9', which no UTF-8 file can hold: writing
+    # it as the JSON's source raised UnicodeEncodeError, a traceback that lost the transcripts of the files after it.
+    latin1 = clip.rename(tmp_path / os.fsdecode(b"caf\xe9.wav"))
+    other = tmp_path / "other.wav"
+    write_wav(other, tone(2.0))
+    out = tmp_path / "out"
+    one_by_one = ("--files-at-once", "1", "--audio-processes", "0")  # the odd name first, the other after it
+    common = ("--model", tiny_native, "--device", "cpu", "-f", "json,rttm", "-o", out, *one_by_one)
+    result = run("transcribe", latin1, other, *common)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "caf\udce9.json").read_bytes())["metadata"]["source"] == f"{tmp_path}/caf\ufffd.wav"
+    assert (out / "caf\udce9.rttm").read_text(encoding="utf-8").startswith("SPEAKER caf\ufffd 1 ")
+    assert json.loads((out / "other.json").read_text())["duration"] == pytest.approx(2.0)

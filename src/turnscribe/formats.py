@@ -62,7 +62,10 @@ def extension(fmt: str) -> str:
 
 def render(transcript: Transcript, fmt: str, *, uri: str = DEFAULT_URI) -> str:
     """The transcript as text in format `fmt`; `uri` names the recording where the format has a field for it."""
-    return _writer(fmt).render(transcript, uri)
+    text = _writer(fmt).render(transcript, uri)
+    # A file name that is not UTF-8 (a Latin-1 'café.wav') reaches Python with its stray bytes as lone surrogates,
+    # in `uri` and the JSON's source; no UTF-8 file can hold those, so they are written as U+FFFD.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def write(transcript: Transcript, fmt: str, path: Path, *, uri: str) -> Path:
