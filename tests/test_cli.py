@@ -327,3 +327,14 @@ def test_a_file_name_that_is_not_utf8_is_transcribed_like_any_other(tiny_native,
     assert json.loads((out / "caf\udce9.json").read_bytes())["metadata"]["source"] == f"{tmp_path}/caf\ufffd.wav"
     assert (out / "caf\udce9.rttm").read_text(encoding="utf-8").startswith("SPEAKER caf\ufffd 1 ")
     assert json.loads((out / "other.json").read_text())["duration"] == pytest.approx(2.0)
+
+
+def test_inputs_whose_outputs_would_share_a_name_are_refused_before_any_work(clip, tmp_path):
+    # Different stems, one output name: clip.wav's diarized_json and clip.diarized.wav's json. The second written
+    # replaced the first, and the run ended with status 0.
+    twin = tmp_path / "clip.diarized.wav"
+    twin.write_bytes(clip.read_bytes())
+    result = run("transcribe", clip, twin, "--model", tmp_path / "none", "-f", "json,diarized_json")
+    assert result.exit_code == 2 and "several inputs would write clip.diarized.json" in flat(result)
+    apart = run("transcribe", clip, twin, "--model", tmp_path / "none", "-f", "json,srt")
+    assert apart.exit_code == 2 and "neither a folder" in flat(apart)  # no clash: on to loading the model

@@ -6,7 +6,8 @@ import contextlib
 import logging
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -126,6 +127,11 @@ def _report(label: str, style: str, path: Path, message: str) -> None:
     console.print(f"[{style}]{label}[/{style}] {escape(f'{path}: {message}')}")
 
 
+def _repeated(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
@@ -217,10 +223,18 @@ def transcribe(
         check_window(window, overlap)
     except TurnscribeError as e:
         raise typer.BadParameter(str(e)) from e
-    # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's (also across shards).
-    stems = [f.stem for f in files if _is_input(f)]
-    if clashes := sorted({s for s in stems if stems.count(s) > 1}):
+
+    def output(path: Path, fmt: str) -> Path:
+        return output_dir / f"{path.stem}{extension(fmt)}"
+
+    # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's (also across shards) where two
+    # inputs share a stem, or where a stem is another's plus a format's ending ('a.wav' and 'a.diarized.wav' both
+    # write a.diarized.json, as diarized_json and as json).
+    inputs = [f for f in files if _is_input(f)]
+    if clashes := _repeated(f.stem for f in inputs):
         raise typer.BadParameter(f"several inputs are named {', '.join(clashes)}; give each its own --output-dir run")
+    if clashes := _repeated(output(f, fmt).name for f in inputs for fmt in formats):
+        raise typer.BadParameter(f"several inputs would write {', '.join(clashes)}; give each its own --output-dir run")
     if shard:
         given, files = len(files), files[slice(*_parse_shard(shard))]
         if not files:  # a job array with more jobs than files: nothing for this one, and that is no failure
@@ -230,10 +244,6 @@ def transcribe(
     for f in missing:
         _report("error", "red", f, "is a directory" if f.is_dir() else "no such file")
     todo = [f for f in files if _is_input(f)]
-
-    def output(path: Path, fmt: str) -> Path:
-        return output_dir / f"{path.stem}{extension(fmt)}"
-
     if skip_existing:
         done = [f for f in todo if all(output(f, fmt).exists() for fmt in formats)]
         for f in done:
