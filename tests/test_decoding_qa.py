@@ -7,18 +7,22 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_cli import flat, run
+from test_pipeline import tone, write_wav
 from tiny_model import DIARIZE_ONLY_TOKENS, build_checkpoint
 from transformers import PreTrainedTokenizerFast
 
 from turnscribe.checkpoint import CheckpointError, fix_for_vllm, plan_vllm_fixes
 from turnscribe.decoders import backends
-from turnscribe.decoders.transformers import TransformersDecoder, pick_device
+from turnscribe.decoders.base import WindowAudio
+from turnscribe.decoders.transformers import TransformersDecoder, pick_device, pick_dtype
 from turnscribe.prompt import PromptTokenError
+from turnscribe.types import SAMPLE_RATE, WindowSpan
 
 
 def test_a_checkpoint_without_the_diarize_tokens_is_refused_when_loaded(tmp_path):
@@ -71,7 +75,7 @@ def test_a_cuda_device_pytorch_does_not_see_is_refused_before_any_copy_loads(mon
     monkeypatch.setitem(backends.BACKENDS, "transformers", lambda options: loaded.append(options.device))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert pick_device("cuda:0") == ("cuda:0", torch.bfloat16) and pick_device("cuda")[0] == "cuda"
+    assert pick_device("cuda:0") == "cuda:0" and pick_device("cuda") == "cuda"
     with pytest.raises(ValueError, match=r"'cuda:1': PyTorch sees 1 CUDA GPU\(s\), cuda:0 to cuda:0"):
         backends.load_decoder("transformers", backends.DecoderOptions("m", "cuda:0,cuda:1", None))
     assert loaded == []
@@ -80,6 +84,39 @@ def test_a_cuda_device_pytorch_does_not_see_is_refused_before_any_copy_loads(mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="'cuda': PyTorch sees no CUDA GPU"):
         pick_device("cuda")
+
+
+def test_auto_precision_is_bfloat16_only_on_gpus_that_compute_in_it(monkeypatch):
+    """bfloat16 was chosen on every GPU: on a T4 or a V100 (before Ampere) it is emulated, many times slower."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    capability = {0: (9, 0), 1: (7, 5)}  # an H100 and a T4
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability[torch.device(device).index])
+    assert pick_dtype("cuda:0") == torch.bfloat16 and pick_dtype("cuda:1") == torch.float16
+    assert pick_dtype("cuda:1", "bfloat16") == torch.bfloat16 and pick_dtype("cuda:0", "float32") == torch.float32
+    assert pick_dtype("cpu") == torch.float32 and pick_dtype("cpu", "bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="Unknown dtype 'fp16'; choose from auto, bfloat16, float16, float32"):
+        pick_dtype("cpu", "fp16")
+
+
+def test_the_model_runs_in_the_precision_asked_for(tiny_native, tmp_path):
+    decoder = TransformersDecoder(tiny_native, device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in decoder.model.parameters()} == {torch.bfloat16}
+    window = WindowAudio(WindowSpan(0, 0, 2 * SAMPLE_RATE), np.zeros(2 * SAMPLE_RATE, dtype=np.float32))
+    (text,) = decoder.decode([window], "en")  # features go in as bfloat16 too: a float32 input would fail here
+    assert isinstance(text, str)
+    write_wav(tmp_path / "a.wav", tone(1))
+    result = run("transcribe", tmp_path / "a.wav", "--model", tiny_native, "--dtype", "half")
+    assert result.exit_code == 2 and "Unknown dtype 'half'" in flat(result)  # before anything loads
+
+
+def test_the_vllm_backend_is_started_in_the_precision_asked_for(monkeypatch):
+    from turnscribe.decoders.vllm import VllmDecoder
+
+    started: list[dict] = []
+    monkeypatch.setattr(VllmDecoder, "from_pretrained", lambda model, **options: started.append(options))
+    backends.load_decoder("vllm", backends.DecoderOptions("m", "cpu", None, dtype="float16"))
+    assert started[0]["dtype"] == "float16"  # vLLM's engine argument of the same name and values
 
 
 def lfs_pointer(file: Path) -> None:

@@ -507,11 +507,15 @@ def test_cli_hands_the_model_options_to_the_pipeline_it_serves(monkeypatch, tmp_
     with socket.socket() as free:  # the CLI checks that it can listen there (a port under 1024 needs root)
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    result = CliRunner().invoke(app, ["--port", str(port), "--device", "cpu", "--fast", "--data-dir", str(tmp_path)])
+    arguments = ["--port", str(port), "--device", "cpu", "--fast", "--dtype", "bfloat16", "--data-dir", str(tmp_path)]
+    result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert served["port"] == port
     options = served["factory"].keywords
     assert (options["device"], options["fast"], options["batch_size"]) == ("cpu", True, None)  # 0: sized by memory
+    assert options["dtype"] == "bfloat16"
+    refused = CliRunner().invoke(app, ["--port", str(port), "--dtype", "fp16", "--data-dir", str(tmp_path)])
+    assert refused.exit_code == 2 and "unknown dtype 'fp16'; choose from auto, bfloat16, float16" in refused.output
 
 
 # --- jobs --------------------------------------------------------------------------------------------------

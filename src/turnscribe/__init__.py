@@ -50,6 +50,7 @@ def build_pipeline(
     trust_remote_code: bool = False,
     backend: str = "transformers",
     fast: bool = False,
+    dtype: str = "auto",
 ) -> Pipeline:
     """Load the parts once; reuse the pipeline for many files.
 
@@ -57,7 +58,9 @@ def build_pipeline(
     each, every batch split across them (`decoders.replicas`); the speaker embedder runs on the first.
     `batch_size=None` (default): as many windows per batch as fit in free GPU memory (4 on the CPU; the vLLM backend
     batches by itself). `fast`: the transformers backend's speed-ups (`SpeedOptions.fast`: SDPA; on CUDA also
-    a static KV cache and a compiled decoding step), which keep the token ids of the plain path.
+    a static KV cache and a compiled decoding step), which keep the token ids of the plain path. `dtype`: the
+    model's precision, "auto" (bfloat16 on GPUs from Ampere on, float16 on older ones, float32 on the CPU),
+    "bfloat16", "float16" or "float32" (`decoders.transformers.pick_dtype`).
 
     `linker`: "slots" (default: links the model's per-window speakers under constraints, threshold calibrated
     per recording) or "baseline" (the model card's recipe: every segment clustered at a fixed threshold).
@@ -66,6 +69,7 @@ def build_pipeline(
     `backend`: the decoder backend when no `decoder` is given (`turnscribe.decoders.backends.BACKENDS`).
     """
     from .decoders.backends import DecoderOptions, check_backend, load_decoder
+    from .decoders.base import check_dtype
     from .decoders.replicas import device_list
     from .decoders.transformers import pick_device
     from .speakers import ClusteringLinker, SlotLinker, load_embedder
@@ -76,10 +80,11 @@ def build_pipeline(
     if known_speakers and linker != "slots":
         raise ValueError("known speakers need the 'slots' linker")
     check_backend(backend)
+    check_dtype(dtype)
     # Names and reference recordings are checked before anything loads, so a typo fails in a second, not a minute.
     names = check_speaker_names(known_speakers or {})
     references = {name: _reference(name, audio) for name, audio in zip(names, (known_speakers or {}).values())}
-    device_name, _ = pick_device(device_list(device)[0])  # the embedder's; the model may have more
+    device_name = pick_device(device_list(device)[0])  # the embedder's; the model may have more
     loaded = load_embedder(embedder, device=device_name, **(embedder_options or {}))
     counts: dict[str, Any] = dict(
         threshold=threshold, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
@@ -90,7 +95,7 @@ def build_pipeline(
     else:
         speakers = ClusteringLinker(loaded, **counts)
     if decoder is None:
-        decoder = load_decoder(backend, DecoderOptions(model, device, batch_size, trust_remote_code, fast))
+        decoder = load_decoder(backend, DecoderOptions(model, device, batch_size, trust_remote_code, fast, dtype))
     return Pipeline(decoder, speakers, window_s=window_s, overlap_s=overlap_s)
 
 

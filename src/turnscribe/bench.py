@@ -227,10 +227,11 @@ def unavailable(backend: str, settings: BenchSettings) -> str | None:
 def load(settings: BenchSettings, backend: str = "transformers") -> Bench:
     import torch
 
-    from .decoders.transformers import pick_device
+    from .decoders.transformers import pick_device, pick_dtype
     from .speakers import SlotLinker, load_embedder
 
-    device, dtype = pick_device(settings.device)
+    device = pick_device(settings.device)
+    dtype = pick_dtype(device)
     clock = StageClock(cuda=device.startswith("cuda"))
     t0 = time.perf_counter()
     if backend == "vllm":
@@ -514,7 +515,7 @@ def run(
     from .decoders.transformers import pick_device
 
     result: dict[str, Any] = {
-        "machine": machine(pick_device(settings.device)[0].startswith("cuda")),
+        "machine": machine(pick_device(settings.device).startswith("cuda")),
         "settings": asdict(settings),
         "backends": {},
         "model_card_3090": MODEL_CARD_3090,

@@ -186,6 +186,7 @@ def transcribe(
     device: options.Device = "auto",
     batch_size: options.BatchSize = 0,
     fast: options.Fast = False,
+    dtype: options.Dtype = "auto",
     window: Annotated[float, typer.Option(help="Window length in seconds (at most 30).")] = DEFAULT_WINDOW_S,
     overlap: Annotated[float, typer.Option(help="Overlap between windows in seconds.")] = DEFAULT_OVERLAP_S,
     trust_remote_code: options.TrustRemoteCode = False,
@@ -274,6 +275,7 @@ def transcribe(
                 trust_remote_code=trust_remote_code,
                 backend=backend,
                 fast=fast,
+                dtype=dtype,
             )
     except (TurnscribeError, ValueError) as e:
         console.print(f"[red]error[/red] {escape(str(e))}")

@@ -23,6 +23,13 @@ Fast = Annotated[
     bool,
     typer.Option(help="Speed-ups that keep the same output: SDPA; on CUDA a static cache and a compiled step."),
 ]
+Dtype = Annotated[
+    str,
+    typer.Option(
+        help="Model precision: auto (bfloat16 on GPUs from Ampere on, float16 on older ones, float32 on the CPU), "
+        "bfloat16, float16 or float32."
+    ),
+]
 Embedder = Annotated[str, typer.Option(help="Speaker embedder: resemblyzer or redimnet2.")]
 Backend = Annotated[str, typer.Option(help=f"Decoder backend: {', '.join(BACKENDS)}.")]
 TrustRemoteCode = Annotated[

@@ -17,6 +17,7 @@ class DecoderOptions:
     batch_size: int | None  # None: sized by the backend (free GPU memory for transformers)
     trust_remote_code: bool = False
     fast: bool = False  # transformers' SpeedOptions.fast; other backends are fast by themselves
+    dtype: str = "auto"  # base.DTYPES; vLLM takes the same names
 
 
 def _transformers(options: DecoderOptions) -> Decoder:
@@ -25,6 +26,7 @@ def _transformers(options: DecoderOptions) -> Decoder:
     return TransformersDecoder(
         options.model,
         device=options.device,
+        dtype=options.dtype,
         batch_size=options.batch_size,
         trust_remote_code=options.trust_remote_code,
         speed=SpeedOptions.fast(options.device) if options.fast else None,
@@ -39,6 +41,7 @@ def _vllm(options: DecoderOptions) -> Decoder:
         options.model,
         batch_size=options.batch_size or DEFAULT_BATCH_SIZE,
         trust_remote_code=options.trust_remote_code,
+        dtype=options.dtype,  # vLLM's "auto" is the checkpoint's bfloat16, float16 on GPUs without it
     )
 
 
@@ -61,7 +64,7 @@ def load_decoder(backend: str, options: DecoderOptions) -> Decoder:
 
     factory = BACKENDS[check_backend(backend)]
     # Resolved here ("auto" → "cuda" or "cpu"): the backends' options (SpeedOptions.fast) depend on the device.
-    devices = [pick_device(device)[0] for device in device_list(options.device)]
+    devices = [pick_device(device) for device in device_list(options.device)]
     check_distinct(devices)  # again once resolved: "auto,cuda:0" names one GPU twice
     if len(devices) == 1:
         return factory(replace(options, device=devices[0]))

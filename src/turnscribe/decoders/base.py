@@ -11,6 +11,14 @@ import numpy as np
 
 from ..types import TurnscribeError, WindowSpan
 
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # a model's precision: see transformers.pick_dtype
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    return dtype
+
 
 class DecoderError(TurnscribeError):
     pass

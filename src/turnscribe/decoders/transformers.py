@@ -25,7 +25,7 @@ from ..checkpoint import (
 from ..prompt import PromptTokenError, diarize_prompt_ids
 from ..types import SAMPLE_RATE
 from . import features, projection
-from .base import DecoderError, WindowAudio
+from .base import DecoderError, WindowAudio, check_dtype
 from .threads import OwnThread
 
 DEFAULT_MODEL = "syvai/cohere-transcribe-diarize"
@@ -118,18 +118,30 @@ def batch_size_for_memory(
     return max(1, min(maximum, int(free_bytes * headroom) // per_window_bytes))
 
 
-def pick_device(device: str = "auto") -> tuple[str, Any]:
-    """'auto' is CUDA in bfloat16 when there is a GPU, else the CPU in float32. A CUDA device that PyTorch does not
-    see is refused here, before anything loads: moving the weights there fails only once they are loaded (for a
-    second copy, after the first), with an AssertionError or a RuntimeError that nothing reports as a user error."""
+def pick_device(device: str = "auto") -> str:
+    """'auto' is CUDA when there is a GPU, else the CPU. A CUDA device that PyTorch does not see is refused here,
+    before anything loads: moving the weights there fails only once they are loaded (for a second copy, after the
+    first), with an AssertionError or a RuntimeError that nothing reports as a user error."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = device.startswith("cuda")
-    if cuda:
+    if device.startswith("cuda"):
         _check_cuda_device(device)
-    return device, torch.bfloat16 if cuda else torch.float32
+    return device
+
+
+def pick_dtype(device: str, dtype: str = "auto") -> Any:
+    """The torch dtype to run the model in on `device` (as `pick_device` gives it). 'auto' is bfloat16 on a GPU
+    that computes in it (compute capability 8.0, Ampere, and later), float16 on an older one (a T4, a V100:
+    bfloat16 is emulated there, many times slower), float32 on the CPU."""
+    import torch
+
+    if check_dtype(dtype) != "auto":
+        return getattr(torch, dtype)
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
 def _check_cuda_device(device: str) -> None:
@@ -161,6 +173,7 @@ class TransformersDecoder:
         model: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
         device: str = "auto",
+        dtype: str = "auto",
         batch_size: int | None = None,
         max_new_tokens: int | None = None,
         trust_remote_code: bool = False,
@@ -169,11 +182,13 @@ class TransformersDecoder:
         speed: SpeedOptions | None = None,
         loaded: tuple[Any, Any] | None = None,
     ) -> None:
-        """`batch_size=None`: sized from free GPU memory on CUDA, CPU_BATCH_SIZE on the CPU. `loaded`: a
+        """`dtype`: see `pick_dtype`. `batch_size=None`: sized from free GPU memory on CUDA, CPU_BATCH_SIZE on the
+        CPU. `loaded`: a
         (processor, model) pair already on `device` (benchmarks, tests), instead of loading `model`."""
         self.model_id = str(model)
         self.max_new_tokens = max_new_tokens  # None: sized to the longest window of each batch
-        self.device, self.dtype = pick_device(device)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
         self.speed = speed or SpeedOptions()
         # Tests force scripted outputs through a logits processor; users may add their own constraints.
         self.logits_processor_factory = logits_processor_factory

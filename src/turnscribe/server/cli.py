@@ -17,6 +17,7 @@ import typer
 from .. import DEFAULT_EMBEDDER, DEFAULT_MODEL, Pipeline, build_pipeline
 from .. import cli_options as options
 from ..decoders.backends import BACKENDS
+from ..decoders.base import DTYPES
 from ..prompt import check_language
 from ..types import TurnscribeError
 from .settings import LOOPBACK_HOSTS, ServerSettings
@@ -59,6 +60,7 @@ def serve(
     device: options.Device = "auto",
     batch_size: options.BatchSize = 0,
     fast: options.Fast = False,
+    dtype: options.Dtype = "auto",
     embedder: options.Embedder = DEFAULT_EMBEDDER,
     embedder_option: options.EmbedderOptions = None,
     trust_remote_code: options.TrustRemoteCode = False,
@@ -101,6 +103,8 @@ def serve(
         )
     if backend not in BACKENDS:
         raise typer.BadParameter(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if dtype not in DTYPES:
+        raise typer.BadParameter(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}", param_hint="--dtype")
     try:
         check_language(language)
     except TurnscribeError as e:
@@ -119,6 +123,7 @@ def serve(
             device=device,
             batch_size=batch_size or None,
             fast=fast,
+            dtype=dtype,
             embedder=embedder,
             embedder_options=options.embedder_options(embedder_option),
             trust_remote_code=trust_remote_code,
