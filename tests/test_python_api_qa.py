@@ -113,3 +113,14 @@ def test_run_many_given_one_recording_instead_of_a_list_says_so():
     pipeline = turnscribe.Pipeline(window_names(), ClusteringLinker(embedder=None))
     with pytest.raises(TypeError, match="list of recordings"):
         next(run_many(pipeline, tone(1), sampling_rate=SAMPLE_RATE))
+
+
+@pytest.mark.parametrize("already_read", [12, None], ids=["header sniffed", "read whole"])
+def test_a_file_object_read_before_it_is_transcribed_is_refused_with_where_it_stood(already_read):
+    # What a web app does when it checks an upload's size or type first; the error blamed the file.
+    upload = io.BytesIO(wav_bytes(1))
+    upload.read(already_read)
+    with pytest.raises(turnscribe.AudioError, match=r"read from byte \d+, where the file object stood: seek\(0\)"):
+        turnscribe.load_audio(upload)
+    upload.seek(0)
+    assert len(turnscribe.load_audio(upload)) == SAMPLE_RATE

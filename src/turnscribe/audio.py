@@ -397,11 +397,21 @@ def _checked_path(source: str | os.PathLike) -> str:
 _OPEN_OPTIONS: dict[str, Any] = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 
-def _open(file: str | BinaryIO, label: str) -> av.container.InputContainer:
+def _open(file: str | BinaryIO, label: str, hint: str = "") -> av.container.InputContainer:
     try:
         return av.open(file, mode="r", **_OPEN_OPTIONS)
     except _DECODE_ERRORS as e:
-        raise AudioError(f"Not a readable audio or video file: {label} ({_reason(e)})") from e
+        raise AudioError(f"Not a readable audio or video file: {label} ({_reason(e)}){hint}") from e
+
+
+def _read_from_where_it_stands(file: BinaryIO) -> str:
+    """Why a good file object may not open: it is read from where it stands (as soundfile reads one), which is past its
+    start once something read it first (an upload's size or type checked before it is transcribed)."""
+    try:
+        position = file.tell()
+    except (AttributeError, OSError, ValueError):  # a pipe or socket: it cannot say, nor be rewound
+        return ""
+    return f"; it was read from byte {position}, where the file object stood: seek(0) first" if position else ""
 
 
 def _first_audio_stream(container: av.container.InputContainer, label: str) -> av.audio.stream.AudioStream:
@@ -426,6 +436,7 @@ def _from_file(
 ) -> np.ndarray:
     label = _label(source)
     file: str | BinaryIO
+    hint = ""
     if isinstance(source, (str, os.PathLike)):
         file = _checked_path(source)
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -436,7 +447,8 @@ def _from_file(
         raise AudioError(f"{label} is open in text mode: open audio files with 'rb'")
     else:
         file = source
-    with _open(file, label) as container:
+        hint = _read_from_where_it_stands(source)
+    with _open(file, label, hint) as container:
         stream = _first_audio_stream(container, label)
         try:
             samples = _decode(container, stream, label, max_seconds)
