@@ -249,7 +249,8 @@ def transcribe(
         done = [f for f in todo if all(output(f, fmt).exists() for fmt in formats)]
         for f in done:
             _report("skipped", "dim", f, "its outputs exist")
-        todo = [f for f in todo if f not in done]
+        skipped = set(done)  # a search of the list for each file took minutes on a list of 20,000
+        todo = [f for f in todo if f not in skipped]
         if not todo and not missing:
             return
     if not todo:
