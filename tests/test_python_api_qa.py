@@ -2,6 +2,7 @@
 `transcribe_many` document, and the mistakes such users make, each a clear TurnscribeError."""
 
 import io
+import json
 import tempfile
 
 import av
@@ -124,3 +125,29 @@ def test_a_file_object_read_before_it_is_transcribed_is_refused_with_where_it_st
         turnscribe.load_audio(upload)
     upload.seek(0)
     assert len(turnscribe.load_audio(upload)) == SAMPLE_RATE
+
+
+@pytest.mark.parametrize(("language", "joined"), [("ja", "こんにちは。元気ですか？"), ("en", "Hello. How are you?")])
+def test_segments_join_into_one_text_without_spaces_in_japanese_and_chinese(language, joined):
+    # As Whisper and OpenAI's API give the text: a space between segments in Japanese is a stray character.
+    from turnscribe.formats import render
+    from turnscribe.server.app import _segment_event
+    from turnscribe.server.engine import StreamSegment
+    from turnscribe.types import Segment, Transcript
+
+    first, second = ("こんにちは。", "元気ですか？") if language == "ja" else ("Hello.", "How are you?")
+    transcript = Transcript(
+        [Segment(0, 0.0, 1.0, first, "SPEAKER_00"), Segment(1, 1.0, 2.0, second, "SPEAKER_00")],
+        ["SPEAKER_00"],
+        language,
+        2.0,
+    )
+    assert transcript.text == joined
+    assert json.loads(render(transcript, "diarized_json"))["text"] == joined
+    assert render(transcript, "txt") == f"[00:00:00.000 --> 00:00:02.000] SPEAKER_00: {joined}\n"
+    # The server's streamed deltas add up to the same text.
+    deltas = [
+        _segment_event(StreamSegment(f"seg_{s.id}", s.start, s.end, s.text, s.speaker), "json", language)
+        for s in transcript.segments
+    ]
+    assert "".join(d["delta"] for d in deltas) == joined

@@ -29,7 +29,7 @@ from pyannote.core import Annotation
 from pyannote.core import Segment as Span
 from webvtt.models import Timestamp
 
-from turnscribe.types import Segment, Transcript
+from turnscribe.types import Segment, Transcript, text_separator
 
 DEFAULT_URI = "audio"  # the recording's name where none is given, or where the given one is blank
 UNNAMED = "unnamed"  # a blank speaker's RTTM token
@@ -130,13 +130,13 @@ def _timeline(transcript: Transcript) -> list[Segment]:
     return timed
 
 
-def _merge(segments: Iterable[Segment], joins: Callable[[Segment, Segment], bool]) -> list[Segment]:
+def _merge(segments: Iterable[Segment], joins: Callable[[Segment, Segment], bool], language: str) -> list[Segment]:
     """Fold each segment into the one before it while `joins(previous, current)` holds."""
     merged: list[Segment] = []
     for seg in segments:
         if merged and joins(merged[-1], seg):
             prev = merged[-1]
-            text = " ".join(t for t in (prev.text, seg.text) if t)
+            text = text_separator(language).join(t for t in (prev.text, seg.text) if t)
             merged[-1] = dataclasses.replace(prev, end=max(prev.end, seg.end), text=text)
         else:
             merged.append(seg)
@@ -186,7 +186,7 @@ def _full_json(transcript: Transcript, uri: str) -> str:
 
 
 def _txt(transcript: Transcript, uri: str) -> str:
-    turns = _merge(_timeline(transcript), lambda prev, seg: prev.speaker == seg.speaker)
+    turns = _merge(_timeline(transcript), lambda prev, seg: prev.speaker == seg.speaker, transcript.language)
     return "\n".join(f"[{_clock(t.start)} --> {_clock(t.end)}] {t.speaker}: {_one_line(t.text)}\n" for t in turns)
 
 
@@ -228,7 +228,7 @@ def _textgrid(transcript: Transcript, uri: str) -> str:
     for speaker in speakers:
         own = [s for s in timeline if s.speaker == speaker]
         # Praat intervals within a tier may not overlap, so a speaker's overlapping segments become one interval.
-        intervals = _merge(own, lambda prev, seg: seg.start < prev.end)
+        intervals = _merge(own, lambda prev, seg: seg.start < prev.end, transcript.language)
         grid.addTier(IntervalTier(speaker, [(s.start, s.end, s.text) for s in intervals], 0, end))
     # praatio only saves to a path.
     with tempfile.TemporaryDirectory() as tmp:

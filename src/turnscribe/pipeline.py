@@ -23,6 +23,7 @@ from .parse import parse_window
 from .prompt import check_language
 from .stitch import stitch
 from .types import (
+    NO_SPACE_LANGUAGES,
     SAMPLE_RATE,
     ParsedWindow,
     Repair,
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
     from .speakers.linking import SpeakerLinker
 
 log = logging.getLogger(__name__)
-
-NO_SPACE_LANGUAGES = {"ja", "zh"}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,13 @@ SAMPLE_RATE = 16_000
 """Every stage after audio decoding works on mono float32 samples at this rate."""
 SILENCE_PEAK = 1e-4
 """Audio whose loudest sample is below this (-80 dBFS) is digital silence: no window or voice to be heard in it."""
+NO_SPACE_LANGUAGES = frozenset({"ja", "zh"})
+"""Languages written without spaces between words: their segments join with nothing between them."""
+
+
+def text_separator(language: str) -> str:
+    """What goes between two segments' texts, as Whisper and OpenAI's API join them: a space, none in `ja` and `zh`."""
+    return "" if language in NO_SPACE_LANGUAGES else " "
 
 
 def audible(samples: np.ndarray) -> bool:
@@ -135,7 +142,7 @@ class Transcript:
 
     @property
     def text(self) -> str:
-        return " ".join(s.text for s in self.segments if s.text)
+        return text_separator(self.language).join(s.text for s in self.segments if s.text)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -36,7 +36,7 @@ from .. import __version__
 from ..formats import render
 from ..pipeline import Pipeline, RunControl, RunStopped, StopReason
 from ..prompt import LANGUAGES, check_language
-from ..types import Transcript
+from ..types import Transcript, text_separator
 from .disconnect import DISCARD_TIMEOUT_S, body_on_its_way, client_left_first, discarding_send
 from .engine import Engine, KnownSpeakersUnsupported, StreamSegment, as_api_error
 from .enrollment import read_known_speakers
@@ -171,13 +171,13 @@ def render_response(transcript: Transcript, fmt: str, source: str) -> Response:
     return PlainTextResponse(render(transcript, fmt, uri=Path(source).stem))
 
 
-def _segment_event(seg: StreamSegment, fmt: str) -> dict[str, Any]:
+def _segment_event(seg: StreamSegment, fmt: str, language: str) -> dict[str, Any]:
     if fmt == "diarized_json":
         return {"type": "transcript.text.segment", **seg.__dict__}
     # segment_id: OpenAI's diarizing model names the segment a delta belongs to, so clients can group by speaker.
     return {
         "type": "transcript.text.delta",
-        "delta": (" " if seg.id != "seg_0" else "") + seg.text,
+        "delta": (text_separator(language) if seg.id != "seg_0" else "") + seg.text,
         "segment_id": seg.id,
     }
 
@@ -529,7 +529,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
             engine.transcribe, path, language=language, source=form.source, control=control, known_speakers=known
         )
         if stream:
-            return _stream(engine, run, path, form, control)  # the stream removes the upload when it ends
+            return _stream(engine, run, path, form, language, control)  # the stream removes the upload when it ends
         try:
             future = engine.submit(run)
             transcript = await _wait_for_run(asyncio.wrap_future(future), request, control)
@@ -555,7 +555,12 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         raise as_api_error(RunStopped("timeout"))
 
     def _stream(
-        engine: Engine, run: Callable[..., Transcript], path: Path, form: TranscriptionForm, control: RunControl
+        engine: Engine,
+        run: Callable[..., Transcript],
+        path: Path,
+        form: TranscriptionForm,
+        language: str,
+        control: RunControl,
     ) -> Response:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamSegment | BaseException | Transcript] = asyncio.Queue()
@@ -584,7 +589,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
                     except TimeoutError:
                         item = RunStopped("timeout")
                     if isinstance(item, StreamSegment):
-                        yield _sse(_segment_event(item, form.response_format))
+                        yield _sse(_segment_event(item, form.response_format, language))
                         continue
                     if isinstance(item, Transcript):
                         yield _sse(_done_event(item))
