@@ -151,3 +151,21 @@ def test_segments_join_into_one_text_without_spaces_in_japanese_and_chinese(lang
         for s in transcript.segments
     ]
     assert "".join(d["delta"] for d in deltas) == joined
+
+
+def test_int32_samples_holding_16_bit_values_are_warned_of(caplog):
+    # int16 channels mixed in int32 so as not to overflow: on the 2**31 scale that is -107 dBFS, skipped as silence.
+    left = right = (tone(30) * 32767).astype(np.int16)
+    mixed = (left.astype(np.int32) + right) // 2
+    with caplog.at_level("WARNING", logger="turnscribe.audio"):
+        transcript = turnscribe.transcribe(mixed, sampling_rate=SAMPLE_RATE, decoder=window_names())
+    assert transcript.segments == []
+    assert "If it holds 16-bit samples, pass .astype(np.int16)" in caplog.text
+
+
+def test_a_silent_or_full_scale_int32_recording_is_not_warned_of(caplog):
+    dither = np.random.default_rng(0).integers(-3, 4, 16000, dtype=np.int32)
+    with caplog.at_level("WARNING", logger="turnscribe.audio"):
+        turnscribe.load_audio(dither, sampling_rate=SAMPLE_RATE)
+        turnscribe.load_audio((tone(1) * 2**31).astype(np.int32), sampling_rate=SAMPLE_RATE)
+    assert caplog.text == ""

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 
-from turnscribe.types import SAMPLE_RATE, TurnscribeError
+from turnscribe.types import SAMPLE_RATE, SILENCE_PEAK, TurnscribeError
 
 __all__ = [
     "AudioError",
@@ -849,5 +849,27 @@ def _to_float32(array: np.ndarray) -> np.ndarray:
             # Unsigned PCM (e.g. 8-bit wav) is centred on half scale.
             samples -= full_scale
         samples /= full_scale
+        if kind == "i" and array.dtype.itemsize == 4:
+            _warn_of_16_bit_values(samples)
         return samples
     raise AudioError(f"Unsupported audio array dtype {array.dtype}: use integer or floating-point samples")
+
+
+# Below this many steps of a 32-bit sample the signal is dither or noise in its lowest bits, not 16-bit values.
+_LOUDEST_32_BIT_NOISE = 2**8
+
+
+def _warn_of_16_bit_values(samples: np.ndarray) -> None:
+    """int32 samples are on the 2**31 scale, where 16-bit values (int16 channels mixed in int32 so as not to overflow)
+    are below -80 dBFS: silence, never transcribed. Only a warning: a quiet 32-bit recording looks the same."""
+    if not samples.size:
+        return
+    peak = max(float(samples.max()), -float(samples.min()))
+    if peak * 2**31 >= _LOUDEST_32_BIT_NOISE and peak < SILENCE_PEAK:
+        logger.warning(
+            "The int32 audio array peaks at %d of %d (%.0f dBFS): silence on that scale, so nothing in it will be "
+            "transcribed. If it holds 16-bit samples, pass .astype(np.int16)",
+            round(peak * 2**31),
+            2**31,
+            20 * math.log10(peak),
+        )
