@@ -1,5 +1,5 @@
-"""The Python API as a faster-whisper / WhisperX user drives it: every kind of input `transcribe` and
-`transcribe_many` document, and the mistakes such users make, each a clear TurnscribeError."""
+"""The Python API as a faster-whisper / WhisperX user drives it: the kinds of input `transcribe` and
+`transcribe_many` document, and the mistakes such users make, each answered with an error that names it."""
 
 import io
 import json
