@@ -514,7 +514,8 @@ def test_cli_hands_the_model_options_to_the_pipeline_it_serves(monkeypatch, tmp_
     options = served["factory"].keywords
     assert (options["device"], options["fast"], options["batch_size"]) == ("cpu", True, None)  # 0: sized by memory
     assert options["dtype"] == "bfloat16"
-    refused = CliRunner().invoke(app, ["--port", str(port), "--dtype", "fp16", "--data-dir", str(tmp_path)])
+    arguments = ["--port", str(port), "--dtype", "fp16", "--data-dir", str(tmp_path)]
+    refused = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"})  # rich wraps at the terminal's width
     assert refused.exit_code == 2 and "unknown dtype 'fp16'; choose from auto, bfloat16, float16" in refused.output
 
 
