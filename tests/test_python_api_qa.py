@@ -169,3 +169,19 @@ def test_a_silent_or_full_scale_int32_recording_is_not_warned_of(caplog):
         turnscribe.load_audio(dither, sampling_rate=SAMPLE_RATE)
         turnscribe.load_audio((tone(1) * 2**31).astype(np.int32), sampling_rate=SAMPLE_RATE)
     assert caplog.text == ""
+
+
+def test_a_transcript_of_a_path_names_its_source_as_transcribe_many_does(tmp_path):
+    # transcribe(path) and Pipeline.run(path) left metadata.source (and the progress events' source) empty.
+    path = tmp_path / "call.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray((tone(3) * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    events = []
+    single = turnscribe.transcribe(path, decoder=window_names(), audio_processes=0, progress=events.append)
+    (many,) = turnscribe.transcribe_many([path], decoder=window_names())
+    assert single.metadata.source == many.transcript.metadata.source == str(path)
+    assert {e.source for e in events} == {str(path)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -132,6 +133,8 @@ class Pipeline:
         source: str | None = None,
     ) -> Transcript:
         language = check_language(language)
+        if source is None and isinstance(audio, str | os.PathLike):  # as run_many names it
+            source = str(audio)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         samples = self.load(audio, sampling_rate)
