@@ -174,6 +174,15 @@ def test_numpy_signal_is_not_mistaken_for_speech_in_silence(tiny_native, tmp_pat
     assert (out / "silence.rttm").read_text() == ""
 
 
+def test_a_recording_named_twice_is_transcribed_once(tiny_native, clip, tmp_path):
+    # `turnscribe transcribe *.wav clip.wav`: it was refused as two inputs of the same name.
+    out = tmp_path / "out"
+    again = clip.parent / "." / clip.name
+    result = run("transcribe", clip, again, "--model", tiny_native, "--device", "cpu", "-f", "txt", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir()] == ["clip.txt"] and flat(result).count("clip.wav") == 1
+
+
 def test_inputs_with_the_same_name_are_refused_before_any_work(clip, tmp_path):
     other = tmp_path / "sub"
     other.mkdir()

@@ -231,6 +231,10 @@ def transcribe(
     # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's (also across shards) where two
     # inputs share a stem, or where a stem is another's plus a format's ending ('a.wav' and 'a.diarized.wav' both
     # write a.diarized.json, as diarized_json and as json).
+    first_names: dict[Path, Path] = {}
+    for f in files:  # one recording named twice (a glob and its own name; a.wav and ./a.wav) is transcribed once
+        first_names.setdefault(f.resolve(), f)
+    files = list(first_names.values())
     inputs = [f for f in files if _is_input(f)]
     if clashes := _repeated(f.stem for f in inputs):
         raise typer.BadParameter(f"several inputs are named {', '.join(clashes)}; give each its own --output-dir run")
