@@ -133,6 +133,21 @@ def test_a_session_of_zero_length_turns_only_scores_nothing(tmp_path: Path) -> N
     assert result.der(0.0) == 0.0 and result.diarization[0].total == pytest.approx(7.0)
 
 
+def test_turns_shorter_than_the_collars_score_nothing_not_100_percent(tmp_path: Path) -> None:
+    # Every turn lies within the 0.25 s collars either side of its boundaries: at that collar nothing is scored.
+    # pyannote's JER said 100 % for the file scored against itself; dscore's JER and pyannote's own DER say 0.
+    short = write(tmp_path, "short.rttm", rttm((0, 0.3, "A"), (1, 1.4, "B")))
+    result = evaluate(short, short)
+    assert [(d.collar, d.total, d.der, d.jer) for d in result.diarization] == [
+        (0.0, pytest.approx(0.7), 0.0, 0.0),
+        (0.25, 0.0, 0.0, 0.0),
+    ]
+    assert any("collar 0.25 s score no reference speech" in note for note in result.notes)
+    # Hypothesis speech where the reference has none left to score is still all error.
+    result = evaluate(short, write(tmp_path, "hyp.rttm", rttm((0, 0.3, "x"), (1, 1.4, "y"), (3, 4, "x"))))
+    assert (result.der(0.25), result.diarization[1].jer) == (1.0, 1.0)
+
+
 # sclite's STM as TED-LIUM and NIST write it: labels before the words, gaps that nobody speaks in, a span out of bounds.
 SCLITE_STM = """;; CATEGORY "0" "" ""
 ;; LABEL "O" "Overall" "Overall"

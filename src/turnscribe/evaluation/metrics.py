@@ -19,7 +19,7 @@ from meeteval.io import RTTM, STM, SegLST
 from meeteval.wer import combine_error_rates
 from meeteval.wer.api import cpwer, tcpwer
 from pyannote.core import Annotation, Segment, Timeline
-from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
+from pyannote.metrics.diarization import JER_SPEAKER_COUNT, DiarizationErrorRate, JaccardErrorRate
 
 from ..decoders.reference import ReferenceTurn
 from ..formats import to_seglst
@@ -285,10 +285,15 @@ def _diarization(ref: SegLST, hyp: SegLST, sessions: list[str], collar: float, b
         der(reference, hypothesis, uem=uem)
         jer(reference, hypothesis, uem=uem)
     parts = der.accumulated_
+    jaccard = abs(jer)
+    if jer.accumulated_[JER_SPEAKER_COUNT] == 0 and parts["false alarm"] == 0:
+        # No reference speech left to score (every turn within its collars) and no hypothesis speech either: nothing
+        # is wrong. pyannote's JER says 100 % there, where its DER says 0 and dscore's JER says 0.
+        jaccard = 0.0
     return DiarizationScores(
         collar=collar,
         der=abs(der),
-        jer=abs(jer),
+        jer=jaccard,
         missed=parts["missed detection"],
         false_alarm=parts["false alarm"],
         confusion=parts["confusion"],
@@ -358,6 +363,11 @@ def evaluate(
         raise EvaluationError(f"the UEM has no spans for session(s) {', '.join(map(str, unbounded))}")
     bounds = _Bounds(uem, ignored)
     diarization = [_diarization(ref_segments, hyp_segments, sessions, c, bounds) for c in collars]
+    for scores in diarization:
+        if scores.total == 0:
+            # Turns shorter than two collars vanish: a DER and JER of 0 there would otherwise read as a perfect score.
+            where = "within the collars or outside the scored spans"
+            notes.append(f"DER and JER at collar {scores.collar:g} s score no reference speech: all of it lies {where}")
     word_errors: list[WordErrorScores] = []
     if _has_words(ref_segments) and _has_words(hyp_segments):
         scored_ref, scored_hyp = ref_segments.filter(bounds.holds), hyp_segments.filter(bounds.holds)
