@@ -239,6 +239,21 @@ def test_a_session_missing_from_the_hypothesis_is_scored_as_silence(tmp_path: Pa
         evaluate(write(tmp_path, "one.stm", REF_STM), ref)
 
 
+def test_seglst_ids_written_as_json_numbers_match_other_files(tmp_path: Path) -> None:
+    rows = [
+        {"session_id": 1, "speaker": 0, "start_time": 0, "end_time": 4, "words": "a b"},
+        {"session_id": 2, "speaker": 1, "start_time": 0, "end_time": 3, "words": "c d"},
+    ]
+    numbers = write(tmp_path, "hyp.json", json.dumps(rows))
+    ref = write(tmp_path, "ref.rttm", rttm((0, 4, "A"), uri="1") + rttm((0, 3, "B"), uri="2"))
+    # Session 1 of the JSON is recording "1" of the RTTM and of the UEM: it was "sessions the reference lacks: 1, 2".
+    result = evaluate(ref, numbers, uem=write(tmp_path, "all.uem", "1 1 0 4\n2 1 0 3\n"))
+    assert result.sessions == ["1", "2"] and result.der(0.0) == 0.0
+    # Numbers mixed with names in one file: sorting the sessions failed with a TypeError.
+    mixed = write(tmp_path, "mixed.json", json.dumps([rows[0], {**rows[1], "session_id": "b"}]))
+    assert evaluate(mixed, mixed).sessions == ["1", "b"]
+
+
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [

@@ -163,6 +163,9 @@ def _seglst_from_json(data: Any) -> SegLST:
         if missing:
             raise EvaluationError(f"segment {i} lacks {', '.join(missing)}")
         seg["start_time"], seg["end_time"] = float(seg["start_time"]), float(seg["end_time"])
+        # Ids as text, as RTTM, STM and UEM files have them: a JSON number (session 1, speaker 0) did not match the
+        # other side's "1", and numbers mixed with names could not be sorted.
+        seg["session_id"], seg["speaker"] = str(seg["session_id"]), str(seg["speaker"])
     return SegLST(data)
 
 
