@@ -73,6 +73,7 @@ def build_pipeline(
     from .decoders.replicas import device_list
     from .decoders.transformers import pick_device
     from .speakers import ClusteringLinker, SlotLinker, load_embedder
+    from .speakers.clustering import check_counts, check_threshold
     from .speakers.names import check_speaker_names
 
     if linker not in LINKERS:
@@ -81,6 +82,8 @@ def build_pipeline(
         raise ValueError("known speakers need the 'slots' linker")
     check_backend(backend)
     check_dtype(dtype)
+    check_counts(num_speakers, min_speakers, max_speakers)  # the linkers check them too, after the embedder loads
+    check_threshold(threshold)
     # Names and reference recordings are checked before anything loads, so a typo fails in a second, not a minute.
     names = check_speaker_names(known_speakers or {})
     references = {name: _reference(name, audio) for name, audio in zip(names, (known_speakers or {}).values())}

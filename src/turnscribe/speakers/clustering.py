@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -10,6 +11,10 @@ from scipy.cluster.hierarchy import fcluster, linkage
 
 def check_counts(num_speakers: int | None, min_speakers: int | None, max_speakers: int | None) -> None:
     for name, value in (("num_speakers", num_speakers), ("min_speakers", min_speakers), ("max_speakers", max_speakers)):
+        # A str compared with an int was a bare TypeError; a float (2.5, even 2.0) or a bool passed here and failed
+        # or counted wrong only once every window was decoded.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ValueError(f"{name} must be a whole number (an int), got {value!r} ({type(value).__name__})")
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
@@ -25,6 +30,9 @@ def check_counts(num_speakers: int | None, min_speakers: int | None, max_speaker
 
 def check_threshold(threshold: float | None) -> None:
     """A given threshold is a cosine distance: finite and >= 0 (above 2 every pair is within it)."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)):
+        kind = type(threshold).__name__
+        raise ValueError(f"threshold must be a number (a cosine distance), got {threshold!r} ({kind})")
     if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold must be a finite cosine distance >= 0, got {threshold}")
 

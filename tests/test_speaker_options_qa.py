@@ -1,0 +1,50 @@
+"""Speaker options as a pyannote / WhisperX user sets them (counts, threshold, device), through `build_pipeline`,
+`transcribe` and the linkers: a value of the wrong kind is a ValueError that names the option, before anything
+loads, not a TypeError from deep inside the linker once every window is decoded."""
+
+import numpy as np
+import pytest
+
+import turnscribe
+from turnscribe.decoders import ScriptedDecoder
+from turnscribe.speakers import ClusteringLinker, SlotLinker
+
+
+class FakeEmbedder:
+    name = "fake"
+    default_threshold = 0.5
+
+    def embed(self, clips):
+        return np.array([[1.0, 0.0] if c.mean() >= 0 else [0.0, 1.0] for c in clips], dtype=np.float32)
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    monkeypatch.setattr("turnscribe.speakers.load_embedder", lambda *a, **k: pytest.fail("the embedder loaded"))
+
+
+def decoder() -> ScriptedDecoder:
+    return ScriptedDecoder(lambda span: "<|spltoken0|><|t:1.0|> hello <|t:2.0|>")
+
+
+@pytest.mark.parametrize("option", ["num_speakers", "min_speakers", "max_speakers"])
+@pytest.mark.parametrize("value", ["2", 2.5, 2.0, True], ids=["str", "float", "whole-float", "bool"])
+def test_a_speaker_count_that_is_no_int_is_a_value_error_naming_it_before_anything_loads(option, value, nothing_loads):
+    # "2" was a bare TypeError ('<' not supported between str and int); 2.5 and 2.0 passed and failed with a
+    # TypeError in the slots linker after every window was decoded; True was taken as one speaker.
+    with pytest.raises(ValueError, match=f"{option} must be a whole number.*got {value!r}"):
+        turnscribe.build_pipeline(decoder=decoder(), **{option: value})
+
+
+@pytest.mark.parametrize("value", ["0.5", True], ids=["str", "bool"])
+def test_a_threshold_that_is_no_number_is_a_value_error_naming_it_before_anything_loads(value, nothing_loads):
+    # threshold=True passed and came back as metadata.threshold: true in the json output.
+    with pytest.raises(ValueError, match=f"threshold must be a number.*got {value!r}"):
+        turnscribe.build_pipeline(decoder=decoder(), threshold=value)
+
+
+@pytest.mark.parametrize("linker", [SlotLinker, ClusteringLinker])
+def test_the_linkers_built_by_hand_check_the_kind_of_count_too_and_take_numpy_ints(linker):
+    with pytest.raises(ValueError, match="num_speakers must be a whole number"):
+        linker(FakeEmbedder(), num_speakers=2.0)
+    linker(FakeEmbedder(), num_speakers=np.int64(2), max_speakers=np.int32(3), threshold=np.float32(0.4))
