@@ -48,3 +48,12 @@ def test_the_linkers_built_by_hand_check_the_kind_of_count_too_and_take_numpy_in
     with pytest.raises(ValueError, match="num_speakers must be a whole number"):
         linker(FakeEmbedder(), num_speakers=2.0)
     linker(FakeEmbedder(), num_speakers=np.int64(2), max_speakers=np.int32(3), threshold=np.float32(0.4))
+
+
+@pytest.mark.parametrize("device", ["gpu", "CUDA", "cuda:x"])
+def test_a_device_that_is_no_device_name_is_refused_in_the_callers_terms_before_anything_loads(device, nothing_loads):
+    # "gpu" reached the embedder, whose error quoted torch's list of twenty device types and told a Python
+    # caller to "try --device cpu".
+    with pytest.raises(ValueError, match=f"device {device!r} is not a device name: use auto, cpu, cuda") as error:
+        turnscribe.build_pipeline(decoder=decoder(), device=device)
+    assert "--device" not in str(error.value)

@@ -70,6 +70,6 @@ def load_decoder(backend: str, options: DecoderOptions) -> Decoder:
         return factory(replace(options, device=devices[0]))
     if backend == "vllm":
         raise ValueError(
-            "vLLM places the model on its GPUs itself (its data and tensor parallel options): give one --device"
+            "vLLM places the model on its GPUs itself (its data and tensor parallel options): give one device"
         )
     return ReplicatedDecoder([factory(replace(options, device=device)) for device in devices])

@@ -23,7 +23,7 @@ def device_list(device: str) -> list[str]:
 
         count = torch.cuda.device_count()
         if not count:
-            raise ValueError("--device cuda:all: no CUDA GPU is visible")
+            raise ValueError("device 'cuda:all': no CUDA GPU is visible")
         return [f"cuda:{i}" for i in range(count)]
     devices = [d.strip() for d in device.split(",")]
     if not all(devices):

@@ -126,7 +126,11 @@ def pick_device(device: str = "auto") -> str:
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as e:  # "gpu", "cuda:x": torch's message lists twenty device types and never "auto"
+        raise ValueError(f"device {device!r} is not a device name: use auto, cpu, cuda or cuda:N") from e
+    if parsed.type == "cuda":
         _check_cuda_device(device)
     return device
 
@@ -147,10 +151,7 @@ def pick_dtype(device: str, dtype: str = "auto") -> Any:
 def _check_cuda_device(device: str) -> None:
     import torch
 
-    try:
-        index = torch.device(device).index or 0
-    except RuntimeError as e:
-        raise ValueError(f"device {device!r} is not a device name: {e}") from e
+    index = torch.device(device).index or 0
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if index >= count:
         seen = (

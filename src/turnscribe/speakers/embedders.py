@@ -132,7 +132,9 @@ class ResemblyzerEmbedder:
         try:
             self._encoder = VoiceEncoder(device=self.device, verbose=False)
         except (RuntimeError, AssertionError) as exc:
-            raise EmbedderError(f"could not load resemblyzer on device {device!r}: {exc}; try --device cpu") from exc
+            raise EmbedderError(
+                f"could not load resemblyzer on device {device!r}: {exc}; try the CPU (device='cpu', --device cpu)"
+            ) from exc
         self.batch_partials = batch_partials or (CPU_BATCH_PARTIALS if self.device == "cpu" else GPU_BATCH_PARTIALS)
         self._normalize_volume = normalize_volume
         self._target_dbfs = hparams.audio_norm_target_dBFS
