@@ -15,4 +15,4 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q -e ".[vllm,test]"
 fi
 "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
-exec "$VENV/bin/python" -m pytest -rs tests/test_vllm_engine.py tests/test_vllm_plugin.py tests/test_vllm_decoder.py
+exec "$VENV/bin/python" -m pytest -rs tests/test_vllm_engine.py tests/test_vllm_plugin.py tests/test_vllm_decoder.py tests/test_vllm_qa.py
