@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,15 @@ def test_eval_bad_input_exits_2_without_a_traceback(
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_eval_chime_normalizer_without_chime_utils_is_a_clear_error(
+    tmp_path: Path, cli: typer.Typer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # meeteval imports chime-utils (not on PyPI) only when the normalizer is built: the command ended in a traceback.
+    monkeypatch.setitem(sys.modules, "chime_utils.text_norm", None)
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    result = CliRunner().invoke(cli, ["eval", "--ref", str(ref), "--hyp", str(ref), "--normalizer", "chime8"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    source = "git+https://github.com/chimechallenge/chime-utils"
+    assert f"the chime8 normalizer needs chime-utils (pip install {source})" in result.output

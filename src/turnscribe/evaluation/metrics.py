@@ -18,6 +18,7 @@ from typing import Any, TypeAlias
 from meeteval.io import RTTM, STM, SegLST
 from meeteval.wer import combine_error_rates
 from meeteval.wer.api import cpwer, tcpwer
+from meeteval.wer.normalizer import normalizers
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import JER_SPEAKER_COUNT, DiarizationErrorRate, JaccardErrorRate
 
@@ -307,6 +308,13 @@ def _diarization(ref: SegLST, hyp: SegLST, sessions: list[str], collar: float, b
 def _word_errors(
     ref: SegLST, hyp: SegLST, sessions: list[str], tcp_collar: float, normalizer: str | None
 ) -> list[WordErrorScores]:
+    if normalizer is not None:
+        try:
+            normalizers[normalizer]  # an unknown name is meeteval's ValueError, which says what there is
+        except ModuleNotFoundError:
+            # meeteval's chime6/7/8 normalizers come from chime-utils: not on PyPI, not a dependency of meeteval.
+            source = "git+https://github.com/chimechallenge/chime-utils"
+            raise EvaluationError(f"the {normalizer} normalizer needs chime-utils (pip install {source})") from None
     # A session the hypothesis left out holds one empty segment, so meeteval scores it as all deletions.
     present = set(hyp.unique("session_id"))
     pad = [{"session_id": s, "speaker": "", "start_time": 0.0, "end_time": 0.0, "words": ""} for s in sessions]
