@@ -118,6 +118,14 @@ def test_tcpwer_counts_words_said_at_the_wrong_time(tmp_path: Path) -> None:
     assert evaluate(ref, late, tcp_collar=30.0).wer("tcpWER") == 0.0
 
 
+def test_words_where_the_reference_has_none_are_all_error(tmp_path: Path) -> None:
+    # Speech marked with no transcript: meeteval has no rate for 3 insertions over 0 words, and it was shown as 0 %.
+    ref = write(tmp_path, "ref.stm", "meet 1 A 0.0 4.0\nmeet 1 B 5.0 8.0\n")
+    cp = next(w for w in evaluate(ref, write(tmp_path, "hyp.stm", REF_STM)).word_errors if w.metric == "cpWER")
+    assert (cp.errors, cp.length, cp.error_rate) == (8, 0, 1.0)
+    assert evaluate(ref, ref).wer() == 0.0
+
+
 def test_formats_are_detected_from_content(tmp_path: Path) -> None:
     as_rttm = load_segments(write(tmp_path, "ref.txt", REF_RTTM))
     as_stm = load_segments(write(tmp_path, "ref.lst", REF_STM))

@@ -328,11 +328,14 @@ def _word_errors(
         else:
             per_session = tcpwer(r, h, collar=collar, normalizer=normalizer)
         total = combine_error_rates(per_session)
+        # No reference words (meeteval's rate is None): inserted words are all error, as pyannote's DER has it for
+        # speech where the reference has none; 0 % read as a perfect hypothesis.
+        rate = total.error_rate if total.error_rate is not None else float(total.errors > 0)
         scores.append(
             WordErrorScores(
                 metric=name,
                 collar=collar,
-                error_rate=float(total.error_rate) if total.error_rate is not None else 0.0,
+                error_rate=float(rate),
                 errors=total.errors,
                 length=total.length,
                 insertions=total.insertions,
