@@ -126,6 +126,17 @@ def test_words_where_the_reference_has_none_are_all_error(tmp_path: Path) -> Non
     assert evaluate(ref, ref).wer() == 0.0
 
 
+def test_asking_for_a_collar_or_metric_that_was_not_scored_says_so(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM)
+    result = evaluate(ref, ref, collars=(0.5,))
+    assert result.der(0.5) == 0.0
+    # der() with its default 0.25 ended in a bare StopIteration; wer("cpwer") said None, as if WER had been skipped.
+    with pytest.raises(ValueError, match=re.escape("no DER at collar 0.25 s; scored at 0.5 s")):
+        result.der()
+    with pytest.raises(ValueError, match="unknown WER metric 'cpwer'; choose from cpWER, tcpWER"):
+        result.wer("cpwer")
+
+
 def test_formats_are_detected_from_content(tmp_path: Path) -> None:
     as_rttm = load_segments(write(tmp_path, "ref.txt", REF_RTTM))
     as_stm = load_segments(write(tmp_path, "ref.lst", REF_STM))

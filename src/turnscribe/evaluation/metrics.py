@@ -28,6 +28,7 @@ from ..types import Transcript, TurnscribeError
 from .conventions import COLLARS, DEFAULT_NORMALIZER, TCP_COLLAR
 
 FORMATS = ("rttm", "stm", "seglst")
+WER_METRICS = ("cpWER", "tcpWER")
 
 Source: TypeAlias = "str | os.PathLike[str] | Transcript | SegLST | Sequence[ReferenceTurn]"
 _SEGLST_KEYS = ("session_id", "speaker", "start_time", "end_time")
@@ -85,9 +86,17 @@ class EvaluationResult:
     notes: list[str] = field(default_factory=list)
 
     def der(self, collar: float = 0.25) -> float:
-        return next(d.der for d in self.diarization if d.collar == collar)
+        for scores in self.diarization:
+            if scores.collar == collar:
+                return scores.der
+        # A bare StopIteration said nothing (and inside a generator became a RuntimeError).
+        scored = ", ".join(f"{d.collar:g}" for d in self.diarization)
+        raise ValueError(f"no DER at collar {collar:g} s; scored at {scored} s (evaluate's collars)")
 
     def wer(self, metric: str = "cpWER") -> float | None:
+        """The metric's rate; None when WER was skipped (a side without words)."""
+        if metric not in WER_METRICS:  # a misspelt name read as "skipped"
+            raise ValueError(f"unknown WER metric {metric!r}; choose from {', '.join(WER_METRICS)}")
         return next((w.error_rate for w in self.word_errors if w.metric == metric), None)
 
     def to_dict(self) -> dict[str, Any]:
