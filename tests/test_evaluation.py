@@ -282,6 +282,10 @@ def test_seglst_ids_written_as_json_numbers_match_other_files(tmp_path: Path) ->
         ("ref.json", '{"not": "a list"}', "JSON list"),
         ("ref.json", '[{"speaker": "A"}]', "lacks session_id"),
         ("ref.rttm", "", "no speech"),
+        # float() reads these, and pyannote dropped the turn that ends before it starts or made every score NaN.
+        ("ref.rttm", rttm((0, 4, "A")) + "SPEAKER meet 1 5 -3 <NA> <NA> B <NA> <NA>\n", "from 5 to 2 s: not a span"),
+        ("ref.rttm", "SPEAKER meet 1 nan 4 <NA> <NA> A <NA> <NA>\n", r"\(A in meet\) runs from nan to nan s"),
+        ("ref.json", seglst((0, float("inf"), "A", "hi")), "from 0 to inf s: not a span of time"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(tmp_path: Path, name: str, text: str, message: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -150,17 +151,30 @@ def load_segments(path: str | os.PathLike[str], fmt: str | None = None) -> SegLS
         if fmt == "rttm":
             # Only SPEAKER lines are turns; SPKR-INFO and the like describe them.
             turns = "\n".join(line for line in text.splitlines() if line.split()[:1] == ["SPEAKER"])
-            return RTTM.parse(turns, parse_float=float).to_seglst()
-        if fmt == "stm":
+            segments = RTTM.parse(turns, parse_float=float).to_seglst()
+        elif fmt == "stm":
             segments = STM.parse(text, parse_float=float).to_seglst()
-            return segments.map(lambda s: {**s, "words": _STM_LABEL.sub("", s["words"], count=1)})
-        # meeteval's SegLST.load needs simplejson (an optional extra of meeteval); the format is plain JSON.
-        return _seglst_from_json(json.loads(text))
+            segments = segments.map(lambda s: {**s, "words": _STM_LABEL.sub("", s["words"], count=1)})
+        else:
+            # meeteval's SegLST.load needs simplejson (an optional extra of meeteval); the format is plain JSON.
+            segments = _seglst_from_json(json.loads(text))
+        _check_times(segments)
     except EvaluationError as exc:
         raise EvaluationError(f"{path}: {exc}") from None
     except (ValueError, AssertionError, TypeError, KeyError, IndexError) as exc:
         # meeteval's line parsers assert on field counts and raise ValueError on bad numbers.
         raise EvaluationError(f"{path}: not a valid {fmt.upper()} file ({type(exc).__name__}: {exc})") from exc
+    return segments
+
+
+def _check_times(segments: SegLST) -> None:
+    """Every segment a span of time. float() reads "nan" and "inf", and pyannote drops a span that ends before it
+    starts: a turn was left out without a word, and an infinite one made every score NaN."""
+    for number, seg in enumerate(segments, start=1):
+        start, end = seg["start_time"], seg["end_time"]
+        if not (math.isfinite(start) and math.isfinite(end) and end >= start):
+            where = f"segment {number} ({seg['speaker']} in {seg['session_id']})"
+            raise EvaluationError(f"{where} runs from {start:g} to {end:g} s: not a span of time")
 
 
 def _seglst_from_json(data: Any) -> SegLST:
