@@ -8,6 +8,7 @@ import pytest
 import turnscribe
 from turnscribe.decoders import ScriptedDecoder
 from turnscribe.speakers import ClusteringLinker, SlotLinker
+from turnscribe.speakers.names import SpeakerNameError
 
 
 class FakeEmbedder:
@@ -57,3 +58,18 @@ def test_a_device_that_is_no_device_name_is_refused_in_the_callers_terms_before_
     with pytest.raises(ValueError, match=f"device {device!r} is not a device name: use auto, cpu, cuda") as error:
         turnscribe.build_pipeline(decoder=decoder(), device=device)
     assert "--device" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "known, error, message",
+    [
+        (["alice.wav"], ValueError, "known_speakers must map names to references.*got a list"),
+        ({1: "alice.wav"}, SpeakerNameError, r"must be text, got 1 \(int\)"),
+        ({"Ana": (np.zeros(8), 16000, 1)}, turnscribe.AudioError, r"'Ana': give a reference, or \(samples,"),
+    ],
+    ids=["list", "name-not-text", "three-tuple"],
+)
+def test_known_speakers_of_the_wrong_shape_are_an_error_naming_what_to_pass(known, error, message, nothing_loads):
+    # Each was a bare AttributeError / unpacking ValueError from inside build_pipeline.
+    with pytest.raises(error, match=message):
+        turnscribe.build_pipeline(decoder=decoder(), known_speakers=known)

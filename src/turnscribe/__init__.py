@@ -85,6 +85,10 @@ def build_pipeline(
     check_counts(num_speakers, min_speakers, max_speakers)  # the linkers check them too, after the embedder loads
     check_threshold(threshold)
     # Names and reference recordings are checked before anything loads, so a typo fails in a second, not a minute.
+    if known_speakers is not None and not isinstance(known_speakers, Mapping):
+        # A list (of names, or of paths, as OpenAI's API takes them) was an AttributeError: '.values()'.
+        kind = type(known_speakers).__name__
+        raise ValueError(f"known_speakers must map names to references ({{'Alice': 'alice.wav'}}), got a {kind}")
     names = check_speaker_names(known_speakers or {})
     references = {name: _reference(name, audio) for name, audio in zip(names, (known_speakers or {}).values())}
     device_name = pick_device(device_list(device)[0])  # the embedder's; the model may have more
@@ -104,6 +108,8 @@ def build_pipeline(
 
 def _reference(name: str, audio: AudioInput | tuple[AudioInput, int]) -> Any:
     """A known speaker's reference samples; samples in memory come with their rate, as `(samples, rate)`."""
+    if isinstance(audio, tuple) and len(audio) != 2:
+        raise AudioError(f"known speaker {name!r}: give a reference, or (samples, sampling_rate) for samples in memory")
     samples, rate = audio if isinstance(audio, tuple) else (audio, None)
     try:
         return load_audio(samples, rate)

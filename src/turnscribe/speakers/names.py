@@ -20,6 +20,8 @@ class SpeakerNameError(TurnscribeError, ValueError):
 
 def check_speaker_name(name: str) -> str:
     """The name without surrounding whitespace, or SpeakerNameError saying what is wrong with it."""
+    if not isinstance(name, str):  # {1: clip} was an AttributeError ('int' object has no attribute 'strip')
+        raise SpeakerNameError(f"a known speaker's name must be text, got {name!r} ({type(name).__name__})")
     stripped = name.strip()
     if not stripped:
         raise SpeakerNameError("a known speaker's name must not be empty")
