@@ -213,6 +213,8 @@ def test_a_uem_limits_what_is_scored(tmp_path: Path) -> None:
         ("meet 1 0.0\n", "two.uem:2: expected '<recording> <channel> <start> <end>', got 'meet 1 0.0'"),
         ("other 1 0 9\n", "the UEM has no spans for session(s) meet"),
         (";; nothing\n", "no spans to score"),
+        ("meet 1 8 0\n", "two.uem:2: the span from 8 to 0 s is not a span of time"),
+        ("meet 1 0 nan\n", "two.uem:2: the span from 0 to nan s is not a span of time"),
     ],
 )
 def test_a_bad_uem_is_a_clear_error(tmp_path: Path, uem: str, message: str) -> None:

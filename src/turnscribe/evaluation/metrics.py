@@ -234,10 +234,14 @@ def load_uem(path: str | os.PathLike[str]) -> dict[str, Timeline]:
             continue
         try:
             recording, _channel, start, end = line.split()
-            spans.setdefault(recording, Timeline()).add(Segment(float(start), float(end)))
+            span = Segment(float(start), float(end))
         except ValueError:
             expected = "'<recording> <channel> <start> <end>'"
             raise EvaluationError(f"{path}:{number}: expected {expected}, got {line!r}") from None
+        if not (math.isfinite(span.start) and math.isfinite(span.end) and span.end > span.start):
+            # An empty or backwards span scored nothing there without a word (dscore refuses it too).
+            raise EvaluationError(f"{path}:{number}: the span from {start} to {end} s is not a span of time")
+        spans.setdefault(recording, Timeline()).add(span)
     if not spans:
         raise EvaluationError(f"{path}: no spans to score")
     return spans
