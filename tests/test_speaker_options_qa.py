@@ -2,11 +2,17 @@
 `transcribe` and the linkers: a value of the wrong kind is a ValueError that names the option, before anything
 loads, not a TypeError from deep inside the linker once every window is decoded."""
 
+import base64
+import io
+import wave
+
 import numpy as np
 import pytest
 
 import turnscribe
 from turnscribe.decoders import ScriptedDecoder
+from turnscribe.server.enrollment import read_known_speakers
+from turnscribe.server.errors import APIError
 from turnscribe.speakers import ClusteringLinker, SlotLinker
 from turnscribe.speakers.names import SpeakerNameError
 
@@ -73,3 +79,18 @@ def test_known_speakers_of_the_wrong_shape_are_an_error_naming_what_to_pass(know
     # Each was a bare AttributeError / unpacking ValueError from inside build_pipeline.
     with pytest.raises(error, match=message):
         turnscribe.build_pipeline(decoder=decoder(), known_speakers=known)
+
+
+def wav_data_url(seconds: float, rate: int) -> str:
+    t = np.arange(round(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 200 * t) * 32767).astype(np.int16).tobytes())
+    return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_server_reference_just_under_two_seconds_is_not_reported_as_two_seconds_long():
+    # 1.99 s was "is 2.0 s long; it must be 2 to 10 s": a refusal that contradicts itself.
+    with pytest.raises(APIError, match=r"is 1\.99 s long; it must be 2 to 10 s"):
+        read_known_speakers(["Ana"], [wav_data_url(1.99, 48000)], limit=4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 import numpy as np
 
@@ -56,9 +57,11 @@ def read_known_speakers(names: list[str], references: list[str], *, limit: int) 
             raise APIError(400, f"{PARAM_REFERENCES}[{i}]: {e}", param=PARAM_REFERENCES) from None
         seconds = len(samples) / SAMPLE_RATE
         if not low <= seconds <= high:
+            # Rounded away from the bound it misses: 1.99 s was reported as "2.0 s long; it must be 2 to 10 s".
+            shown = math.floor(seconds * 100) / 100 if seconds < low else math.ceil(seconds * 100) / 100
             raise APIError(
                 400,
-                f"{PARAM_REFERENCES}[{i}] is {seconds:.1f} s long; it must be {low:g} to {high:g} s",
+                f"{PARAM_REFERENCES}[{i}] is {shown:.2f} s long; it must be {low:g} to {high:g} s",
                 param=PARAM_REFERENCES,
             )
         if not audible(samples):  # the linker refuses it too, as a failed run
