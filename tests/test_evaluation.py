@@ -283,6 +283,9 @@ def test_seglst_ids_written_as_json_numbers_match_other_files(tmp_path: Path) ->
         ("ref.rttm", "SPEAKER meet 1 zero 4 <NA> <NA> A <NA> <NA>\n", "not a valid RTTM"),
         ("ref.json", '{"not": "a list"}', "JSON list"),
         ("ref.json", '[{"speaker": "A"}]', "lacks session_id"),
+        # The normalizer ended in an AttributeError traceback on words that are not text.
+        ("ref.json", seglst((0, 4, "A", None)), "segment 0: words must be a string, not null"),
+        ("ref.json", seglst((0, 4, "A", ["a", "b"])), r'not \["a", "b"\]'),
         ("ref.rttm", "", "no speech"),
         # float() reads these, and pyannote dropped the turn that ends before it starts or made every score NaN.
         ("ref.rttm", rttm((0, 4, "A")) + "SPEAKER meet 1 5 -3 <NA> <NA> B <NA> <NA>\n", "from 5 to 2 s: not a span"),

@@ -186,6 +186,8 @@ def _seglst_from_json(data: Any) -> SegLST:
         missing = [k for k in _SEGLST_KEYS if k not in seg]
         if missing:
             raise EvaluationError(f"segment {i} lacks {', '.join(missing)}")
+        if not isinstance(seg.get("words", ""), str):  # the normalizer and meeteval's word splitting need text
+            raise EvaluationError(f"segment {i}: words must be a string, not {json.dumps(seg['words'])}")
         seg["start_time"], seg["end_time"] = float(seg["start_time"]), float(seg["end_time"])
         # Ids as text, as RTTM, STM and UEM files have them: a JSON number (session 1, speaker 0) did not match the
         # other side's "1", and numbers mixed with names could not be sorted.
