@@ -4,6 +4,7 @@ loads, not a TypeError from deep inside the linker once every window is decoded.
 
 import base64
 import io
+import json
 import wave
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 import turnscribe
 from turnscribe.decoders import ScriptedDecoder
+from turnscribe.formats import render
 from turnscribe.server.enrollment import read_known_speakers
 from turnscribe.server.errors import APIError
 from turnscribe.speakers import ClusteringLinker, SlotLinker
@@ -94,3 +96,13 @@ def test_a_server_reference_just_under_two_seconds_is_not_reported_as_two_second
     # 1.99 s was "is 2.0 s long; it must be 2 to 10 s": a refusal that contradicts itself.
     with pytest.raises(APIError, match=r"is 1\.99 s long; it must be 2 to 10 s"):
         read_known_speakers(["Ana"], [wav_data_url(1.99, 48000)], limit=4)
+
+
+@pytest.mark.parametrize("linker", ["slots", "baseline"])
+def test_a_numpy_float32_threshold_is_written_to_the_json_output(linker):
+    # It was kept as given in metadata.threshold, and json.dumps failed on it after the whole file was transcribed.
+    two_windows = np.sign(np.sin(np.arange(40 * 16000) / 50)).astype(np.float32) * 0.3
+    transcript = turnscribe.transcribe(
+        two_windows, sampling_rate=16000, decoder=decoder(), threshold=np.float32(0.25), linker=linker
+    )
+    assert json.loads(render(transcript, "json"))["metadata"]["threshold"] == 0.25

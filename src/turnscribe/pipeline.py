@@ -165,8 +165,9 @@ class Pipeline:
         assignment = self.speakers.assign(stitched, samples)
         labels = assignment.labels
         timings["speakers"] = time.perf_counter() - t0
-        # Known only after linking, and only for this recording: the slot linker calibrates it on each one.
-        metadata.threshold = assignment.threshold
+        # Known only after linking, and only for this recording: the slot linker calibrates it on each one. A Python
+        # float: the json output cannot hold a numpy float32 (a threshold given as one, or an embedder's default).
+        metadata.threshold = None if assignment.threshold is None else float(assignment.threshold)
 
         segments = [
             Segment(i, s.start, s.end, s.text, label) for i, (s, label) in enumerate(zip(stitched, labels, strict=True))
