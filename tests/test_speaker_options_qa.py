@@ -15,7 +15,7 @@ from turnscribe.decoders import ScriptedDecoder
 from turnscribe.formats import render
 from turnscribe.server.enrollment import read_known_speakers
 from turnscribe.server.errors import APIError
-from turnscribe.speakers import ClusteringLinker, SlotLinker
+from turnscribe.speakers import ClusteringLinker, EmbedderError, SlotLinker, load_embedder
 from turnscribe.speakers.names import SpeakerNameError
 
 
@@ -106,3 +106,10 @@ def test_a_numpy_float32_threshold_is_written_to_the_json_output(linker):
         two_windows, sampling_rate=16000, decoder=decoder(), threshold=np.float32(0.25), linker=linker
     )
     assert json.loads(render(transcript, "json"))["metadata"]["threshold"] == 0.25
+
+
+def test_redimnet2_without_its_checkout_says_how_to_pass_hub_dir_from_python_too(tmp_path):
+    # It told Python callers to "pass --embedder-option hub_dir=...", an option only the command line has.
+    with pytest.raises(EmbedderError, match="has no hubconf.py") as error:
+        load_embedder("redimnet2", device="cpu", hub_dir=str(tmp_path))
+    assert "embedder_options={'hub_dir': PATH}" in str(error.value) and "--embedder-option" in str(error.value)

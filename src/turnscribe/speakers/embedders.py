@@ -276,8 +276,8 @@ class ReDimNet2Embedder:
             folder = Path(hub_dir).expanduser()
             if not (folder / "hubconf.py").is_file():
                 raise EmbedderError(
-                    f"hub_dir {str(folder)!r} has no hubconf.py: pass --embedder-option hub_dir=/path/to/a "
-                    f"checkout of {repo}"
+                    f"hub_dir {str(folder)!r} has no hubconf.py: give the folder of a checkout of {repo} "
+                    "(--embedder-option hub_dir=PATH; embedder_options={'hub_dir': PATH} in Python)"
                 )
             repo_or_dir, source = str(folder), "local"
         else:
@@ -298,9 +298,10 @@ class ReDimNet2Embedder:
         except Exception as exc:  # torch.hub surfaces network, dependency and hubconf failures as many types
             raise EmbedderError(
                 f"could not load ReDimNet2 ({entry_point!r} from {repo_or_dir}, {source}) on {device!r}: {exc}. "
-                "Its front end needs torchaudio: pip install 'turnscribe[redimnet]'. Offline, pass "
-                "--embedder-option hub_dir=/path/to/redimnet2 checkout (its weights must already be in the "
-                "torch hub cache, see TORCH_HOME), or use --embedder resemblyzer."
+                "Its front end needs torchaudio: pip install 'turnscribe[redimnet]'. Offline, give the folder of a "
+                "redimnet2 checkout (--embedder-option hub_dir=PATH; embedder_options={'hub_dir': PATH} in Python; "
+                "its weights must already be in the torch hub cache, see TORCH_HOME), or use the resemblyzer "
+                "embedder."
             ) from exc
 
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
