@@ -207,6 +207,24 @@ def test_a_uem_limits_what_is_scored(tmp_path: Path) -> None:
     assert [(w.length, w.errors) for w in result.word_errors] == [(4, 0), (4, 0)]
 
 
+def test_a_recording_with_words_on_one_side_only_of_the_scored_spans(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", "meet 1 A 0 4 hello there\nother 1 C 0 2 one two\n")
+    uem = write(tmp_path, "ref.uem", "meet 1 0 10\nother 1 5 10\n")
+    # The UEM leaves no reference words in "other", but the hypothesis speaks there: meeteval refused a session the
+    # reference lacks and the command ended in a RuntimeError traceback.
+    hyp = write(tmp_path, "hyp.stm", "meet 1 A 0 4 hello there\nother 1 x 6 8 la la\n")
+    cp = next(w for w in evaluate(ref, hyp, uem=uem).word_errors if w.metric == "cpWER")
+    assert (cp.insertions, cp.length, cp.error_rate) == (2, 2, 1.0)
+    # x is an extra speaker, and the padding that stands in for the missing side is no speaker at all.
+    assert (cp.scored_speakers, cp.missed_speakers, cp.false_alarm_speakers) == (1, 0, 1)
+    # No hypothesis for "other": its one speaker is missed (the padding's empty speaker had taken its place).
+    cp = next(w for w in evaluate(ref, write(tmp_path, "meet.stm", "meet 1 A 0 4 hello there\n")).word_errors)
+    assert (cp.deletions, cp.scored_speakers, cp.missed_speakers, cp.false_alarm_speakers) == (2, 2, 1, 0)
+    # No words in the scored spans on either side: meeteval refused the empty reference.
+    result = evaluate(ref, ref, uem=write(tmp_path, "late.uem", "meet 1 5 10\nother 1 5 10\n"))
+    assert result.word_errors == [] and "cpWER and tcpWER skipped: no words lie in the scored spans" in result.notes
+
+
 @pytest.mark.parametrize(
     ("uem", "message"),
     [

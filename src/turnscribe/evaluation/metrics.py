@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -334,9 +334,15 @@ def _diarization(ref: SegLST, hyp: SegLST, sessions: list[str], collar: float, b
     )
 
 
-def _word_errors(
-    ref: SegLST, hyp: SegLST, sessions: list[str], tcp_collar: float, normalizer: str | None
-) -> list[WordErrorScores]:
+def _pad(segments: SegLST, sessions: set[str]) -> SegLST:
+    """One empty segment for each of `sessions` that `segments` lack: meeteval refuses a session that one side lacks,
+    and scores the empty one as all deletions (or insertions)."""
+    present = set(segments.unique("session_id"))
+    empty = {"speaker": "", "start_time": 0.0, "end_time": 0.0, "words": ""}
+    return segments + SegLST([{"session_id": s, **empty} for s in sorted(sessions - present)])
+
+
+def _word_errors(ref: SegLST, hyp: SegLST, tcp_collar: float, normalizer: str | None) -> list[WordErrorScores]:
     if normalizer is not None:
         try:
             normalizers[normalizer]  # an unknown name is meeteval's ValueError, which says what there is
@@ -344,10 +350,12 @@ def _word_errors(
             # meeteval's chime6/7/8 normalizers come from chime-utils: not on PyPI, not a dependency of meeteval.
             source = "git+https://github.com/chimechallenge/chime-utils"
             raise EvaluationError(f"the {normalizer} normalizer needs chime-utils (pip install {source})") from None
-    # A session the hypothesis left out holds one empty segment, so meeteval scores it as all deletions.
-    present = set(hyp.unique("session_id"))
-    pad = [{"session_id": s, "speaker": "", "start_time": 0.0, "end_time": 0.0, "words": ""} for s in sessions]
-    hyp = hyp + SegLST([p for p in pad if p["session_id"] not in present])
+    # A session the hypothesis left out (or that has no words in the scored spans on one side, as a UEM or ignored
+    # spans can leave it) is padded with an empty segment; the padding's empty speaker is then taken out of the
+    # speaker counts.
+    ref_sessions, hyp_sessions = set(ref.unique("session_id")), set(hyp.unique("session_id"))
+    scored = ref_sessions | hyp_sessions
+    ref, hyp = _pad(ref, scored), _pad(hyp, scored)
     scores = []
     for name, collar in (("cpWER", None), ("tcpWER", tcp_collar)):
         # meeteval's normalizer edits segments in place: give it copies.
@@ -356,6 +364,12 @@ def _word_errors(
             per_session = cpwer(r, h, normalizer=normalizer)
         else:
             per_session = tcpwer(r, h, collar=collar, normalizer=normalizer)
+        for session in scored - ref_sessions:  # no one to find: each hypothesis speaker is extra
+            er = per_session[session]
+            per_session[session] = replace(er, scored_speaker=0, missed_speaker=0, falarm_speaker=er.falarm_speaker + 1)
+        for session in scored - hyp_sessions:  # no one found: each reference speaker is missed
+            er = per_session[session]
+            per_session[session] = replace(er, missed_speaker=er.scored_speaker, falarm_speaker=0)
         total = combine_error_rates(per_session)
         # No reference words (meeteval's rate is None): inserted words are all error, as pyannote's DER has it for
         # speech where the reference has none; 0 % read as a perfect hypothesis.
@@ -414,7 +428,10 @@ def evaluate(
     word_errors: list[WordErrorScores] = []
     if _has_words(ref_segments) and _has_words(hyp_segments):
         scored_ref, scored_hyp = ref_segments.filter(bounds.holds), hyp_segments.filter(bounds.holds)
-        word_errors = _word_errors(scored_ref, scored_hyp, sessions, tcp_collar, normalizer)
+        if scored_ref or scored_hyp:
+            word_errors = _word_errors(scored_ref, scored_hyp, tcp_collar, normalizer)
+        else:  # meeteval refuses an empty reference
+            notes.append("cpWER and tcpWER skipped: no words lie in the scored spans")
     else:
         side = "reference" if not _has_words(ref_segments) else "hypothesis"
         notes.append(f"cpWER and tcpWER skipped: the {side} has no words (RTTM carries none)")
