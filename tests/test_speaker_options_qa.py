@@ -112,4 +112,4 @@ def test_redimnet2_without_its_checkout_says_how_to_pass_hub_dir_from_python_too
     # It told Python callers to "pass --embedder-option hub_dir=...", an option only the command line has.
     with pytest.raises(EmbedderError, match="has no hubconf.py") as error:
         load_embedder("redimnet2", device="cpu", hub_dir=str(tmp_path))
-    assert "embedder_options={'hub_dir': PATH}" in str(error.value) and "--embedder-option" in str(error.value)
+    assert "embedder_options={'hub_dir': '/path/to/it'}" in str(error.value) and "--embedder-option" in str(error.value)

@@ -277,7 +277,7 @@ class ReDimNet2Embedder:
             if not (folder / "hubconf.py").is_file():
                 raise EmbedderError(
                     f"hub_dir {str(folder)!r} has no hubconf.py: give the folder of a checkout of {repo} "
-                    "(--embedder-option hub_dir=PATH; embedder_options={'hub_dir': PATH} in Python)"
+                    "(--embedder-option hub_dir=/path/to/it; embedder_options={'hub_dir': '/path/to/it'} in Python)"
                 )
             repo_or_dir, source = str(folder), "local"
         else:
@@ -299,9 +299,9 @@ class ReDimNet2Embedder:
             raise EmbedderError(
                 f"could not load ReDimNet2 ({entry_point!r} from {repo_or_dir}, {source}) on {device!r}: {exc}. "
                 "Its front end needs torchaudio: pip install 'turnscribe[redimnet]'. Offline, give the folder of a "
-                "redimnet2 checkout (--embedder-option hub_dir=PATH; embedder_options={'hub_dir': PATH} in Python; "
-                "its weights must already be in the torch hub cache, see TORCH_HOME), or use the resemblyzer "
-                "embedder."
+                "redimnet2 checkout (--embedder-option hub_dir=/path/to/it; embedder_options={'hub_dir': "
+                "'/path/to/it'} in Python; its weights must already be in the torch hub cache, see TORCH_HOME), or "
+                "use the resemblyzer embedder."
             ) from exc
 
     def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
