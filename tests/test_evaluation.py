@@ -193,6 +193,19 @@ def test_sclite_stm_labels_gaps_and_ignored_spans(tmp_path: Path) -> None:
     assert load_segments(write(tmp_path, "unk.stm", "meet 1 A 0 4 <unk> hello\n"))[0]["words"] == "<unk> hello"
 
 
+def test_a_recording_the_reference_puts_all_out_of_bounds_is_not_one_it_lacks(tmp_path: Path) -> None:
+    ref = write(tmp_path, "ref.stm", REF_STM + "other 1 excluded_region 0 10 IGNORE_TIME_SEGMENT_IN_SCORING\n")
+    said = "meet 1 A 0.0 4.0 hello there my friend\nmeet 1 B 5.0 8.0 good to see you\n"
+    # It was "hypothesis has sessions the reference lacks: other".
+    result = evaluate(ref, write(tmp_path, "hyp.stm", said + "other 1 x 2 3 la\n"))
+    assert result.sessions == ["meet", "other"] and result.der(0.0) == 0.0 and result.wer() == 0.0
+    # Speech outside the ignored span is scored there as anywhere: a false alarm and an insertion.
+    result = evaluate(ref, write(tmp_path, "late.stm", said + "other 1 x 12 13 la\n"))
+    assert result.diarization[0].false_alarm == pytest.approx(1.0) and result.wer() == pytest.approx(1 / 8)
+    # A lone hypothesis recording named as the out-of-bounds one is not renamed to the scored one.
+    assert evaluate(ref, write(tmp_path, "wrong.stm", "other 1 x 2 3 la\n")).der(0.0) == 1.0
+
+
 def test_a_uem_limits_what_is_scored(tmp_path: Path) -> None:
     ref = write(tmp_path, "ref.stm", REF_STM)
     said = [(0, 4, "1", "hello there my friend"), (5, 8, "2", "good to see you")]

@@ -288,21 +288,24 @@ def _annotation(segments: SegLST, session: str) -> Annotation:
     return annotation.support()
 
 
-def _line_up(ref: SegLST, hyp: SegLST, notes: list[str]) -> tuple[list[str], SegLST]:
-    """Sessions to score, and the hypothesis renamed or padded so that it has exactly those sessions."""
+def _line_up(ref: SegLST, hyp: SegLST, known: set[str], notes: list[str]) -> tuple[list[str], SegLST]:
+    """Sessions to score, and the hypothesis renamed so that its sessions are the reference's. `known` holds every
+    session the reference names, those with no speech (all out of bounds or pauses) included."""
     ref_sessions = sorted(ref.unique("session_id"))
     hyp_sessions = sorted(hyp.unique("session_id"))
-    if len(ref_sessions) == 1 and len(hyp_sessions) == 1 and ref_sessions != hyp_sessions:
+    if len(ref_sessions) == 1 and len(hyp_sessions) == 1 and hyp_sessions[0] not in known:
         # One recording each: file ids often differ (a file stem vs a corpus id) and still mean the same thing.
         notes.append(f"hypothesis session {hyp_sessions[0]!r} scored as reference session {ref_sessions[0]!r}")
         hyp = hyp.map(lambda s: {**s, "session_id": ref_sessions[0]})
-    extra = sorted(set(hyp.unique("session_id")) - set(ref_sessions))
+    extra = sorted(set(hyp.unique("session_id")) - known)
     if extra:
         raise EvaluationError(f"hypothesis has sessions the reference lacks: {', '.join(map(str, extra))}")
     missing = sorted(set(ref_sessions) - set(hyp.unique("session_id")))
     if missing:
         notes.append(f"no hypothesis for session(s) {', '.join(map(str, missing))}: scored as silence")
-    return ref_sessions, hyp
+    # A session whose reference is all out of bounds is still scored where the hypothesis has it: speech outside
+    # the ignored spans is a false alarm, as in any other recording.
+    return sorted({*ref_sessions, *hyp.unique("session_id")}), hyp
 
 
 def _diarization(ref: SegLST, hyp: SegLST, sessions: list[str], collar: float, bounds: _Bounds) -> DiarizationScores:
@@ -408,12 +411,13 @@ def evaluate(
     two kinds of in-memory input are session `uri`. A lone session on each side is scored as one recording
     whatever its name. `uem` (a UEM file, or each session's spans) limits scoring to its spans.
     """
-    ref_segments, ignored = _split_ignored(as_segments(ref, uri=uri))
+    all_ref = as_segments(ref, uri=uri)
+    ref_segments, ignored = _split_ignored(all_ref)
     hyp_segments = as_segments(hyp, uri=uri)
     if not any(s["end_time"] > s["start_time"] for s in ref_segments):
         raise EvaluationError("the reference has no speech: there is nothing to score against")
     notes: list[str] = []
-    sessions, hyp_segments = _line_up(ref_segments, hyp_segments, notes)
+    sessions, hyp_segments = _line_up(ref_segments, hyp_segments, set(all_ref.unique("session_id")), notes)
     if isinstance(uem, (str, os.PathLike)):
         uem = load_uem(uem)
     if uem is not None and (unbounded := [s for s in sessions if s not in uem]):
