@@ -113,3 +113,12 @@ def test_redimnet2_without_its_checkout_says_how_to_pass_hub_dir_from_python_too
     with pytest.raises(EmbedderError, match="has no hubconf.py") as error:
         load_embedder("redimnet2", device="cpu", hub_dir=str(tmp_path))
     assert "embedder_options={'hub_dir': '/path/to/it'}" in str(error.value) and "--embedder-option" in str(error.value)
+
+
+def test_a_reference_file_given_with_a_rate_is_told_to_come_alone(tmp_path, nothing_loads):
+    # The answer was load_audio's "(pass sampling_rate=None)", an argument the caller never gave.
+    path = tmp_path / "ana.wav"
+    path.write_bytes(base64.b64decode(wav_data_url(3.0, 16000).partition(",")[2]))
+    with pytest.raises(turnscribe.AudioError, match=r"'Ana': a file is decoded at its own rate; give it alone") as e:
+        turnscribe.build_pipeline(decoder=decoder(), known_speakers={"Ana": (path, 16000)})
+    assert "sampling_rate=None" not in str(e.value)

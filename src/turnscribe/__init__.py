@@ -111,6 +111,9 @@ def _reference(name: str, audio: AudioInput | tuple[AudioInput, int]) -> Any:
     if isinstance(audio, tuple) and len(audio) != 2:
         raise AudioError(f"known speaker {name!r}: give a reference, or (samples, sampling_rate) for samples in memory")
     samples, rate = audio if isinstance(audio, tuple) else (audio, None)
+    if rate is not None and (isinstance(samples, (str, os.PathLike, bytes, bytearray)) or hasattr(samples, "read")):
+        # load_audio's own answer ("pass sampling_rate=None") names an argument this caller never gave.
+        raise AudioError(f"known speaker {name!r}: a file is decoded at its own rate; give it alone, not (file, rate)")
     try:
         return load_audio(samples, rate)
     except AudioError as e:
