@@ -17,6 +17,7 @@ from turnscribe.server.enrollment import read_known_speakers
 from turnscribe.server.errors import APIError
 from turnscribe.speakers import ClusteringLinker, EmbedderError, SlotLinker, load_embedder
 from turnscribe.speakers.names import SpeakerNameError
+from turnscribe.speakers.slots import KnownSpeakerError
 
 
 class FakeEmbedder:
@@ -122,3 +123,14 @@ def test_a_reference_file_given_with_a_rate_is_told_to_come_alone(tmp_path, noth
     with pytest.raises(turnscribe.AudioError, match=r"'Ana': a file is decoded at its own rate; give it alone") as e:
         turnscribe.build_pipeline(decoder=decoder(), known_speakers={"Ana": (path, 16000)})
     assert "sampling_rate=None" not in str(e.value)
+
+
+@pytest.mark.parametrize("shape", ["(n, 2)", "(2, n)"])
+def test_a_stereo_reference_given_to_the_slot_linker_is_refused_not_flattened(shape):
+    # Flattened, (n, 2) interleaved its channels (the voice at double speed) and (2, n) played them in turn.
+    mono = np.sin(np.arange(3 * 16000) / 7).astype(np.float32)
+    stereo = np.stack([mono, mono], axis=1 if shape == "(n, 2)" else 0)
+    with pytest.raises(KnownSpeakerError, match=r"'Ana': the reference must be mono samples at 16000 Hz"):
+        SlotLinker(FakeEmbedder(), known_speakers={"Ana": stereo})
+    linker = SlotLinker(FakeEmbedder(), known_speakers={"Ana": mono[None, :], "Bo": mono[:, None]})
+    assert [clip.shape for clip in linker.known_speakers.values()] == [mono.shape, mono.shape]

@@ -70,7 +70,7 @@ _FRAME = SAMPLE_RATE // 100  # overlap bookkeeping in 10 ms frames: 3.6 M counte
 
 
 class KnownSpeakerError(TurnscribeError, ValueError):
-    """A known speaker's reference recording that holds no voice to match."""
+    """A known speaker's reference recording that holds no voice to match, or is not mono samples."""
 
 
 @dataclass(frozen=True)
@@ -589,11 +589,19 @@ class SlotLinker:
         check_counts(self.num_speakers, self.min_speakers, self.max_speakers)  # fail before any decoding
         check_threshold(self.threshold)
         names = check_speaker_names(self.known_speakers)
-        clips = [np.asarray(c, dtype=np.float32).reshape(-1) for c in self.known_speakers.values()]
+        clips = [np.asarray(c, dtype=np.float32) for c in self.known_speakers.values()]
         for name, clip in zip(names, clips, strict=True):
+            # Flattened, a stereo (n, 2) clip interleaves its channels (a voice at double speed) and a (2, n) one
+            # plays them one after the other, silently; (1, n) and (n, 1) are mono.
+            if sum(size > 1 for size in clip.shape) > 1:
+                raise KnownSpeakerError(
+                    f"known speaker {name!r}: the reference must be mono samples at {SAMPLE_RATE} Hz, got shape "
+                    f"{clip.shape} (turnscribe.load_audio(samples, sampling_rate) mixes them down)"
+                )
             # Its embedding would be no one's voice, yet could come within the threshold of someone's.
             if not audible(clip):
                 raise KnownSpeakerError(f"known speaker {name!r}: the reference recording is empty or silent")
+        clips = [clip.reshape(-1) for clip in clips]
         self.known_speakers = dict(zip(names, clips, strict=True))
         self._references = embed_in_chunks(self.embedder, clips) if clips else np.zeros((0, 0), np.float32)
 
