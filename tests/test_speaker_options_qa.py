@@ -1,6 +1,7 @@
-"""Speaker options as a pyannote / WhisperX user sets them (counts, threshold, device), through `build_pipeline`,
-`transcribe` and the linkers: a value of the wrong kind is a ValueError that names the option, before anything
-loads, not a TypeError from deep inside the linker once every window is decoded."""
+"""Speaker options as a pyannote / WhisperX / OpenAI user sets them (counts, threshold, device, embedder options,
+known speakers), through `build_pipeline`, `transcribe`, the linkers and the server's enrollment: a value of the
+wrong kind is an error that names the option and says what to pass, before anything loads, not a traceback from
+deep inside once every window is decoded; and a value of the right kind reaches the output."""
 
 import base64
 import io
