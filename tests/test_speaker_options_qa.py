@@ -10,6 +10,7 @@ import wave
 
 import numpy as np
 import pytest
+import torch
 
 import turnscribe
 from turnscribe.decoders import ScriptedDecoder
@@ -135,3 +136,13 @@ def test_a_stereo_reference_given_to_the_slot_linker_is_refused_not_flattened(sh
         SlotLinker(FakeEmbedder(), known_speakers={"Ana": stereo})
     linker = SlotLinker(FakeEmbedder(), known_speakers={"Ana": mono[None, :], "Bo": mono[:, None]})
     assert [clip.shape for clip in linker.known_speakers.values()] == [mono.shape, mono.shape]
+
+
+def test_a_torch_device_is_taken_by_its_name_and_no_device_at_all_is_a_value_error(monkeypatch):
+    # Both were an AttributeError ('torch.device' / 'NoneType' object has no attribute 'strip').
+    loaded_on: list[str] = []
+    monkeypatch.setattr("turnscribe.speakers.load_embedder", lambda name, device, **o: loaded_on.append(device))
+    turnscribe.build_pipeline(decoder=decoder(), device=torch.device("cpu"))
+    assert loaded_on == ["cpu"]
+    with pytest.raises(ValueError, match="device must be a name such as 'auto', 'cpu' or 'cuda:0', got None"):
+        turnscribe.build_pipeline(decoder=decoder(), device=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .audio import AudioError, AudioInput, load_audio
 from .decoders.base import Decoder, DecoderError, WindowAudio
@@ -20,6 +20,9 @@ from .prompt import LANGUAGES, LanguageError
 from .scheduler import FileResult, run_many
 from .types import Repair, Segment, Transcript, TranscriptMetadata, TurnscribeError
 from .windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S
+
+if TYPE_CHECKING:
+    import torch
 
 try:
     __version__ = version("turnscribe")
@@ -43,7 +46,7 @@ def build_pipeline(
     max_speakers: int | None = None,
     linker: str = "slots",
     known_speakers: Mapping[str, AudioInput | tuple[AudioInput, int]] | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     batch_size: int | None = None,
     window_s: float = DEFAULT_WINDOW_S,
     overlap_s: float = DEFAULT_OVERLAP_S,
@@ -55,7 +58,8 @@ def build_pipeline(
     """Load the parts once; reuse the pipeline for many files.
 
     `device`: "auto", "cpu", "cuda", "cuda:N", or several ("cuda:0,cuda:1", "cuda:all"): a copy of the model on
-    each, every batch split across them (`decoders.replicas`); the speaker embedder runs on the first.
+    each, every batch split across them (`decoders.replicas`); the speaker embedder runs on the first. A
+    `torch.device` (what pyannote's `.to()` takes) is taken by its name.
     `batch_size=None` (default): as many windows per batch as fit in free GPU memory (4 on the CPU; the vLLM backend
     batches by itself). `fast`: the transformers backend's speed-ups (`SpeedOptions.fast`: SDPA; on CUDA also
     a static KV cache and a compiled decoding step), which keep the token ids of the plain path. `dtype`: the
@@ -91,6 +95,7 @@ def build_pipeline(
         raise ValueError(f"known_speakers must map names to references ({{'Alice': 'alice.wav'}}), got a {kind}")
     names = check_speaker_names(known_speakers or {})
     references = {name: _reference(name, audio) for name, audio in zip(names, (known_speakers or {}).values())}
+    device = _device_name(device)
     device_name = pick_device(device_list(device)[0])  # the embedder's; the model may have more
     loaded = load_embedder(embedder, device=device_name, **(embedder_options or {}))
     counts: dict[str, Any] = dict(
@@ -104,6 +109,17 @@ def build_pipeline(
     if decoder is None:
         decoder = load_decoder(backend, DecoderOptions(model, device, batch_size, trust_remote_code, fast, dtype))
     return Pipeline(decoder, speakers, window_s=window_s, overlap_s=overlap_s)
+
+
+def _device_name(device: object) -> str:
+    """`device` as a name; a torch.device or anything else that is no text was an AttributeError on `.strip()`."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a name such as 'auto', 'cpu' or 'cuda:0', got {device!r}")
+    return device
 
 
 def _reference(name: str, audio: AudioInput | tuple[AudioInput, int]) -> Any:
