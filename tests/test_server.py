@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 import typer
 import uvicorn
 from test_audio_hostile import mp3_claiming_frames
@@ -517,6 +518,12 @@ def test_cli_hands_the_model_options_to_the_pipeline_it_serves(monkeypatch, tmp_
     arguments = ["--port", str(port), "--dtype", "fp16", "--data-dir", str(tmp_path)]
     refused = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"})  # rich wraps at the terminal's width
     assert refused.exit_code == 2 and "unknown dtype 'fp16'; choose from auto, bfloat16, float16" in refused.output
+    # A device that is no device, or a GPU this machine lacks: refused at start, not on /ready once the server runs.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, reason in (("gpu", "'gpu' is not a device name"), ("cuda:1", "PyTorch sees no CUDA GPU")):
+        arguments = ["--port", str(port), "--device", device, "--data-dir", str(tmp_path)]
+        refused = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"})
+        assert refused.exit_code == 2 and reason in refused.output, refused.output
 
 
 # --- jobs --------------------------------------------------------------------------------------------------
