@@ -44,6 +44,7 @@ from turnscribe.server.disconnect import discard_body
 from turnscribe.server.engine import as_api_error
 from turnscribe.speakers import ClusteringLinker
 from turnscribe.types import SAMPLE_RATE, TurnscribeError
+from turnscribe.windows import DEFAULT_OVERLAP_S, DEFAULT_WINDOW_S, plan_windows
 
 KEY = "test-key"
 TIMEOUT = 30.0
@@ -571,6 +572,46 @@ def test_job_lifecycle(scripted_server, scripted, audio):
     }
     assert_error(job_call("GET", url, f"/{job_id}"), 404, "job_not_found")
     assert_error(job_call("GET", url, f"/{job_id}/result"), 404, "job_not_found")
+
+
+def two_voices(path: Path, seconds: float) -> Path:
+    """A recording that FakeEmbedder hears as two people: `script`'s first speaker of each window over a positive
+    signal, its second over a negative one."""
+    samples = np.full(int(seconds * SAMPLE_RATE), 0.01, dtype=np.float32)
+    for span in plan_windows(len(samples), DEFAULT_WINDOW_S, DEFAULT_OVERLAP_S):
+        for start, end, level in ((1, 3, 0.3), (5, 8, -0.3)):
+            samples[span.start_sample + start * SAMPLE_RATE : span.start_sample + end * SAMPLE_RATE] = level
+    write_wav(path, samples)
+    return path
+
+
+def test_a_request_may_say_how_many_speakers_it_holds(scripted_server, scripted, tmp_path):
+    # pyannote's num/min/max_speakers as form fields, on both endpoints: they replace the server's for the request.
+    url, _ = scripted_server
+    path = two_voices(tmp_path / "call.wav", 70)  # three windows, whose speakers the embedder links
+
+    def speakers(**fields: object) -> set[str]:
+        response = post(url, path, response_format="diarized_json", **fields)
+        assert response.status_code == 200, response.text
+        return {s["speaker"] for s in response.json()["segments"]}
+
+    assert len(speakers()) == 2
+    assert len(speakers(num_speakers=1)) == 1 and len(speakers(min_speakers=1, max_speakers=1)) == 1
+    created = post(url, path, endpoint="/v1/audio/jobs", response_format="diarized_json", num_speakers=1)
+    assert created.status_code == 202 and created.json()["num_speakers"] == 1, created.text
+    assert created.json()["min_speakers"] is None
+    job_id = created.json()["id"]
+    wait_until(lambda: job(url, job_id)["status"] == "succeeded", what="the job to finish")
+    segments = job_call("GET", url, f"/{job_id}/result").json()["segments"]
+    assert len({s["speaker"] for s in segments}) == 1
+    for fields, message in (
+        ({"num_speakers": 0}, "greater than or equal to 1"),
+        ({"num_speakers": "two"}, "num_speakers"),
+        ({"min_speakers": 3, "max_speakers": 2}, "min_speakers (3) is greater than max_speakers (2)"),
+    ):
+        for endpoint in ("/v1/audio/transcriptions", "/v1/audio/jobs"):
+            error = assert_error(post(url, path, endpoint=endpoint, **fields), 400)
+            assert message in error["message"], error
 
 
 def test_cancel_a_running_job(scripted_server, scripted, held, audio):

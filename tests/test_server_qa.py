@@ -14,6 +14,7 @@ import typer
 from test_audio_hostile import mp3_claiming_frames
 from test_pipeline import FakeEmbedder, tone, write_wav
 from test_server import TIMEOUT, HeldDecoder, job, linker, post, running, settings_for, wait_until
+from test_server_scripted import SlotLinker as ScriptedSlotLinker
 from test_server_scripted import script
 from typer.testing import CliRunner
 
@@ -21,9 +22,11 @@ from turnscribe import Pipeline
 from turnscribe.decoders import ScriptedDecoder
 from turnscribe.server import create_app
 from turnscribe.server.cli import serve
+from turnscribe.server.engine import Engine, SpeakerCounts, SpeakerCountsUnsupported, as_api_error
 from turnscribe.server.enrollment import read_known_speakers
 from turnscribe.server.errors import APIError
 from turnscribe.server.jobs import DatabaseInUse, JobStore
+from turnscribe.server.metrics import Metrics
 from turnscribe.speakers import ClusteringLinker
 from turnscribe.types import SAMPLE_RATE
 
@@ -239,3 +242,16 @@ def test_a_job_listing_leaves_the_results_in_the_database(tmp_path):
     assert listed.to_api() == store.get(claimed.id).to_api()  # type: ignore[union-attr]
     assert store.get(claimed.id).result == '{"segments": []}'  # type: ignore[union-attr]
     store.close()
+
+
+def test_speaker_counts_need_a_linker_that_takes_them(tmp_path):
+    # A --pipeline-factory may bring a linker of its own, which knows no counts: a 400 that says so, not a crash.
+    class OwnLinker(ScriptedSlotLinker):
+        pass
+
+    engine = Engine(Pipeline(ScriptedDecoder(script), OwnLinker()), settings_for(tmp_path), Metrics())
+    assert engine.linker_for(None) is engine.pipeline.speakers
+    with pytest.raises(SpeakerCountsUnsupported, match="need the slots or baseline linker; this server runs OwnLinker"):
+        engine.linker_for(None, SpeakerCounts(num_speakers=2))
+    error = as_api_error(SpeakerCountsUnsupported("no counts"))
+    assert (error.status_code, error.body.code) == (400, "speaker_counts_unsupported")

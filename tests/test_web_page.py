@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from test_pipeline import FakeEmbedder, tone, write_wav
-from test_server import KEY, TIMEOUT, HeldDecoder, library_result, running, settings_for
+from test_server import KEY, TIMEOUT, HeldDecoder, library_result, running, settings_for, two_voices
 from test_server_scripted import script
 
 from turnscribe import Pipeline
@@ -103,6 +103,16 @@ def test_a_recording_is_transcribed_shown_and_downloaded(page, server, recording
     page.reload()
     page.wait_for_selector("#result:not([hidden])")
     assert rows(page) == [(speaker, text) for _, _, text, speaker in expected]
+
+
+def test_the_number_of_speakers_given_on_the_page_reaches_the_job(page, server, tmp_path):
+    page.fill("#speakers", "1")
+    transcribe(page, two_voices(tmp_path / "call.wav", 70))  # two speakers without the hint
+    page.wait_for_selector("#result:not([hidden])")
+    assert {speaker for speaker, _ in rows(page)} == {"SPEAKER_00"}
+    job_id = page.evaluate("location.hash").removeprefix("#job=")
+    status = httpx.get(f"{server}/v1/audio/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT)
+    assert status.json()["num_speakers"] == 1
 
 
 def test_errors_from_the_api_are_shown(page, recording, tmp_path):

@@ -38,7 +38,15 @@ from ..pipeline import Pipeline, RunControl, RunStopped, StopReason
 from ..prompt import LANGUAGES, check_language
 from ..types import Transcript, text_separator
 from .disconnect import DISCARD_TIMEOUT_S, body_on_its_way, client_left_first, discarding_send
-from .engine import Engine, KnownSpeakersUnsupported, StreamSegment, as_api_error
+from .engine import (
+    NO_SPEAKER_COUNTS,
+    Engine,
+    KnownSpeakersUnsupported,
+    SpeakerCounts,
+    SpeakerCountsUnsupported,
+    StreamSegment,
+    as_api_error,
+)
 from .enrollment import read_known_speakers
 from .errors import APIError, KeyChecker, bearer, error_responses, install_error_handlers
 from .jobs import Job, JobRunner, JobStatus, JobStore, remove_file
@@ -61,6 +69,7 @@ class TranscriptionForm:
     response_format: ResponseFormat
     known_speaker_names: tuple[str, ...] = ()
     known_speaker_references: tuple[str, ...] = ()  # data URLs, as sent
+    speaker_counts: SpeakerCounts = NO_SPEAKER_COUNTS
 
     @property
     def source(self) -> str:
@@ -115,6 +124,11 @@ async def transcription_form(
             description="Data URLs of 2-10 s clips; speakers matching one are labelled with its name.",
         ),
     ] = None,
+    num_speakers: Annotated[
+        int | None, Form(ge=1, description="turnscribe: the number of speakers, if known (pyannote's hint).")
+    ] = None,
+    min_speakers: Annotated[int | None, Form(ge=1, description="turnscribe: at least this many speakers.")] = None,
+    max_speakers: Annotated[int | None, Form(ge=1, description="turnscribe: at most this many speakers.")] = None,
 ) -> TranscriptionForm:
     _check_chunking(chunking_strategy, chunking_strategy_type)
     if timestamp_granularities and "word" in timestamp_granularities:
@@ -125,7 +139,12 @@ async def transcription_form(
             code="invalid_value",
         )
     names, references = tuple(known_speaker_names or ()), tuple(known_speaker_references or ())
-    return TranscriptionForm(file, model, language or "", response_format, names, references)
+    counts = SpeakerCounts(num_speakers, min_speakers, max_speakers)
+    try:
+        counts.check()
+    except ValueError as e:
+        raise APIError(400, str(e), param="num_speakers", code="invalid_value") from None
+    return TranscriptionForm(file, model, language or "", response_format, names, references, counts)
 
 
 def _usage(transcript: Transcript) -> dict[str, Any]:
@@ -445,8 +464,10 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         try:
             if form.known_speaker_names or form.known_speaker_references:
                 engine.enrolling_linker()  # 400 before the upload is read, if it cannot
+            if form.speaker_counts.given:
+                engine.counting_linker()
             return check_language(form.language or settings.default_language)
-        except (ValueError, KnownSpeakersUnsupported) as e:
+        except (ValueError, KnownSpeakersUnsupported, SpeakerCountsUnsupported) as e:
             raise as_api_error(e) from None
 
     async def known_speakers_of(form: TranscriptionForm) -> dict[str, np.ndarray]:
@@ -526,7 +547,13 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         await save_upload(form, path, engine)
         control = RunControl(deadline=time.monotonic() + settings.request_timeout_s)
         run = functools.partial(
-            engine.transcribe, path, language=language, source=form.source, control=control, known_speakers=known
+            engine.transcribe,
+            path,
+            language=language,
+            source=form.source,
+            control=control,
+            known_speakers=known,
+            speaker_counts=form.speaker_counts,
         )
         if stream:
             return _stream(engine, run, path, form, language, control)  # the stream removes the upload when it ends
@@ -639,6 +666,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
             audio_path=path,
             duration=duration,
             known_speakers=dict(zip(known, form.known_speaker_references)),  # the names as checked (stripped)
+            speaker_counts=form.speaker_counts,
         )
         runner.notify()
         return job.to_api()

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,8 @@ from ..parse import parse_window
 from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent, RunControl, RunStopped
 from ..prompt import LanguageError, check_language
 from ..scheduler import BatchScheduler, ScheduledDecoder
-from ..speakers.linking import SpeakerLinker
+from ..speakers.clustering import check_counts
+from ..speakers.linking import ClusteringLinker, SpeakerLinker
 from ..speakers.slots import SlotLinker
 from ..stitch import stitch
 from ..types import SAMPLE_RATE, ParsedWindow, StitchedSegment, Transcript, TurnscribeError, WindowSpan
@@ -35,6 +36,30 @@ T = TypeVar("T")
 
 class KnownSpeakersUnsupported(TurnscribeError):
     pass
+
+
+class SpeakerCountsUnsupported(TurnscribeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SpeakerCounts:
+    """A request's hints on how many people speak in its recording (pyannote's names). Any one given replaces the
+    server's own hints for that request, all three; none given: the server's."""
+
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(value is not None for value in asdict(self).values())
+
+    def check(self) -> None:
+        check_counts(self.num_speakers, self.min_speakers, self.max_speakers)
+
+
+NO_SPEAKER_COUNTS = SpeakerCounts()
 
 
 @dataclass(frozen=True)
@@ -117,11 +142,26 @@ class Engine:
             )
         return linker
 
-    def linker_for(self, known_speakers: Mapping[str, np.ndarray] | None) -> SpeakerLinker:
-        """The shared linker, or for a request with known speakers a copy that knows them (enrolled per request)."""
-        if not known_speakers:
+    def counting_linker(self) -> SlotLinker | ClusteringLinker:
+        """The shared linker, if it takes speaker counts (a --pipeline-factory's own linker may not)."""
+        linker = self.pipeline.speakers
+        if not isinstance(linker, SlotLinker | ClusteringLinker):
+            raise SpeakerCountsUnsupported(
+                f"speaker counts need the slots or baseline linker; this server runs {type(linker).__name__}"
+            )
+        return linker
+
+    def linker_for(
+        self, known_speakers: Mapping[str, np.ndarray] | None, counts: SpeakerCounts = NO_SPEAKER_COUNTS
+    ) -> SpeakerLinker:
+        """The shared linker, or for a request with known speakers or speaker counts a copy that has them."""
+        if not known_speakers and not counts.given:
             return self.pipeline.speakers
-        return replace(self.enrolling_linker(), known_speakers=dict(known_speakers))
+        base = self.enrolling_linker() if known_speakers else self.counting_linker()  # known speakers: enrolled here
+        changes: dict[str, Any] = asdict(counts) if counts.given else {}
+        if known_speakers:
+            changes["known_speakers"] = dict(known_speakers)
+        return replace(base, **changes)
 
     def start(self) -> None:
         """Start the audio processes and the scheduler. Call it in a thread that outlives the engine: the audio
@@ -197,6 +237,7 @@ class Engine:
         on_progress: Callable[[int, int], None] | None = None,
         on_segment: Callable[[StreamSegment], None] | None = None,
         known_speakers: Mapping[str, np.ndarray] | None = None,
+        speaker_counts: SpeakerCounts = NO_SPEAKER_COUNTS,
     ) -> Transcript:
         language = check_language(language)
         control.check()
@@ -214,7 +255,10 @@ class Engine:
         decoder = ScheduledDecoder(self.scheduler)
         # A per-run Pipeline (cheap: it only holds references) so that this run's decoder records its outputs.
         pipeline = Pipeline(
-            decoder, self.linker_for(known_speakers), window_s=self.pipeline.window_s, overlap_s=self.pipeline.overlap_s
+            decoder,
+            self.linker_for(known_speakers, speaker_counts),
+            window_s=self.pipeline.window_s,
+            overlap_s=self.pipeline.overlap_s,
         )
         spans = plan_windows(len(samples), pipeline.window_s, pipeline.overlap_s)
         settled = SettledSegments(spans, language, decoder.outputs, on_segment) if on_segment else None
@@ -253,6 +297,8 @@ def as_api_error(error: BaseException) -> APIError:
         return APIError(400, str(error), param="language", code="unsupported_language")
     if isinstance(error, KnownSpeakersUnsupported):
         return APIError(400, str(error), param="known_speaker_names", code="known_speakers_unsupported")
+    if isinstance(error, SpeakerCountsUnsupported):
+        return APIError(400, str(error), param="num_speakers", code="speaker_counts_unsupported")
     if isinstance(error, AudioTooLong):
         return APIError(413, str(error), param="file", code="audio_too_long")
     if isinstance(error, AudioError):

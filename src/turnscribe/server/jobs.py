@@ -17,13 +17,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from ..pipeline import RunControl, RunStopped
 from ..types import Repair, Segment, Transcript, TranscriptMetadata, TurnscribeError
-from .engine import Engine, as_api_error
+from .engine import NO_SPEAKER_COUNTS, Engine, SpeakerCounts, as_api_error
 from .enrollment import read_known_speakers
 from .errors import ErrorBody
 from .settings import ServerSettings
@@ -55,12 +55,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     crashes INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     result TEXT,
-    known_speakers TEXT
+    known_speakers TEXT,
+    speaker_counts TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
 # Columns added after the first release: a database made by an older server gets them at start.
-_ADDED_COLUMNS = {"known_speakers": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {"known_speakers": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0", "speaker_counts": "TEXT"}
 
 
 class DatabaseInUse(TurnscribeError):
@@ -87,6 +88,7 @@ class Job:
     result: str | None
     known_speakers: str | None  # JSON: name → reference data URL, as sent; removed with the audio
     crashes: int  # times the server died while running it
+    speaker_counts: str | None = None  # JSON: the request's SpeakerCounts, if it gave any
 
     def to_api(self) -> dict[str, Any]:
         def seconds(t: float | None) -> int | None:
@@ -108,7 +110,11 @@ class Job:
             "attempts": self.attempts,
             "error": json.loads(self.error) if self.error else None,
             "known_speaker_names": list(self.known_speaker_references()),
+            **asdict(self.counts()),
         }
+
+    def counts(self) -> SpeakerCounts:
+        return SpeakerCounts(**json.loads(self.speaker_counts)) if self.speaker_counts else NO_SPEAKER_COUNTS
 
     def known_speaker_references(self) -> dict[str, str]:
         return json.loads(self.known_speakers) if self.known_speakers else {}
@@ -200,11 +206,12 @@ class JobStore:
         duration: float | None,
         job_id: str | None = None,
         known_speakers: dict[str, str] | None = None,
+        speaker_counts: SpeakerCounts = NO_SPEAKER_COUNTS,
     ) -> Job:
         job_id = job_id or f"job_{uuid.uuid4().hex}"
         self._exec(
             "INSERT INTO jobs (id, status, created_at, model, language, response_format, filename, audio_path, "
-            "duration, known_speakers) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+            "duration, known_speakers, speaker_counts) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             job_id,
             time.time(),
             model,
@@ -214,6 +221,7 @@ class JobStore:
             str(audio_path),
             duration,
             json.dumps(known_speakers) if known_speakers else None,
+            json.dumps(asdict(speaker_counts)) if speaker_counts.given else None,
         )
         job = self.get(job_id)
         assert job is not None
@@ -387,6 +395,7 @@ class JobRunner:
             transcript = self.engine.transcribe(
                 Path(job.audio_path or ""),
                 known_speakers=read_known_speakers(list(references), list(references.values()), limit=len(references)),
+                speaker_counts=job.counts(),
                 language=job.language,
                 source=job.filename,
                 control=control,

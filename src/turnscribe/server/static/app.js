@@ -123,6 +123,7 @@ async function start(event) {
     form.append("file", $("file").files[0]);
     form.append("model", models.data[0].id);
     form.append("language", $("language").value);
+    if ($("speakers").value) form.append("num_speakers", $("speakers").value);
     form.append("response_format", "diarized_json");
     show("Uploading…", { progress: 0 });
     const job = await (await api("v1/audio/jobs", { method: "POST", body: form })).json();
