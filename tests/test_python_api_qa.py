@@ -12,6 +12,7 @@ import torch
 
 import turnscribe
 from turnscribe.decoders import ScriptedDecoder
+from turnscribe.speakers import ClusteringLinker
 from turnscribe.types import SAMPLE_RATE
 
 
@@ -185,3 +186,25 @@ def test_a_transcript_of_a_path_names_its_source_as_transcribe_many_does(tmp_pat
     (many,) = turnscribe.transcribe_many([path], decoder=window_names())
     assert single.metadata.source == many.transcript.metadata.source == str(path)
     assert {e.source for e in events} == {str(path)}
+
+
+def test_one_pipeline_takes_each_recordings_speaker_count():
+    # pyannote's pipeline(file, num_speakers=2): the hint belongs to the recording, not to the loaded pipeline.
+    class TwoVoices:  # the first speaker of each window sounds like one person, the second like another
+        name, default_threshold = "two-voices", 0.5
+
+        def embed(self, clips):
+            return np.array([[1.0, 0.0] if c.mean() >= 0 else [0.0, 1.0] for c in clips], dtype=np.float32)
+
+    samples = np.full(70 * SAMPLE_RATE, 0.01, dtype=np.float32)
+    for start in (0, 26, 52):  # the windows' starts; each window says speaker 0 at 1-2 s, speaker 1 at 5-8 s
+        samples[(start + 1) * SAMPLE_RATE : (start + 2) * SAMPLE_RATE] = 0.3
+        samples[(start + 5) * SAMPLE_RATE : (start + 8) * SAMPLE_RATE] = -0.3
+    script = ScriptedDecoder(lambda s: "<|spltoken0|><|t:1.0|> hello <|t:2.0|><|spltoken1|><|t:5.0|> hi <|t:8.0|>")
+    pipeline = turnscribe.Pipeline(script, ClusteringLinker(TwoVoices()))
+    assert len(pipeline.run(samples, sampling_rate=SAMPLE_RATE).speakers) == 2
+    assert len(pipeline.run(samples, sampling_rate=SAMPLE_RATE, num_speakers=1).speakers) == 1
+    assert len(pipeline.run(samples, sampling_rate=SAMPLE_RATE, max_speakers=1).speakers) == 1
+    assert pipeline.speakers.num_speakers is None  # the pipeline's own linker is left as it was
+    with pytest.raises(ValueError, match="num_speakers must be at least 1"):
+        pipeline.run(samples, sampling_rate=SAMPLE_RATE, num_speakers=0)

@@ -20,13 +20,13 @@ from typer.testing import CliRunner
 
 from turnscribe import Pipeline
 from turnscribe.decoders import ScriptedDecoder
+from turnscribe.pipeline import SpeakerCountsUnsupported
 from turnscribe.server import create_app
 from turnscribe.server.cli import serve
-from turnscribe.server.engine import Engine, SpeakerCounts, SpeakerCountsUnsupported, as_api_error
+from turnscribe.server.engine import as_api_error
 from turnscribe.server.enrollment import read_known_speakers
 from turnscribe.server.errors import APIError
 from turnscribe.server.jobs import DatabaseInUse, JobStore
-from turnscribe.server.metrics import Metrics
 from turnscribe.speakers import ClusteringLinker
 from turnscribe.types import SAMPLE_RATE
 
@@ -244,14 +244,14 @@ def test_a_job_listing_leaves_the_results_in_the_database(tmp_path):
     store.close()
 
 
-def test_speaker_counts_need_a_linker_that_takes_them(tmp_path):
+def test_speaker_counts_need_a_linker_that_takes_them():
     # A --pipeline-factory may bring a linker of its own, which knows no counts: a 400 that says so, not a crash.
     class OwnLinker(ScriptedSlotLinker):
         pass
 
-    engine = Engine(Pipeline(ScriptedDecoder(script), OwnLinker()), settings_for(tmp_path), Metrics())
-    assert engine.linker_for(None) is engine.pipeline.speakers
-    with pytest.raises(SpeakerCountsUnsupported, match="need the slots or baseline linker; this server runs OwnLinker"):
-        engine.linker_for(None, SpeakerCounts(num_speakers=2))
+    pipeline = Pipeline(ScriptedDecoder(script), OwnLinker())
+    assert pipeline.speakers_for(None, None, None) is pipeline.speakers
+    with pytest.raises(SpeakerCountsUnsupported, match="slots or baseline linker; this pipeline has OwnLinker"):
+        pipeline.speakers_for(2, None, None)
     error = as_api_error(SpeakerCountsUnsupported("no counts"))
     assert (error.status_code, error.body.code) == (400, "speaker_counts_unsupported")

@@ -5,6 +5,7 @@ The CLI, and later the server and batch runner, are thin shells over `Pipeline.r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -31,6 +32,7 @@ from .types import (
     Segment,
     Transcript,
     TranscriptMetadata,
+    TurnscribeError,
     WindowSpan,
     audible,
 )
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
     from .speakers.linking import SpeakerLinker
 
 log = logging.getLogger(__name__)
+
+
+class SpeakerCountsUnsupported(TurnscribeError):
+    """Speaker counts given to a pipeline whose linker takes none (one of a caller's own)."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +137,14 @@ class Pipeline:
         sampling_rate: int | None = None,
         progress: ProgressCallback | None = None,
         source: str | None = None,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
     ) -> Transcript:
+        """The transcript of one recording. `num_speakers`, `min_speakers`, `max_speakers`: this recording's hints
+        (pyannote's `pipeline(file, num_speakers=2)`); any one given replaces all three of the linker's for this run."""
         language = check_language(language)
+        linker = self.speakers_for(num_speakers, min_speakers, max_speakers)  # checked before any decoding
         if source is None and isinstance(audio, str | os.PathLike):  # as run_many names it
             source = str(audio)
         timings: dict[str, float] = {}
@@ -162,7 +174,7 @@ class Pipeline:
         if progress:
             progress(ProgressEvent("speakers", 0, 1, source))
         t0 = time.perf_counter()
-        assignment = self.speakers.assign(stitched, samples)
+        assignment = linker.assign(stitched, samples)
         labels = assignment.labels
         timings["speakers"] = time.perf_counter() - t0
         # Known only after linking, and only for this recording: the slot linker calibrates it on each one. A Python
@@ -178,6 +190,22 @@ class Pipeline:
         if progress:
             progress(ProgressEvent("file", 1, 1, source))
         return Transcript(segments, speakers, language, len(samples) / SAMPLE_RATE, metadata)
+
+    def speakers_for(
+        self, num_speakers: int | None, min_speakers: int | None, max_speakers: int | None
+    ) -> SpeakerLinker:
+        """The linker with these speaker counts (a copy; the pipeline's own where none is given)."""
+        from .speakers.clustering import check_counts
+
+        if num_speakers is None and min_speakers is None and max_speakers is None:
+            return self.speakers
+        check_counts(num_speakers, min_speakers, max_speakers)
+        if not (dataclasses.is_dataclass(self.speakers) and hasattr(self.speakers, "num_speakers")):
+            raise SpeakerCountsUnsupported(
+                f"speaker counts need the slots or baseline linker; this pipeline has {type(self.speakers).__name__}"
+            )
+        counts = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
+        return dataclasses.replace(self.speakers, **counts)  # type: ignore[type-var]
 
     def _decode(
         self,

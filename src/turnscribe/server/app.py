@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..formats import render
-from ..pipeline import Pipeline, RunControl, RunStopped, StopReason
+from ..pipeline import Pipeline, RunControl, RunStopped, SpeakerCountsUnsupported, StopReason
 from ..prompt import LANGUAGES, check_language
 from ..types import Transcript, text_separator
 from .disconnect import DISCARD_TIMEOUT_S, body_on_its_way, client_left_first, discarding_send
@@ -43,7 +43,6 @@ from .engine import (
     Engine,
     KnownSpeakersUnsupported,
     SpeakerCounts,
-    SpeakerCountsUnsupported,
     StreamSegment,
     as_api_error,
 )
@@ -464,8 +463,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], Pipeline
         try:
             if form.known_speaker_names or form.known_speaker_references:
                 engine.enrolling_linker()  # 400 before the upload is read, if it cannot
-            if form.speaker_counts.given:
-                engine.counting_linker()
+            engine.pipeline.speakers_for(**asdict(form.speaker_counts))  # 400 before the upload, if it cannot
             return check_language(form.language or settings.default_language)
         except (ValueError, KnownSpeakersUnsupported, SpeakerCountsUnsupported) as e:
             raise as_api_error(e) from None

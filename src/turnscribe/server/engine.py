@@ -17,11 +17,11 @@ import numpy as np
 
 from ..audio import AudioError, AudioProcesses, AudioTooLong, audio_duration, audio_process_count, load_audio
 from ..parse import parse_window
-from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent, RunControl, RunStopped
+from ..pipeline import NO_SPACE_LANGUAGES, Pipeline, ProgressEvent, RunControl, RunStopped, SpeakerCountsUnsupported
 from ..prompt import LanguageError, check_language
 from ..scheduler import BatchScheduler, ScheduledDecoder
 from ..speakers.clustering import check_counts
-from ..speakers.linking import ClusteringLinker, SpeakerLinker
+from ..speakers.linking import SpeakerLinker
 from ..speakers.slots import SlotLinker
 from ..stitch import stitch
 from ..types import SAMPLE_RATE, ParsedWindow, StitchedSegment, Transcript, TurnscribeError, WindowSpan
@@ -35,10 +35,6 @@ T = TypeVar("T")
 
 
 class KnownSpeakersUnsupported(TurnscribeError):
-    pass
-
-
-class SpeakerCountsUnsupported(TurnscribeError):
     pass
 
 
@@ -142,26 +138,11 @@ class Engine:
             )
         return linker
 
-    def counting_linker(self) -> SlotLinker | ClusteringLinker:
-        """The shared linker, if it takes speaker counts (a --pipeline-factory's own linker may not)."""
-        linker = self.pipeline.speakers
-        if not isinstance(linker, SlotLinker | ClusteringLinker):
-            raise SpeakerCountsUnsupported(
-                f"speaker counts need the slots or baseline linker; this server runs {type(linker).__name__}"
-            )
-        return linker
-
-    def linker_for(
-        self, known_speakers: Mapping[str, np.ndarray] | None, counts: SpeakerCounts = NO_SPEAKER_COUNTS
-    ) -> SpeakerLinker:
-        """The shared linker, or for a request with known speakers or speaker counts a copy that has them."""
-        if not known_speakers and not counts.given:
+    def linker_for(self, known_speakers: Mapping[str, np.ndarray] | None) -> SpeakerLinker:
+        """The shared linker, or for a request with known speakers a copy that knows them (enrolled per request)."""
+        if not known_speakers:
             return self.pipeline.speakers
-        base = self.enrolling_linker() if known_speakers else self.counting_linker()  # known speakers: enrolled here
-        changes: dict[str, Any] = asdict(counts) if counts.given else {}
-        if known_speakers:
-            changes["known_speakers"] = dict(known_speakers)
-        return replace(base, **changes)
+        return replace(self.enrolling_linker(), known_speakers=dict(known_speakers))
 
     def start(self) -> None:
         """Start the audio processes and the scheduler. Call it in a thread that outlives the engine: the audio
@@ -255,10 +236,7 @@ class Engine:
         decoder = ScheduledDecoder(self.scheduler)
         # A per-run Pipeline (cheap: it only holds references) so that this run's decoder records its outputs.
         pipeline = Pipeline(
-            decoder,
-            self.linker_for(known_speakers, speaker_counts),
-            window_s=self.pipeline.window_s,
-            overlap_s=self.pipeline.overlap_s,
+            decoder, self.linker_for(known_speakers), window_s=self.pipeline.window_s, overlap_s=self.pipeline.overlap_s
         )
         spans = plan_windows(len(samples), pipeline.window_s, pipeline.overlap_s)
         settled = SettledSegments(spans, language, decoder.outputs, on_segment) if on_segment else None
@@ -272,7 +250,12 @@ class Engine:
                     settled.advance(event.done)
 
         transcript = pipeline.run(
-            samples, language=language, sampling_rate=SAMPLE_RATE, progress=progress, source=source
+            samples,
+            language=language,
+            sampling_rate=SAMPLE_RATE,
+            progress=progress,
+            source=source,
+            **asdict(speaker_counts),
         )
         if transcript.duration > 0:
             self.metrics.audio_seconds.inc(transcript.duration)
