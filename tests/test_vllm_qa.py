@@ -6,6 +6,8 @@ import shutil
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from test_pipeline import FakeEmbedder
+from test_server import two_voices
 from test_server_scripted import SlotLinker
 from test_vllm_decoder import by_level, window
 from test_vllm_plugin import ARGS, SCRIPT, GatedEngine, post, upload_scope, vllm_like_app, wav_bytes
@@ -16,6 +18,7 @@ from turnscribe.checkpoint import CheckpointError, fix_for_vllm
 from turnscribe.decoders.base import StreamingDecoder
 from turnscribe.decoders.vllm import AsyncVllmDecoder, servable_checkpoint
 from turnscribe.pipeline import RunControl, RunStopped
+from turnscribe.speakers import ClusteringLinker
 from turnscribe.types import SAMPLE_RATE
 from turnscribe.vllm_plugin import (
     MAX_UPLOAD_ENV,
@@ -239,3 +242,32 @@ def test_many_concurrent_requests_reach_the_engine_together():
 
     transcripts = asyncio.run(main())
     assert len(transcripts) == 40 and all(t.segments for t in transcripts)
+
+
+def test_a_diarized_request_may_say_how_many_speakers_it_holds(tmp_path):
+    # The same num/min/max_speakers fields as `turnscribe serve`: they reach this request's linking.
+    def service(linker):
+        async def start(engine_client, args):
+            decoder = await AsyncVllmDecoder.for_engine(engine_client, model_id="m", sampling_params=dict)
+            return DiarizeService(Pipeline(decoder, linker), served_model_names(args), audio_processes=0)
+
+        return start
+
+    audio = two_voices(tmp_path / "call.wav", 70).read_bytes()  # two voices in SCRIPT's places, three windows
+    for linker, expected in ((ClusteringLinker(FakeEmbedder()), 200), (SlotLinker(), 400)):
+        app = vllm_like_app()
+        plugin = DiarizedTranscriptionPlugin(service_factory=service(linker))
+        plugin.attach_router(app)
+        with TestClient(app) as client:
+            client.portal.call(plugin.init_state, FakeEngine(lambda prompt: SCRIPT), app.state, ARGS)
+            answer = post(client, audio, response_format="diarized_json", num_speakers="1")
+            assert answer.status_code == expected, answer.text
+            if expected == 400:  # the window-slot linker of the tests takes no counts
+                assert answer.json()["error"]["code"] == "speaker_counts_unsupported"
+                continue
+            assert len({s["speaker"] for s in answer.json()["segments"]}) == 1
+            two = post(client, audio, response_format="diarized_json").json()["segments"]
+            assert len({s["speaker"] for s in two}) == 2
+            for fields in ({"num_speakers": "two"}, {"min_speakers": "3", "max_speakers": "2"}):
+                refused = post(client, audio, response_format="diarized_json", **fields)
+                assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_value"

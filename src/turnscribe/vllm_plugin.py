@@ -44,7 +44,7 @@ import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -59,9 +59,10 @@ from . import DEFAULT_EMBEDDER, Pipeline, build_pipeline
 from .audio import AudioError, AudioProcesses, audio_process_count
 from .decoders.vllm import AsyncVllmDecoder
 from .formats import render
-from .pipeline import RunControl
+from .pipeline import RunControl, SpeakerCountsUnsupported
 from .prompt import LanguageError, PromptTokenError, check_language
 from .server.disconnect import body_on_its_way, client_left_first, discarding_send
+from .speakers.clustering import check_counts
 from .types import Transcript
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,15 @@ class RequestError(Exception):
         return JSONResponse({"error": error}, status_code=self.status)
 
 
+SPEAKER_COUNTS = ("num_speakers", "min_speakers", "max_speakers")  # pyannote's hints, as `turnscribe serve` takes
+
+
 @dataclass(frozen=True)
 class DiarizeRequest:
     audio: bytes
     filename: str
     language: str
+    speaker_counts: dict[str, int | None] = field(default_factory=dict)
 
 
 def wants_diarized(form: FormData) -> bool:
@@ -121,7 +126,26 @@ async def read_diarize_request(form: FormData, served_models: Sequence[str]) -> 
         code = check_language(language if isinstance(language, str) and language else "en")
     except LanguageError as e:
         raise RequestError(400, str(e), code="unsupported_language", param="language") from e
-    return DiarizeRequest(await upload.read(), upload.filename or "audio", code)
+    return DiarizeRequest(await upload.read(), upload.filename or "audio", code, read_speaker_counts(form))
+
+
+def read_speaker_counts(form: FormData) -> dict[str, int | None]:
+    counts: dict[str, int | None] = {}
+    for name in SPEAKER_COUNTS:
+        value = form.get(name)
+        if not isinstance(value, str) or not value.strip():
+            counts[name] = None
+            continue
+        try:
+            counts[name] = int(value)
+        except ValueError:
+            message = f"{name} must be a whole number, not {value!r}"
+            raise RequestError(400, message, code="invalid_value", param=name) from None
+    try:
+        check_counts(**counts)
+    except ValueError as e:
+        raise RequestError(400, str(e), code="invalid_value", param="num_speakers") from None
+    return counts
 
 
 def served_model_names(args: Any) -> list[str]:
@@ -158,7 +182,12 @@ class DiarizeService:
         """The transcript; raises RunStopped at the next finished window once `control` is stopped."""
         progress = (lambda _: control.check()) if control is not None else None
         run = functools.partial(
-            self.pipeline.run, request.audio, language=request.language, source=request.filename, progress=progress
+            self.pipeline.run,
+            request.audio,
+            language=request.language,
+            source=request.filename,
+            progress=progress,
+            **request.speaker_counts,
         )
         return await asyncio.get_running_loop().run_in_executor(self.threads, run)
 
@@ -312,6 +341,8 @@ class DiarizedTranscriptionPlugin:
             return e.response()
         except AudioError as e:
             return RequestError(400, str(e), code="invalid_audio", param="file").response()
+        except SpeakerCountsUnsupported as e:  # a service_factory's own linker
+            return RequestError(400, str(e), code="speaker_counts_unsupported", param="num_speakers").response()
         except Exception as e:  # every window failing, or the embedder (e.g. out of GPU memory beside vLLM)
             log.exception("turnscribe: transcription failed")
             return RequestError(500, str(e) or type(e).__name__, code="transcription_failed").response()
