@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -28,7 +29,7 @@ from . import DEFAULT_EMBEDDER, DEFAULT_MODEL, __version__, build_pipeline
 from . import cli_options as options
 from .bench import bench_command
 from .evaluation.cli import eval_command
-from .formats import extension, format_names, write
+from .formats import extension, format_names, render, write
 from .pipeline import ProgressEvent
 from .prompt import LANGUAGES, check_language
 from .scheduler import run_many
@@ -228,6 +229,12 @@ def transcribe(
     def output(path: Path, fmt: str) -> Path:
         return output_dir / f"{path.stem}{extension(fmt)}"
 
+    to_stdout = str(output_dir) == "-"  # `-o -`: the one transcript goes to stdout (progress and reports: stderr)
+    if to_stdout and (len(files) != 1 or len(formats) != 1 or skip_existing):
+        raise typer.BadParameter(
+            "-o - writes one file's transcript in one format: give one file and one -f", param_hint="-o"
+        )
+
     # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's (also across shards) where two
     # inputs share a stem, or where a stem is another's plus a format's ending ('a.wav' and 'a.diarized.wav' both
     # write a.diarized.json, as diarized_json and as json).
@@ -260,7 +267,8 @@ def transcribe(
     if not todo:
         raise typer.Exit(1)
     attempted = len(todo) + len(missing)
-    _prepare_output_dir(output_dir)
+    if not to_stdout:
+        _prepare_output_dir(output_dir)
     try:
         with console.status(f"Loading {escape(model)} …"):
             pipeline = build_pipeline(
@@ -325,7 +333,11 @@ def transcribe(
                         raise result.error
                     assert result.transcript is not None
                     transcript = result.transcript
-                    written = [write(transcript, fmt, output(path, fmt), uri=path.stem) for fmt in formats]
+                    if to_stdout:
+                        sys.stdout.write(render(transcript, formats[0], uri=path.stem))
+                        written = [Path("stdout")]
+                    else:
+                        written = [write(transcript, fmt, output(path, fmt), uri=path.stem) for fmt in formats]
                 except (TurnscribeError, OSError) as e:  # OSError: an output that cannot be written (disk full)
                     failed += 1
                     _report("error", "red", path, str(e))
