@@ -1,5 +1,7 @@
 """Stitching rule: scripted window outputs around the 2 s overlap of 28 s windows."""
 
+import pytest
+
 from turnscribe.parse import parse_window
 from turnscribe.stitch import stitch
 from turnscribe.types import SAMPLE_RATE, WindowSpan
@@ -34,6 +36,23 @@ def test_short_utterance_inside_the_overlap_is_kept_once():
     raw1 = "<|spltoken2|><|t:0.5|> yes exactly <|t:1.5|>"
     segments, _ = run(raw0, raw1)
     assert [(s.start, s.end, s.text) for s in segments] == [(26.5, 27.5, "Yes, exactly.")]
+
+
+@pytest.mark.parametrize(
+    ("raw1", "kept"),
+    [
+        # Both windows heard it whole, one word heard differently: no run of two words aligns, yet it is one.
+        ("<|spltoken2|><|t:0.5|> Yeah, exactly. <|t:1.5|>", ["Yes, exactly."]),
+        ("<|spltoken2|><|t:0.6|> Yeah, exactly. <|t:1.4|>", ["Yes, exactly."]),  # boundaries a step or two apart
+        ("<|spltoken2|><|t:0.5|> Right. <|t:1.5|>", ["Yes, exactly.", "Right."]),  # no word in common
+        ("<|spltoken2|><|t:1.2|> Yeah, exactly. <|t:1.8|>", ["Yes, exactly.", "Yeah, exactly."]),  # said again later
+    ],
+)
+def test_an_utterance_both_windows_heard_whole_is_kept_once(raw1, kept):
+    segments, _ = run("<|spltoken0|><|t:26.5|> Yes, exactly. <|t:27.5|>", raw1)
+    assert [s.text for s in segments] == kept
+    if len(kept) == 1:
+        assert segments[0].also_seen_as == ((1, 2),)  # evidence for the speaker stage, as a merge gives
 
 
 def test_overlapping_speakers_in_the_overlap_stay_two_segments():

@@ -10,6 +10,8 @@ The rule (documented in the README):
   aligned run, then window i+1's words after it. Words window i heard cut off at its right edge and
   words window i+1 heard cut off at its left edge are the ones dropped; every word heard whole by
   either window is kept exactly once.
+* An utterance both windows heard whole inside the overlap, at the same times and with at least half its words
+  agreeing, is kept once (window i's): a word heard differently leaves no run of two to align (see _twins).
 * A segment whose words a merged segment already holds (the same slot of its window, overlapping it in
   time) is dropped: one window split at a pause the speech that the other window heard as one segment.
 * Segments that find no partner are kept as they are: two people talking over each other in the
@@ -29,6 +31,8 @@ from .types import ParsedWindow, Repair, StitchedSegment, WindowSpan
 
 _NORMALISE_RE = re.compile(r"[\W_]+", re.UNICODE)
 MIN_ALIGNED_WORDS = 2
+# Two passes place the same boundary up to two 0.1 s steps apart (see _twins).
+TWIN_TOLERANCE_S = 0.25
 
 
 @dataclass
@@ -123,6 +127,21 @@ def _repeats(piece: _Piece, words: list[str], merged: _Piece, char_level: bool) 
     return bool(units) and match.size == len(units)
 
 
+def _twins(a: _Piece, b: _Piece, overlap: tuple[float, float], char_level: bool) -> bool:
+    """Whether a and b are one utterance that both windows heard whole, a word or so told apart: both lie inside the
+    overlap, at the same times, and at least half their words agree. With one word of two different ("Yes,
+    exactly." / "Yeah, exactly.") no run of two words aligns, and the utterance came out twice. Two people speaking
+    there would each be heard by both windows, and paired by the merges first."""
+    start, end = overlap[0] - TWIN_TOLERANCE_S, overlap[1] + TWIN_TOLERANCE_S
+    if not all(start <= p.start and p.end <= end for p in (a, b)):
+        return False
+    if abs(a.start - b.start) > TWIN_TOLERANCE_S or abs(a.end - b.end) > TWIN_TOLERANCE_S:
+        return False
+    return (
+        SequenceMatcher(None, _units(a.words, char_level), _units(b.words, char_level), autojunk=False).ratio() >= 0.5
+    )
+
+
 def stitch(
     windows: Sequence[tuple[WindowSpan, ParsedWindow]], *, char_level: bool = False
 ) -> tuple[list[StitchedSegment], list[Repair]]:
@@ -157,6 +176,19 @@ def stitch(
             repairs.append(
                 Repair("overlap_merged", f"{a.start:.1f}-{b.end:.1f}s decoded by windows {i} and {i + 1}", i + 1)
             )
+        for a in [p for p in left if id(p) not in used]:
+            twin = next(
+                (b for b in right if id(b) not in used and _twins(a, b, (overlap_start, overlap_end), char_level)), None
+            )
+            if twin is not None:
+                used.update((id(a), id(twin)))
+                a.also_seen_as.append((twin.window, twin.slot))
+                pieces[i + 1].remove(twin)
+                repairs.append(
+                    Repair(
+                        "overlap_merged", f"{a.start:.1f}-{a.end:.1f}s heard whole by windows {i} and {i + 1}", i + 1
+                    )
+                )
         # One window may split speech in two segments (at a pause) that the other heard as one: the merge keeps
         # the whole of it, and the other half's segment would say its words twice.
         for side, unmerged, at_window_start in ((pieces[i], left, False), (pieces[i + 1], right, True)):
