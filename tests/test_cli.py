@@ -193,6 +193,10 @@ def test_a_recording_named_twice_is_transcribed_once(tiny_native, clip, tmp_path
     result = run("transcribe", clip, again, "--model", tiny_native, "--device", "cpu", "-f", "txt", "-o", out)
     assert result.exit_code == 0, result.output
     assert [p.name for p in out.iterdir()] == ["clip.txt"] and flat(result).count("clip.wav") == 1
+    # The same with `-o -`: one file named twice is one transcript on stdout, not "give one file".
+    result = run("transcribe", clip, again, "--model", tiny_native, "--device", "cpu", "-f", "json", "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["duration"] == pytest.approx(3.0)
 
 
 def test_inputs_with_the_same_name_are_refused_before_any_work(clip, tmp_path):

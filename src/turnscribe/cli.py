@@ -229,7 +229,13 @@ def transcribe(
     def output(path: Path, fmt: str) -> Path:
         return output_dir / f"{path.stem}{extension(fmt)}"
 
-    to_stdout = str(output_dir) == "-"  # `-o -`: the one transcript goes to stdout (progress and reports: stderr)
+    first_names: dict[Path, Path] = {}
+    for f in files:  # one recording named twice (a glob and its own name; a.wav and ./a.wav) is transcribed once
+        first_names.setdefault(f.resolve(), f)
+    files = list(first_names.values())
+    # `-o -`: the one transcript goes to stdout (progress and reports: stderr). Checked once the duplicates are
+    # dropped: `-o - a.wav ./a.wav` names one file.
+    to_stdout = str(output_dir) == "-"
     if to_stdout and (len(files) != 1 or len(formats) != 1 or skip_existing):
         raise typer.BadParameter(
             "-o - writes one file's transcript in one format: give one file and one -f", param_hint="-o"
@@ -238,10 +244,6 @@ def transcribe(
     # Outputs are named <stem>.<ext>: one file's transcript would overwrite another's (also across shards) where two
     # inputs share a stem, or where a stem is another's plus a format's ending ('a.wav' and 'a.diarized.wav' both
     # write a.diarized.json, as diarized_json and as json).
-    first_names: dict[Path, Path] = {}
-    for f in files:  # one recording named twice (a glob and its own name; a.wav and ./a.wav) is transcribed once
-        first_names.setdefault(f.resolve(), f)
-    files = list(first_names.values())
     inputs = [f for f in files if _is_input(f)]
     if clashes := _repeated(f.stem for f in inputs):
         raise typer.BadParameter(f"several inputs are named {', '.join(clashes)}; give each its own --output-dir run")
