@@ -12,7 +12,7 @@ import torch
 
 import turnscribe
 from turnscribe.decoders import ScriptedDecoder
-from turnscribe.speakers import ClusteringLinker
+from turnscribe.speakers import ClusteringLinker, SlotLinker
 from turnscribe.types import SAMPLE_RATE
 
 
@@ -208,3 +208,34 @@ def test_one_pipeline_takes_each_recordings_speaker_count():
     assert pipeline.speakers.num_speakers is None  # the pipeline's own linker is left as it was
     with pytest.raises(ValueError, match="num_speakers must be at least 1"):
         pipeline.run(samples, sampling_rate=SAMPLE_RATE, num_speakers=0)
+
+
+def test_a_run_with_speaker_counts_keeps_the_known_speakers_embedded():
+    # The per-run copy of the linker re-ran its __post_init__, which embeds every known speaker's reference: each
+    # run with a count embedded them all again (seconds per file with many references on the CPU).
+    class CountingVoices:
+        name, default_threshold = "counting", 0.5
+        clips_embedded = 0
+
+        def embed(self, clips):
+            CountingVoices.clips_embedded += len(clips)
+            return np.array([[1.0, 0.0] if c.mean() >= 0 else [0.0, 1.0] for c in clips], dtype=np.float32)
+
+    samples = np.full(70 * SAMPLE_RATE, 0.01, dtype=np.float32)
+    for start in (0, 26, 52):
+        samples[(start + 1) * SAMPLE_RATE : (start + 2) * SAMPLE_RATE] = 0.3
+        samples[(start + 5) * SAMPLE_RATE : (start + 8) * SAMPLE_RATE] = -0.3
+    script = ScriptedDecoder(lambda s: "<|spltoken0|><|t:1.0|> hello <|t:2.0|><|spltoken1|><|t:5.0|> hi <|t:8.0|>")
+    references = {"Alice": np.full(3 * SAMPLE_RATE, -0.3, np.float32), "Bob": np.full(3 * SAMPLE_RATE, 0.3, np.float32)}
+    pipeline = turnscribe.Pipeline(script, SlotLinker(CountingVoices(), known_speakers=references))
+    built_with_count = turnscribe.Pipeline(
+        script, SlotLinker(CountingVoices(), num_speakers=2, known_speakers=references)
+    )
+    before = CountingVoices.clips_embedded
+    expected = built_with_count.run(samples, sampling_rate=SAMPLE_RATE)
+    clips_of_a_run = CountingVoices.clips_embedded - before
+    before = CountingVoices.clips_embedded
+    transcript = pipeline.run(samples, sampling_rate=SAMPLE_RATE, num_speakers=2)
+    assert CountingVoices.clips_embedded - before == clips_of_a_run  # the recording's clips, not the references
+    assert transcript.segments == expected.segments and "Alice" in transcript.speakers
+    assert pipeline.speakers.num_speakers is None

@@ -5,6 +5,7 @@ The CLI, and later the server and batch runner, are thin shells over `Pipeline.r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -204,8 +205,13 @@ class Pipeline:
             raise SpeakerCountsUnsupported(
                 f"speaker counts need the slots or baseline linker; this pipeline has {type(self.speakers).__name__}"
             )
+        # A shallow copy, not dataclasses.replace: that runs __post_init__ again, and the slots linker's embeds every
+        # known speaker's reference (the counts are checked above, and the references are the same).
+        linker = copy.copy(self.speakers)
         counts = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
-        return dataclasses.replace(self.speakers, **counts)  # type: ignore[type-var]
+        for name, value in counts.items():
+            setattr(linker, name, value)
+        return linker
 
     def _decode(
         self,
