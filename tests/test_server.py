@@ -521,8 +521,13 @@ def test_cli_hands_the_model_options_to_the_pipeline_it_serves(monkeypatch, tmp_
     assert refused.exit_code == 2 and "unknown dtype 'fp16'; choose from auto, bfloat16, float16" in refused.output
     # A device that is no device, or a GPU this machine lacks: refused at start, not on /ready once the server runs.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for device, reason in (("gpu", "'gpu' is not a device name"), ("cuda:1", "PyTorch sees no CUDA GPU")):
-        arguments = ["--port", str(port), "--device", device, "--data-dir", str(tmp_path)]
+    # The vLLM backend places the model on its GPUs itself: several devices are refused at start too.
+    for device, reason, backend in (
+        ("gpu", "'gpu' is not a device name", "transformers"),
+        ("cuda:1", "PyTorch sees no CUDA GPU", "transformers"),
+        ("cpu,cpu", "vLLM places the model on its GPUs itself", "vllm"),
+    ):
+        arguments = ["--port", str(port), "--device", device, "--backend", backend, "--data-dir", str(tmp_path)]
         refused = CliRunner().invoke(app, arguments, env={"COLUMNS": "200"})
         assert refused.exit_code == 2 and reason in refused.output, refused.output
 

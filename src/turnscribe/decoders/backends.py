@@ -60,16 +60,22 @@ def check_backend(name: str) -> str:
 def load_decoder(backend: str, options: DecoderOptions) -> Decoder:
     """The backend's decoder on `options.device`; on several devices (see `replicas.device_list`) one per device,
     used as one (`ReplicatedDecoder`)."""
-    from .transformers import pick_device
-
     factory = BACKENDS[check_backend(backend)]
-    # Resolved here ("auto" → "cuda" or "cpu"): the backends' options (SpeedOptions.fast) depend on the device.
-    devices = [pick_device(device) for device in device_list(options.device)]
-    check_distinct(devices)  # again once resolved: "auto,cuda:0" names one GPU twice
+    devices = resolve_devices(backend, options.device)
     if len(devices) == 1:
         return factory(replace(options, device=devices[0]))
-    if backend == "vllm":
+    return ReplicatedDecoder([factory(replace(options, device=device)) for device in devices])
+
+
+def resolve_devices(backend: str, device: str) -> list[str]:
+    """The devices `device` names for `backend`, resolved ("auto" → "cuda" or "cpu": the backends' options, such
+    as SpeedOptions.fast, depend on it) and checked before anything loads (`turnscribe serve` checks at start)."""
+    from .transformers import pick_device
+
+    devices = [pick_device(name) for name in device_list(device)]
+    check_distinct(devices)  # again once resolved: "auto,cuda:0" names one GPU twice
+    if len(devices) > 1 and backend == "vllm":
         raise ValueError(
             "vLLM places the model on its GPUs itself (its data and tensor parallel options): give one device"
         )
-    return ReplicatedDecoder([factory(replace(options, device=device)) for device in devices])
+    return devices

@@ -16,10 +16,8 @@ import typer
 
 from .. import DEFAULT_EMBEDDER, DEFAULT_MODEL, Pipeline, build_pipeline
 from .. import cli_options as options
-from ..decoders.backends import BACKENDS
+from ..decoders.backends import BACKENDS, resolve_devices
 from ..decoders.base import DTYPES
-from ..decoders.replicas import check_distinct, device_list
-from ..decoders.transformers import pick_device
 from ..prompt import check_language
 from ..types import TurnscribeError
 from .settings import LOOPBACK_HOSTS, ServerSettings
@@ -107,8 +105,8 @@ def serve(
         raise typer.BadParameter(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise typer.BadParameter(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}", param_hint="--dtype")
-    try:  # a device name that is none, or a GPU that is not there: refused now, not on /ready once started
-        check_distinct([pick_device(name) for name in device_list(device)])
+    try:  # a device name that is none, a GPU that is not there, several for vLLM: refused now, not on /ready
+        resolve_devices(backend, device)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--device") from e
     try:
