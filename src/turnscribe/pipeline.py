@@ -206,11 +206,12 @@ class Pipeline:
                 f"speaker counts need the slots or baseline linker; this pipeline has {type(self.speakers).__name__}"
             )
         # A shallow copy, not dataclasses.replace: that runs __post_init__ again, and the slots linker's embeds every
-        # known speaker's reference (the counts are checked above, and the references are the same).
+        # known speaker's reference (the counts are checked above, and the references are the same). Set as
+        # dataclasses.replace would, also on a caller's frozen dataclass.
         linker = copy.copy(self.speakers)
         counts = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
         for name, value in counts.items():
-            setattr(linker, name, value)
+            object.__setattr__(linker, name, value)
         return linker
 
     def _decode(
