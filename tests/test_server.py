@@ -431,6 +431,8 @@ def test_unknown_routes_and_methods_are_openai_errors(scripted):
     for path, key, status in (("/health", None, 200), ("/v1/models", KEY, 200), ("/v1/models", None, 401)):
         head = httpx.head(f"{scripted}{path}", headers={"Authorization": f"Bearer {key}"} if key else {})
         assert (head.status_code, head.content) == (status, b"") and int(head.headers["content-length"]) > 0
+    # Counted under the route they matched, as GET is (they were all route="unmatched").
+    assert 'method="HEAD",route="/health",status="200"' in httpx.get(f"{scripted}/metrics").text
     head = httpx.head(f"{scripted}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"})
     assert (head.status_code, head.headers["Allow"]) == (405, "POST")
     # Without the key every /v1 path is a 401, found or not: the key is checked before anything else.

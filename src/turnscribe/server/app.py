@@ -295,9 +295,17 @@ class HeadAsGet:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD":
-            scope = {**scope, "method": "GET"}
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        as_get = {**scope, "method": "GET"}
+
+        async def sending(message: Message) -> None:
+            # The route matched is set in the copy: the request metrics (outside) read it once the answer starts.
+            if message["type"] == "http.response.start" and "route" in as_get:
+                scope["route"] = as_get["route"]
+            await send(message)
+
+        await self.app(as_get, receive, sending)
 
 
 # Sent with an answer given before the whole body was read (discarding_send stops at a bound): the rest of it would
