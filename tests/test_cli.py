@@ -193,6 +193,12 @@ def test_a_recording_named_twice_is_transcribed_once(tiny_native, clip, tmp_path
     result = run("transcribe", clip, again, "--model", tiny_native, "--device", "cpu", "-f", "txt", "-o", out)
     assert result.exit_code == 0, result.output
     assert [p.name for p in out.iterdir()] == ["clip.txt"] and flat(result).count("clip.wav") == 1
+    # A link of another name to it is a recording of its own: its outputs were never written.
+    linked = clip.parent / "linked.wav"
+    linked.symlink_to(clip)
+    result = run("transcribe", clip, linked, "--model", tiny_native, "--device", "cpu", "-f", "txt", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["clip.txt", "linked.txt"]
     # The same with `-o -`: one file named twice is one transcript on stdout, not "give one file".
     result = run("transcribe", clip, again, "--model", tiny_native, "--device", "cpu", "-f", "json", "-o", "-")
     assert result.exit_code == 0, result.output

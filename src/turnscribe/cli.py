@@ -229,9 +229,11 @@ def transcribe(
     def output(path: Path, fmt: str) -> Path:
         return output_dir / f"{path.stem}{extension(fmt)}"
 
-    first_names: dict[Path, Path] = {}
+    first_names: dict[tuple[Path, str], Path] = {}
     for f in files:  # one recording named twice (a glob and its own name; a.wav and ./a.wav) is transcribed once
-        first_names.setdefault(f.resolve(), f)
+        # By its stem too: a link of another name to it (corpora link recordings under their ids) has outputs of
+        # its own.
+        first_names.setdefault((f.resolve(), f.stem), f)
     files = list(first_names.values())
     # `-o -`: the one transcript goes to stdout (progress and reports: stderr). Checked once the duplicates are
     # dropped: `-o - a.wav ./a.wav` names one file.
