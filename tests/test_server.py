@@ -435,6 +435,8 @@ def test_unknown_routes_and_methods_are_openai_errors(scripted):
     assert 'method="HEAD",route="/health",status="200"' in httpx.get(f"{scripted}/metrics").text
     head = httpx.head(f"{scripted}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"})
     assert (head.status_code, head.headers["Allow"]) == (405, "POST")
+    # A 405 lists every method the route answers (RFC 9110): HEAD as well where GET is.
+    assert httpx.post(f"{scripted}/health").headers["Allow"] == "GET, HEAD"
     # Without the key every /v1 path is a 401, found or not: the key is checked before anything else.
     assert_error(httpx.get(f"{scripted}/v1/nothing", timeout=TIMEOUT), 401, "invalid_api_key")
 

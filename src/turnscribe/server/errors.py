@@ -72,8 +72,11 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
             "(mp3, ogg) or 16 kHz mono audio."
         )
         code = "invalid_value"
-    # Headers kept: a 405 says which methods are allowed.
+    # Headers kept: a 405 says which methods are allowed, HEAD too where GET is (the app's HeadAsGet answers it).
     headers = getattr(exc, "headers", None)
+    allowed = (headers or {}).get("Allow", "").split(", ")
+    if headers and "GET" in allowed and "HEAD" not in allowed:
+        headers = {**headers, "Allow": ", ".join([*allowed, "HEAD"])}
     return APIError(exc.status_code, message, code=code, headers=headers).response()
 
 
