@@ -177,13 +177,20 @@ def test_numpy_signal_is_not_mistaken_for_speech_in_silence(tiny_native, tmp_pat
 def test_one_transcript_may_go_to_stdout(tiny_native, clip, tmp_path):
     # `-o -` made a folder named '-'; now the transcript is stdout's only content, reports stay on stderr.
     command = [sys.executable, "-m", "turnscribe", "transcribe", clip, "--model", tiny_native, "--device", "cpu"]
-    done = subprocess.run([*map(str, command), "-f", "json", "-o", "-"], capture_output=True, text=True, cwd=tmp_path)
+    to_stdout = [*map(str, command), "-f", "json", "-o", "-"]
+    done = subprocess.run(to_stdout, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["duration"] == pytest.approx(3.0) and "done" in done.stderr
     assert not (tmp_path / "-").exists()
     for more in (["-f", "json,srt"], ["-f", "json", "--skip-existing"]):
         refused = run("transcribe", clip, "--model", tmp_path / "none", *more, "-o", "-")
         assert refused.exit_code == 2 and "-o - writes one file's transcript in one format" in flat(refused)
+    # A reader that left (`| head`) is a failed file, said in one line, not a BrokenPipeError traceback at exit.
+    gone = subprocess.Popen(to_stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    gone.stdout.close()  # type: ignore[union-attr]
+    _, errors = gone.communicate()
+    assert gone.returncode == 1 and b"stdout was closed before the transcript was written" in errors
+    assert b"Traceback" not in errors and b"BrokenPipeError" not in errors
 
 
 def test_a_recording_named_twice_is_transcribed_once(tiny_native, clip, tmp_path):

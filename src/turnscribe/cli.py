@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import tempfile
 import threading
@@ -126,6 +127,17 @@ def _report(label: str, style: str, path: Path, message: str) -> None:
     """One line about one input. Paths and messages are printed as they are, not read as Rich markup: a file
     named '[final].wav' would lose its brackets and one named 'a[/]b.wav' would raise."""
     console.print(f"[{style}]{label}[/{style}] {escape(f'{path}: {message}')}")
+
+
+def _to_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`| head`): point stdout at /dev/null, as Python's docs advise, so that the flush at exit
+        # does not end the run in a second BrokenPipeError traceback; the run reports the file as failed.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OSError("stdout was closed before the transcript was written") from None
 
 
 def _repeated(names: Iterable[str]) -> list[str]:
@@ -338,7 +350,7 @@ def transcribe(
                     assert result.transcript is not None
                     transcript = result.transcript
                     if to_stdout:
-                        sys.stdout.write(render(transcript, formats[0], uri=path.stem))
+                        _to_stdout(render(transcript, formats[0], uri=path.stem))
                         written = [Path("stdout")]
                     else:
                         written = [write(transcript, fmt, output(path, fmt), uri=path.stem) for fmt in formats]
