@@ -260,7 +260,7 @@ def test_a_diarized_request_may_say_how_many_speakers_it_holds(tmp_path):
         plugin.attach_router(app)
         with TestClient(app) as client:
             client.portal.call(plugin.init_state, FakeEngine(lambda prompt: SCRIPT), app.state, ARGS)
-            answer = post(client, audio, response_format="diarized_json", num_speakers="1")
+            answer = post(client, audio, response_format="diarized_json", num_speakers="1.0")  # as serve takes it
             assert answer.status_code == expected, answer.text
             if expected == 400:  # the window-slot linker of the tests takes no counts
                 assert answer.json()["error"]["code"] == "speaker_counts_unsupported"
@@ -268,6 +268,10 @@ def test_a_diarized_request_may_say_how_many_speakers_it_holds(tmp_path):
             assert len({s["speaker"] for s in answer.json()["segments"]}) == 1
             two = post(client, audio, response_format="diarized_json").json()["segments"]
             assert len({s["speaker"] for s in two}) == 2
-            for fields in ({"num_speakers": "two"}, {"min_speakers": "3", "max_speakers": "2"}):
+            for fields in (
+                {"num_speakers": "two"},
+                {"num_speakers": "1.5"},
+                {"min_speakers": "3", "max_speakers": "2"},
+            ):
                 refused = post(client, audio, response_format="diarized_json", **fields)
                 assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_value"

@@ -137,10 +137,13 @@ def read_speaker_counts(form: FormData) -> dict[str, int | None]:
             counts[name] = None
             continue
         try:
-            counts[name] = int(value)
+            number = float(value)  # "2.0" too, as `turnscribe serve` (pydantic) takes it
         except ValueError:
+            number = math.nan
+        if not number.is_integer():
             message = f"{name} must be a whole number, not {value!r}"
-            raise RequestError(400, message, code="invalid_value", param=name) from None
+            raise RequestError(400, message, code="invalid_value", param=name)
+        counts[name] = int(number)
     try:
         check_counts(**counts)
     except ValueError as e:
