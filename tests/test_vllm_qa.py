@@ -1,12 +1,13 @@
 """The vLLM decoder's edges found in QA: the checkpoint check's messages, and a failing window's siblings."""
 
 import asyncio
+import base64
 import shutil
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_pipeline import FakeEmbedder
+from test_pipeline import FakeEmbedder, write_wav
 from test_server import two_voices
 from test_server_scripted import SlotLinker
 from test_vllm_decoder import by_level, window
@@ -19,6 +20,7 @@ from turnscribe.decoders.base import StreamingDecoder
 from turnscribe.decoders.vllm import AsyncVllmDecoder, servable_checkpoint
 from turnscribe.pipeline import RunControl, RunStopped
 from turnscribe.speakers import ClusteringLinker
+from turnscribe.speakers import SlotLinker as RealSlotLinker
 from turnscribe.types import SAMPLE_RATE
 from turnscribe.vllm_plugin import (
     MAX_UPLOAD_ENV,
@@ -275,3 +277,32 @@ def test_a_diarized_request_may_say_how_many_speakers_it_holds(tmp_path):
             ):
                 refused = post(client, audio, response_format="diarized_json", **fields)
                 assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_value"
+
+
+def test_a_diarized_request_names_its_known_speakers(tmp_path):
+    # OpenAI's known_speaker_names[] / known_speaker_references[] were not read: every speaker stayed SPEAKER_NN.
+    reference = tmp_path / "alice.wav"
+    write_wav(reference, np.full(3 * SAMPLE_RATE, 0.3, dtype=np.float32))  # FakeEmbedder hears her as SCRIPT's first
+    alice = "data:audio/wav;base64," + base64.b64encode(reference.read_bytes()).decode()
+    audio = two_voices(tmp_path / "call.wav", 70).read_bytes()
+
+    def ask(linker, **fields):
+        async def start(engine_client, args):
+            decoder = await AsyncVllmDecoder.for_engine(engine_client, model_id="m", sampling_params=dict)
+            return DiarizeService(Pipeline(decoder, linker), served_model_names(args), audio_processes=0)
+
+        app = vllm_like_app()
+        plugin = DiarizedTranscriptionPlugin(service_factory=start)
+        plugin.attach_router(app)
+        with TestClient(app) as client:
+            client.portal.call(plugin.init_state, FakeEngine(lambda prompt: SCRIPT), app.state, ARGS)
+            return post(client, audio, response_format="diarized_json", **fields)
+
+    known = {"known_speaker_names[]": "Alice", "known_speaker_references[]": alice}
+    named = ask(RealSlotLinker(FakeEmbedder()), **known)
+    assert named.status_code == 200, named.text
+    assert {s["speaker"] for s in named.json()["segments"]} == {"Alice", "SPEAKER_00"}
+    refused = ask(SlotLinker(), **known)  # the tests' window-slot linker enrols no one
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "known_speakers_unsupported"
+    bad = ask(RealSlotLinker(FakeEmbedder()), **{**known, "known_speaker_references[]": "hello"})
+    assert bad.status_code == 400 and "base64 data URL" in bad.json()["error"]["message"]

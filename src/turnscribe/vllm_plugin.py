@@ -38,15 +38,15 @@ is sent to the engine. Only FastAPI/Starlette, ``EndpointPlugin`` and the ``Engi
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -62,6 +62,10 @@ from .formats import render
 from .pipeline import RunControl, SpeakerCountsUnsupported
 from .prompt import LanguageError, PromptTokenError, check_language
 from .server.disconnect import body_on_its_way, client_left_first, discarding_send
+from .server.engine import KnownSpeakersUnsupported
+from .server.enrollment import PARAM_NAMES, PARAM_REFERENCES, read_known_speakers
+from .server.errors import APIError
+from .speakers import SlotLinker
 from .speakers.clustering import check_counts
 from .types import Transcript
 
@@ -74,6 +78,7 @@ STATE_KEY = "turnscribe_diarize"
 EMBEDDER_ENV = "TURNSCRIBE_EMBEDDER"
 MAX_UPLOAD_ENV = "TURNSCRIBE_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 1024
+MAX_KNOWN_SPEAKERS = 32  # reference clips per request, as `turnscribe serve --max-known-speakers` by default
 REQUEST_THREADS = 256  # diarized requests run at once (vLLM's max_num_seqs is 256 by default); more wait their turn
 
 
@@ -99,6 +104,7 @@ class DiarizeRequest:
     filename: str
     language: str
     speaker_counts: dict[str, int | None] = field(default_factory=dict)
+    known_speakers: dict[str, np.ndarray] = field(default_factory=dict)  # name → reference samples
 
 
 def wants_diarized(form: FormData) -> bool:
@@ -126,7 +132,21 @@ async def read_diarize_request(form: FormData, served_models: Sequence[str]) -> 
         code = check_language(language if isinstance(language, str) and language else "en")
     except LanguageError as e:
         raise RequestError(400, str(e), code="unsupported_language", param="language") from e
-    return DiarizeRequest(await upload.read(), upload.filename or "audio", code, read_speaker_counts(form))
+    counts, known = read_speaker_counts(form), await asyncio.to_thread(read_references, form)
+    return DiarizeRequest(await upload.read(), upload.filename or "audio", code, counts, known)
+
+
+def read_references(form: FormData) -> dict[str, np.ndarray]:
+    """OpenAI's known_speaker_names[] / known_speaker_references[], read as `turnscribe serve` reads them."""
+    names, references = form.getlist(f"{PARAM_NAMES}[]"), form.getlist(f"{PARAM_REFERENCES}[]")
+    if not (names or references):
+        return {}
+    if not all(isinstance(v, str) for v in (*names, *references)):
+        raise RequestError(400, "known speakers are form text fields", code="invalid_value", param=PARAM_NAMES)
+    try:
+        return read_known_speakers(names, references, limit=MAX_KNOWN_SPEAKERS)  # type: ignore[arg-type]
+    except APIError as e:
+        raise RequestError(400, e.body.message, code=e.body.code or "invalid_value", param=e.body.param) from None
 
 
 def read_speaker_counts(form: FormData) -> dict[str, int | None]:
@@ -184,14 +204,29 @@ class DiarizeService:
     async def transcribe(self, request: DiarizeRequest, control: RunControl | None = None) -> Transcript:
         """The transcript; raises RunStopped at the next finished window once `control` is stopped."""
         progress = (lambda _: control.check()) if control is not None else None
-        run = functools.partial(
-            self.pipeline.run,
-            request.audio,
-            language=request.language,
-            source=request.filename,
-            progress=progress,
-            **request.speaker_counts,
-        )
+
+        def run() -> Transcript:
+            pipeline = self.pipeline
+            if request.known_speakers:  # enrolled for this request (embedded here, off the event loop)
+                if not isinstance(pipeline.speakers, SlotLinker):
+                    kind = type(pipeline.speakers).__name__
+                    raise KnownSpeakersUnsupported(f"known speakers need the slots linker, not {kind}")
+                linker = replace(pipeline.speakers, known_speakers=request.known_speakers)
+                pipeline = Pipeline(
+                    pipeline.decoder,
+                    linker,
+                    window_s=pipeline.window_s,
+                    overlap_s=pipeline.overlap_s,
+                    load=pipeline.load,
+                )
+            return pipeline.run(
+                request.audio,
+                language=request.language,
+                source=request.filename,
+                progress=progress,
+                **request.speaker_counts,
+            )
+
         return await asyncio.get_running_loop().run_in_executor(self.threads, run)
 
 
@@ -346,6 +381,8 @@ class DiarizedTranscriptionPlugin:
             return RequestError(400, str(e), code="invalid_audio", param="file").response()
         except SpeakerCountsUnsupported as e:  # a service_factory's own linker
             return RequestError(400, str(e), code="speaker_counts_unsupported", param="num_speakers").response()
+        except KnownSpeakersUnsupported as e:
+            return RequestError(400, str(e), code="known_speakers_unsupported", param=PARAM_NAMES).response()
         except Exception as e:  # every window failing, or the embedder (e.g. out of GPU memory beside vLLM)
             log.exception("turnscribe: transcription failed")
             return RequestError(500, str(e) or type(e).__name__, code="transcription_failed").response()
