@@ -43,7 +43,7 @@ import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,10 +62,10 @@ from .formats import render
 from .pipeline import RunControl, SpeakerCountsUnsupported
 from .prompt import LanguageError, PromptTokenError, check_language
 from .server.disconnect import body_on_its_way, client_left_first, discarding_send
-from .server.engine import KnownSpeakersUnsupported
+from .server.engine import KnownSpeakersUnsupported, as_api_error, enrolled
 from .server.enrollment import PARAM_NAMES, PARAM_REFERENCES, read_known_speakers
 from .server.errors import APIError
-from .speakers import SlotLinker
+from .server.settings import ServerSettings
 from .speakers.clustering import check_counts
 from .types import Transcript
 
@@ -78,7 +78,6 @@ STATE_KEY = "turnscribe_diarize"
 EMBEDDER_ENV = "TURNSCRIBE_EMBEDDER"
 MAX_UPLOAD_ENV = "TURNSCRIBE_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 1024
-MAX_KNOWN_SPEAKERS = 32  # reference clips per request, as `turnscribe serve --max-known-speakers` by default
 REQUEST_THREADS = 256  # diarized requests run at once (vLLM's max_num_seqs is 256 by default); more wait their turn
 
 
@@ -143,10 +142,7 @@ def read_references(form: FormData) -> dict[str, np.ndarray]:
         return {}
     if not all(isinstance(v, str) for v in (*names, *references)):
         raise RequestError(400, "known speakers are form text fields", code="invalid_value", param=PARAM_NAMES)
-    try:
-        return read_known_speakers(names, references, limit=MAX_KNOWN_SPEAKERS)  # type: ignore[arg-type]
-    except APIError as e:
-        raise RequestError(400, e.body.message, code=e.body.code or "invalid_value", param=e.body.param) from None
+    return read_known_speakers(names, references, limit=ServerSettings.max_known_speakers)  # type: ignore[arg-type]
 
 
 def read_speaker_counts(form: FormData) -> dict[str, int | None]:
@@ -208,10 +204,7 @@ class DiarizeService:
         def run() -> Transcript:
             pipeline = self.pipeline
             if request.known_speakers:  # enrolled for this request (embedded here, off the event loop)
-                if not isinstance(pipeline.speakers, SlotLinker):
-                    kind = type(pipeline.speakers).__name__
-                    raise KnownSpeakersUnsupported(f"known speakers need the slots linker, not {kind}")
-                linker = replace(pipeline.speakers, known_speakers=request.known_speakers)
+                linker = enrolled(pipeline.speakers, request.known_speakers)
                 pipeline = Pipeline(
                     pipeline.decoder,
                     linker,
@@ -379,10 +372,8 @@ class DiarizedTranscriptionPlugin:
             return e.response()
         except AudioError as e:
             return RequestError(400, str(e), code="invalid_audio", param="file").response()
-        except SpeakerCountsUnsupported as e:  # a service_factory's own linker
-            return RequestError(400, str(e), code="speaker_counts_unsupported", param="num_speakers").response()
-        except KnownSpeakersUnsupported as e:
-            return RequestError(400, str(e), code="known_speakers_unsupported", param=PARAM_NAMES).response()
+        except (APIError, SpeakerCountsUnsupported, KnownSpeakersUnsupported) as e:  # answered as `turnscribe serve`
+            return as_api_error(e).response()
         except Exception as e:  # every window failing, or the embedder (e.g. out of GPU memory beside vLLM)
             log.exception("turnscribe: transcription failed")
             return RequestError(500, str(e) or type(e).__name__, code="transcription_failed").response()

@@ -58,6 +58,22 @@ class SpeakerCounts:
 NO_SPEAKER_COUNTS = SpeakerCounts()
 
 
+def enrolling(linker: SpeakerLinker) -> SlotLinker:
+    """`linker`, if it can take known speakers (only the slots linker can)."""
+    if not isinstance(linker, SlotLinker):
+        raise KnownSpeakersUnsupported(
+            f"known speakers need the 'slots' speaker linker; this server runs {type(linker).__name__}"
+        )
+    return linker
+
+
+def enrolled(linker: SpeakerLinker, known_speakers: Mapping[str, np.ndarray] | None) -> SpeakerLinker:
+    """`linker`, or for a request with known speakers a copy of it that knows them (enrolled per request)."""
+    if not known_speakers:
+        return linker
+    return replace(enrolling(linker), known_speakers=dict(known_speakers))
+
+
 @dataclass(frozen=True)
 class StreamSegment:
     id: str
@@ -130,19 +146,10 @@ class Engine:
         return self.pipeline.decoder.model_id
 
     def enrolling_linker(self) -> SlotLinker:
-        """The shared linker, if it can take known speakers (only the slots linker can)."""
-        linker = self.pipeline.speakers
-        if not isinstance(linker, SlotLinker):
-            raise KnownSpeakersUnsupported(
-                f"known speakers need the 'slots' speaker linker; this server runs {type(linker).__name__}"
-            )
-        return linker
+        return enrolling(self.pipeline.speakers)
 
     def linker_for(self, known_speakers: Mapping[str, np.ndarray] | None) -> SpeakerLinker:
-        """The shared linker, or for a request with known speakers a copy that knows them (enrolled per request)."""
-        if not known_speakers:
-            return self.pipeline.speakers
-        return replace(self.enrolling_linker(), known_speakers=dict(known_speakers))
+        return enrolled(self.pipeline.speakers, known_speakers)
 
     def start(self) -> None:
         """Start the audio processes and the scheduler. Call it in a thread that outlives the engine: the audio
